@@ -1,0 +1,168 @@
+"""The one place that wires everything: resources, the three listeners, and serving.
+
+``open_sidecar(settings)`` opens the shared resources (Redis, keyring, auth,
+metrics) once; ``create_*_app(sidecar)`` builds each listener's aiohttp app on
+them. Tests build several sidecars on one Redis to act as replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from sidecar import __version__
+from sidecar.auth import ApiKeys, Authenticator, load_api_keys
+from sidecar.crypto import Keyring
+from sidecar.errors import ConfigError, StorageUnavailable
+from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
+from sidecar.methods import SecretMethods, metrics_observer
+from sidecar.metrics import Metrics
+from sidecar.store import SecretStore, connect
+from sidecar.wire import json_errors_middleware, request_log_middleware
+from sidecar.xrpc import XrpcServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from sidecar.settings import Settings
+
+log = structlog.get_logger("sidecar.app")
+
+
+@dataclass
+class Sidecar:
+    """The resources one sidecar process shares between its listeners."""
+
+    settings: Settings
+    store: SecretStore
+    keyring: Keyring
+    authenticator: Authenticator
+    metrics: Metrics
+    lexicons: LexiconRegistry
+    # Set when shutdown starts, so /readyz turns 503 before listeners close.
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def redis_ok(self) -> bool:
+        try:
+            await self.store.ping()
+        except StorageUnavailable:
+            return False
+        return True
+
+
+SIDECAR_KEY: Final = web.AppKey("sidecar", Sidecar)
+
+
+@contextlib.asynccontextmanager
+async def open_sidecar(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    lexicons: LexiconRegistry | None = None,
+) -> AsyncIterator[Sidecar]:
+    """Open the shared resources; close them on exit."""
+    if settings.redis_url is None:
+        raise ConfigError("REDIS_URL", "is not set")
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    keyring = Keyring(settings.kek, settings.kek_previous)
+    entries = load_api_keys(settings.api_keys_file) if settings.api_keys_file else []
+    if not entries:
+        log.warning("no_api_keys", hint="set SIDECAR_API_KEYS_FILE; every XRPC call will be 401")
+    client = connect(settings.redis_url.reveal(), timeout_s=settings.redis_timeout_s)
+    store = SecretStore(
+        client,
+        timeout_s=settings.redis_timeout_s,
+        audit_max_len=settings.audit_log_max_len,
+        on_error=metrics.redis_error,
+    )
+    try:
+        yield Sidecar(
+            settings=settings,
+            store=store,
+            keyring=keyring,
+            authenticator=Authenticator(ApiKeys(entries)),
+            metrics=metrics,
+            lexicons=lexicons or LexiconRegistry.load(default_lexicon_dir()),
+        )
+    finally:
+        await store.close()
+
+
+def create_xrpc_app(sidecar: Sidecar) -> web.Application:
+    """The XRPC listener: secret management for clients and operators."""
+    app = web.Application(
+        middlewares=[request_log_middleware("xrpc"), json_errors_middleware()],
+        # read_body() enforces the XRPC limit with a JSON 413; this only stops
+        # aiohttp from refusing first with its own plain-text answer.
+        client_max_size=sidecar.settings.xrpc_max_bytes + 1,
+    )
+    app[SIDECAR_KEY] = sidecar
+    server = XrpcServer(
+        sidecar.lexicons,
+        SecretMethods(sidecar.store, sidecar.keyring).handlers(),
+        sidecar.authenticator,
+        max_body_bytes=sidecar.settings.xrpc_max_bytes,
+        version=__version__,
+        health=sidecar.redis_ok,
+        observers=(metrics_observer(sidecar.metrics),),
+    )
+    server.add_routes(app)
+    return app
+
+
+def create_ops_app(sidecar: Sidecar) -> web.Application:
+    """The ops listener: metrics, liveness and readiness."""
+    app = web.Application(middlewares=[json_errors_middleware()])
+    app[SIDECAR_KEY] = sidecar
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if sidecar.draining.is_set():
+            return web.json_response({"status": "unready", "reason": "shutting down"}, status=503)
+        if not await sidecar.redis_ok():
+            return web.json_response(
+                {"status": "unready", "reason": "redis did not answer"}, status=503
+            )
+        return web.json_response({"status": "ready"})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", make_aiohttp_handler(sidecar.metrics.registry))
+    return app
+
+
+async def serve(settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+    """Run the three listeners until SIGTERM or SIGINT, then drain and close."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with open_sidecar(settings, registry=registry) as sidecar:
+        listeners = [
+            ("xrpc", create_xrpc_app(sidecar), settings.xrpc_host, settings.xrpc_port),
+            ("ops", create_ops_app(sidecar), settings.ops_host, settings.ops_port),
+        ]
+        runners: list[web.AppRunner] = []
+        try:
+            for name, app, host, port in listeners:
+                runner = web.AppRunner(app, access_log=None, shutdown_timeout=20)
+                await runner.setup()
+                runners.append(runner)
+                await web.TCPSite(runner, host, port).start()
+                log.info("listening", listener=name, host=host, port=port)
+            await stop.wait()
+            log.info("shutting_down")
+            sidecar.draining.set()
+        finally:
+            for runner in reversed(runners):
+                await runner.cleanup()

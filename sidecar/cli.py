@@ -1,0 +1,100 @@
+"""The ``wisp-sidecar`` command: ``serve``, ``keygen`` and ``apikey``.
+
+The only reader of ``os.environ``. A bad setting ends the process with exit
+code 2 and one line that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.crypto import encode_kek, generate_kek
+from sidecar.embedded import EmbeddedServerError, EmbeddedValkey
+from sidecar.errors import ConfigError
+from sidecar.names import is_valid_did
+from sidecar.settings import Secret, Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wisp-sidecar", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the sidecar in the foreground")
+    commands.add_parser("keygen", help="print a new key-encryption key (KEK)")
+    apikey = commands.add_parser("apikey", help="print a new API key and its keys-file line")
+    apikey.add_argument("--did", required=True, help="the owner DID the key acts as")
+    apikey.add_argument("--label", default="", help="a label for the audit log")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    try:
+        if args.command == "keygen":
+            print(encode_kek(generate_kek()))
+            return 0
+        if args.command == "apikey":
+            return _apikey(args.did, args.label)
+        return _serve(Settings.from_env(env))
+    except ConfigError as exc:
+        print(f"wisp-sidecar: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _apikey(did: str, label: str) -> int:
+    if not is_valid_did(did):
+        raise ConfigError("--did", "must be a DID, such as did:plc:abc123")
+    if label and (any(ch.isspace() for ch in label) or "#" in label):
+        raise ConfigError("--label", "must not contain spaces or '#'")
+    key = generate_api_key()
+    print(f"API key (shown once; give it to the caller): {key}")
+    print("Add this line to the SIDECAR_API_KEYS_FILE:")
+    print(keys_file_line(did, key, label))
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    # Imported here so keygen and apikey start fast and need no event loop.
+    from sidecar.app import serve
+    from sidecar.devmode import prepare_dev_mode, wants_dev_mode
+    from sidecar.log import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    embedded: EmbeddedValkey | None = None
+    if settings.redis_url is None:
+        if wants_dev_mode(settings):
+            settings, banner = prepare_dev_mode(settings)
+            print("\n".join(banner), file=sys.stderr, flush=True)
+        embedded = EmbeddedValkey(settings.data_dir / "valkey", persist=True)
+        try:
+            embedded.start()
+        except EmbeddedServerError as exc:
+            raise ConfigError("REDIS_URL", f"unset, and the embedded Valkey failed: {exc}") from exc
+        print(f"embedded Valkey at {embedded.url}, data in {embedded.data_dir}", file=sys.stderr)
+        settings = replace(settings, redis_url=Secret(embedded.url))
+    try:
+        _run(serve(settings))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]

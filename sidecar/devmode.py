@@ -1,0 +1,74 @@
+"""Development mode: a KEK and an API key under the data directory, made once.
+
+Only for `make run` on a laptop: the embedded Valkey is in use and nothing is
+configured. A production deployment sets REDIS_URL, so it never lands here and
+can never end up sealing tokens under a key that lives on a pod's disk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import TYPE_CHECKING, Final
+
+from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.crypto import encode_kek, generate_kek, parse_kek
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sidecar.settings import Settings
+
+KEK_FILE: Final = "dev-kek"
+API_KEYS_FILE: Final = "dev-api-keys"
+
+
+def wants_dev_mode(settings: Settings) -> bool:
+    """Embedded Redis, no key-encryption key and no API keys file configured."""
+    return (
+        settings.redis_url is None
+        and not settings.kek_configured
+        and settings.api_keys_file is None
+    )
+
+
+def _write_private(path: Path, text: str) -> None:
+    # O_EXCL: never overwrite a key that may already seal data.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def prepare_dev_mode(settings: Settings) -> tuple[Settings, list[str]]:
+    """Settings with the development KEK and keys file, and the banner to print.
+
+    The API key itself is shown only when it is made; the file keeps only its
+    digest, so a lost key means deleting the file and starting again.
+    """
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    kek_path = data_dir / KEK_FILE
+    keys_path = data_dir / API_KEYS_FILE
+    if not kek_path.exists():
+        _write_private(kek_path, encode_kek(generate_kek()) + "\n")
+    banner = [
+        "=" * 72,
+        "DEVELOPMENT MODE: embedded Valkey, and a KEK and API key kept on local disk.",
+        f"  KEK:      {kek_path}",
+        f"  API keys: {keys_path}",
+        "Never run like this in production: set REDIS_URL, SIDECAR_KEK_FILE and",
+        "SIDECAR_API_KEYS_FILE.",
+    ]
+    if not keys_path.exists():
+        key = generate_api_key()
+        _write_private(keys_path, keys_file_line(settings.dev_did, key, "dev") + "\n")
+        banner += [
+            "",
+            f"  Your development API key (shown once), owner {settings.dev_did}:",
+            f"    {key}",
+        ]
+    else:
+        banner.append(f"  Reusing the API key in {keys_path} (delete it for a new one).")
+    banner.append("=" * 72)
+    kek = parse_kek(kek_path.read_text(encoding="utf-8"), setting=str(kek_path))
+    return replace(settings, kek=kek, api_keys_file=keys_path), banner

@@ -1,0 +1,95 @@
+"""Every exception the sidecar raises on purpose.
+
+Domain errors know nothing of HTTP; the XRPC and sign layers map them to wire
+errors by walking the exception's MRO (see ``sidecar.xrpc``). Messages of every
+exception here are safe to show a caller: they never carry a token, a key or a
+credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
+
+    SidecarError
+    ├── ConfigError                 a setting is missing or malformed (exit 2 at start)
+    ├── InvalidInput                the caller's input breaks a rule (400 InvalidRequest)
+    │   └── PayloadTooLarge         the body is over the limit (413)
+    ├── AuthenticationFailed        no or bad credentials (401); ``reason`` is private
+    ├── SecretNotFound              no such secret for this owner (404)
+    ├── SecretExists                create of a name that exists (409)
+    ├── EncryptionUnavailable       no active KEK to seal with (503)
+    ├── EnvelopeError               an envelope does not open under the keyring
+    ├── StorageUnavailable          Redis did not answer in time (503 + Retry-After)
+    └── XrpcError                   a wire error with its status and name, as is
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+class SidecarError(Exception):
+    """Base class of every error the sidecar raises on purpose."""
+
+
+class ConfigError(SidecarError):
+    """A setting is missing or malformed; the process must not start."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+
+
+class InvalidInput(SidecarError):
+    """The caller's input breaks a rule; the message says which, and is safe to show."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """The request body is larger than the listener accepts."""
+
+
+class AuthenticationFailed(SidecarError):
+    """Credentials are missing or invalid.
+
+    ``reason`` is a short fixed label for logs and metrics (``missing``,
+    ``malformed``, ``unknown_key``, ...). It is never sent to the caller.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("authentication required")
+        self.reason = reason
+
+
+class SecretNotFound(SidecarError):
+    """The owner has no secret of that name."""
+
+
+class SecretExists(SidecarError):
+    """The owner already has a secret of that name."""
+
+
+class EncryptionUnavailable(SidecarError):
+    """No active key-encryption key is configured, so nothing new can be sealed."""
+
+
+class EnvelopeError(SidecarError):
+    """A stored envelope is malformed, sealed under an unknown key, or fails authentication."""
+
+
+class StorageUnavailable(SidecarError):
+    """Redis refused, failed, or did not answer within the timeout."""
+
+
+class XrpcError(SidecarError):
+    """An error that goes on the wire as ``{"error": name, "message": message}``."""
+
+    def __init__(
+        self,
+        status: int,
+        name: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.name = name
+        self.message = message
+        self.headers: dict[str, str] = dict(headers or {})

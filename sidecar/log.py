@@ -1,0 +1,129 @@
+"""structlog set-up: JSON lines to stdout, with every credential redacted.
+
+Request context (request id, listener, caller) is bound through contextvars so
+that every line of a request carries it. The redaction processor is the last
+line of defence: code never logs tokens on purpose, and this makes sure an
+accident does not leak one either.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, Final, TextIO
+
+import structlog
+
+REDACTED: Final = "[redacted]"
+
+# Values that are credentials whatever key they sit under.
+_CREDENTIAL_PATTERNS: Final = (
+    re.compile(r"wsk_[A-Za-z0-9_-]{8,}"),  # signing tokens
+    re.compile(r"wsa_[A-Za-z0-9_-]{8,}"),  # API keys
+    re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"),  # Standard Webhooks receiver secrets
+    re.compile(r"(?i)bearer\s+\S+"),  # Authorization values
+    re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),  # JWTs
+    re.compile(r"wsn1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"),  # envelopes
+    re.compile(r"(?<![A-Za-z0-9])[0-9a-fA-F]{64}(?![A-Za-z0-9])"),  # hex KEKs
+    re.compile(r"(?<![A-Za-z0-9_+/-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_+/=-])"),  # base64url KEKs
+    re.compile(r"(?<![A-Za-z0-9_+/-])[A-Za-z0-9+/]{43}=(?![A-Za-z0-9_+/=-])"),  # base64 KEKs
+)
+# Keys whose value is dropped whole, whatever it looks like.
+_SECRET_KEYS: Final = frozenset(
+    {"token", "authorization", "kek", "api_key", "password", "secret", "envelope", "jwt"}
+)
+
+
+def redact_text(text: str) -> str:
+    for pattern in _CREDENTIAL_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {key: _redact_item(str(key), item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(item) for item in value]
+    if isinstance(value, bytes | bytearray):
+        return REDACTED
+    return value
+
+
+def _redact_item(key: str, value: Any) -> Any:
+    if key.lower() in _SECRET_KEYS:
+        return REDACTED
+    return _redact_value(value)
+
+
+def redact(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: scrub credentials from every key and value."""
+    for key in list(event_dict):
+        event_dict[key] = _redact_item(key, event_dict[key])
+    return event_dict
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    *,
+    stream: TextIO | None = None,
+    sink: Callable[[str], None] | None = None,
+) -> None:
+    """Configure structlog once for the process.
+
+    ``sink`` receives every rendered line instead of ``stream`` (tests use it
+    to capture all output). ``fmt`` "auto" means console on a TTY, else JSON.
+    """
+    out = stream or sys.stdout
+    console = fmt == "console" or (fmt == "auto" and sink is None and out.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if console
+        else structlog.processors.JSONRenderer(sort_keys=False)
+    )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        # Last before rendering, so it also scrubs formatted tracebacks.
+        redact,
+        renderer,
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=_SinkLoggerFactory(sink) if sink else structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+class _SinkLogger:
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        self._sink = sink
+
+    def msg(self, message: str) -> None:
+        self._sink(message)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+class _SinkLoggerFactory:
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        self._sink = sink
+
+    def __call__(self, *args: Any) -> _SinkLogger:
+        return _SinkLogger(self._sink)
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

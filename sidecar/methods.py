@@ -1,0 +1,136 @@
+"""The four ``place.wisp.v2.secret.*`` handlers: validate, seal, store, answer.
+
+Handlers receive an ``XrpcCall`` (authenticated caller, validated input) and
+return the output object; they know nothing of HTTP. Each secret change is
+logged once, with the owner, name, version and actor, and never the token.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+
+from sidecar.crypto import Keyring, generate_token
+from sidecar.names import validate_name
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from sidecar.metrics import Metrics
+    from sidecar.store import SecretStore
+    from sidecar.xrpc import Handler, Outcome, XrpcCall
+
+log = structlog.get_logger("sidecar.secrets")
+
+NSID_PREFIX: Final = "place.wisp.v2.secret."
+CREATE: Final = NSID_PREFIX + "create"
+LIST: Final = NSID_PREFIX + "list"
+ROTATE: Final = NSID_PREFIX + "rotate"
+DELETE: Final = NSID_PREFIX + "delete"
+
+
+def format_datetime(ms: int) -> str:
+    """RFC 3339 UTC with milliseconds and ``Z``: ``2026-01-15T10:30:00.000Z``."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _name(call: XrpcCall) -> str:
+    assert call.input is not None  # the lexicon declares an input for every caller of this
+    return validate_name(call.input.get("name"))
+
+
+class SecretMethods:
+    """Handlers for create, list, rotate and delete."""
+
+    def __init__(self, store: SecretStore, keyring: Keyring) -> None:
+        self._store = store
+        self._keyring = keyring
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            CREATE: self.create,
+            LIST: self.list,
+            ROTATE: self.rotate,
+            DELETE: self.delete,
+        }
+
+    async def create(self, call: XrpcCall) -> Mapping[str, Any]:
+        name = _name(call)
+        did = call.caller.did
+        token = generate_token()
+        envelope = self._keyring.seal(token, did=did, name=name)
+        change = await self._store.create(did, name, envelope, actor=call.caller.actor)
+        log.info(
+            "secret.created", did=did, name=name, version=change.version, actor=call.caller.actor
+        )
+        return {"name": name, "token": token, "createdAt": format_datetime(change.at_ms)}
+
+    async def list(self, call: XrpcCall) -> Mapping[str, Any]:
+        metas = await self._store.list_secrets(call.caller.did)
+        secrets: list[dict[str, str]] = []
+        for meta in metas:
+            item = {"name": meta.name, "createdAt": format_datetime(meta.created_ms)}
+            if meta.rotated_ms is not None:
+                item["lastRotatedAt"] = format_datetime(meta.rotated_ms)
+            secrets.append(item)
+        return {"secrets": secrets}
+
+    async def rotate(self, call: XrpcCall) -> Mapping[str, Any]:
+        name = _name(call)
+        did = call.caller.did
+        token = generate_token()
+        envelope = self._keyring.seal(token, did=did, name=name)
+        change = await self._store.rotate(did, name, envelope, actor=call.caller.actor)
+        log.info(
+            "secret.rotated", did=did, name=name, version=change.version, actor=call.caller.actor
+        )
+        return {"name": name, "token": token, "rotatedAt": format_datetime(change.at_ms)}
+
+    async def delete(self, call: XrpcCall) -> Mapping[str, Any]:
+        name = _name(call)
+        did = call.caller.did
+        change = await self._store.delete(did, name, actor=call.caller.actor)
+        log.info(
+            "secret.deleted", did=did, name=name, version=change.version, actor=call.caller.actor
+        )
+        return {}
+
+
+# Wire error name -> metric outcome (issue #4's fixed label set).
+_OUTCOMES: Final = {
+    None: "ok",
+    "NotFound": "not_found",
+    "InvalidRequest": "invalid",
+    "PayloadTooLarge": "invalid",
+    "AlreadyExists": "already_exists",
+    "AuthenticationRequired": "unauthenticated",
+    "Forbidden": "forbidden",
+    "WebhookSecretEncryptionUnavailable": "encryption_unavailable",
+    "StorageUnavailable": "storage_unavailable",
+}
+_OPERATIONS: Final = {CREATE: "create", LIST: "list", DELETE: "delete"}
+
+
+def metrics_observer(metrics: Metrics) -> Any:
+    """An XRPC observer that counts every call once, by method and outcome."""
+
+    def observe(outcome: Outcome) -> None:
+        metrics.xrpc_requests.labels(method=outcome.nsid, status=str(outcome.status)).inc()
+        if outcome.auth_failure is not None:
+            metrics.auth_failures.labels(reason=outcome.auth_failure).inc()
+        label = _OUTCOMES.get(outcome.error, "error")
+        if outcome.nsid == ROTATE:
+            metrics.rotations.labels(outcome=label).inc()
+            metrics.rotation_duration.observe(outcome.duration_s)
+            if outcome.error is None:
+                metrics.last_rotation.set(time.time())
+        elif outcome.nsid in _OPERATIONS:
+            metrics.secret_operations.labels(
+                operation=_OPERATIONS[outcome.nsid], outcome=label
+            ).inc()
+
+    return observe

@@ -1,0 +1,47 @@
+"""The shapes of owner DIDs and secret names, checked before they reach a Redis key."""
+
+from __future__ import annotations
+
+import re
+
+from sidecar.errors import InvalidInput
+
+# DESIGN.md §3: names are case-sensitive, never trimmed, and not "." or "..".
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+NAME_RULE = "1-64 characters of A-Z a-z 0-9 . _ -, not '.' or '..', and not starting 'wsk_'"
+# Tokens start with "wsk_" and fit the name alphabet, so a token pasted as a
+# name would sit in Redis and in every list answer in plaintext. Refuse them.
+_TOKEN_PREFIX = "wsk_"  # noqa: S105  (a prefix to refuse, not a credential)
+
+# The atproto DID syntax. It excludes "{" and "}", which keeps the owner's
+# Redis hash tag ("{<did>}") unambiguous, so every key of an owner shares a slot.
+_DID_RE = re.compile(r"did:[a-z]+:[A-Za-z0-9._:%-]*[A-Za-z0-9._-]")
+MAX_DID_LENGTH = 2048
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether ``name`` is a well-formed secret name."""
+    return (
+        _NAME_RE.fullmatch(name) is not None
+        and name not in (".", "..")
+        and not name.startswith(_TOKEN_PREFIX)
+    )
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` unchanged, or raise ``InvalidInput`` saying what a name must be."""
+    if not isinstance(name, str) or not is_valid_name(name):
+        raise InvalidInput(f"name must be {NAME_RULE}")
+    return name
+
+
+def is_valid_did(did: str) -> bool:
+    """Whether ``did`` follows the atproto DID syntax."""
+    return len(did) <= MAX_DID_LENGTH and _DID_RE.fullmatch(did) is not None
+
+
+def validate_did(did: object) -> str:
+    """Return ``did`` unchanged, or raise ``InvalidInput``."""
+    if not isinstance(did, str) or not is_valid_did(did):
+        raise InvalidInput("did must be a DID, such as did:plc:abc123 or did:web:example.com")
+    return did

@@ -1,0 +1,334 @@
+"""The Redis layout of signing secrets, and every Redis call the sidecar makes.
+
+This is the only module that imports ``redis``. Every Redis failure leaves it as
+``StorageUnavailable`` (the caller answers 503), and every call runs under one
+deadline, so a Redis that stops answering fails as fast as one that refuses.
+
+Keys of one owner share the hash tag ``{<did>}`` (DESIGN.md §5), so each Lua
+script touches one cluster slot:
+
+    wsc:{<did>}:s:<name>   hash    env, ver, created, rotated
+    wsc:{<did>}:idx        zset    names scored by creation time (list order)
+    wsc:{<did>}:log        stream  audit entries, never a token; capped
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    ReadOnlyError,
+    RedisError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
+
+from sidecar.errors import SecretExists, SecretNotFound, StorageUnavailable
+from sidecar.names import validate_did, validate_name
+
+T = TypeVar("T")
+
+EVENTS_CHANNEL: Final = "wsc:events"
+
+# Redis errors that mean "not available now, try again", as opposed to a bug.
+_UNAVAILABLE: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    TimeoutError,
+    OSError,
+)
+
+# Server time keeps every replica's timestamps on one clock.
+_NOW_MS: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: secret hash, index, audit log. ARGV: name, envelope, actor, log cap.
+_CREATE: Final = (
+    _NOW_MS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+redis.call('HSET', KEYS[1], 'env', ARGV[2], 'ver', 1, 'created', now)
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
+  'op', 'create', 'name', ARGV[1], 'ver', 1, 'at', now, 'actor', ARGV[3])
+return {'ok', 1, now}
+"""
+)
+
+# rotate never creates: a missing hash is NotFound (DESIGN.md §5).
+_ROTATE: Final = (
+    _NOW_MS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found'} end
+local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
+redis.call('HSET', KEYS[1], 'env', ARGV[2], 'rotated', now)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
+  'op', 'rotate', 'name', ARGV[1], 'ver', ver, 'at', now, 'actor', ARGV[3])
+return {'ok', ver, now}
+"""
+)
+
+_DELETE: Final = (
+    _NOW_MS
+    + """
+local ver = redis.call('HGET', KEYS[1], 'ver')
+if not ver then return {'not_found'} end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
+  'op', 'delete', 'name', ARGV[1], 'ver', ver, 'at', now, 'actor', ARGV[3])
+return {'ok', tonumber(ver), now}
+"""
+)
+
+
+def secret_key(did: str, name: str) -> str:
+    return f"wsc:{{{did}}}:s:{name}"
+
+
+def index_key(did: str) -> str:
+    return f"wsc:{{{did}}}:idx"
+
+
+def log_key(did: str) -> str:
+    return f"wsc:{{{did}}}:log"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretChange:
+    """The state a create, rotate or delete left behind."""
+
+    name: str
+    version: int
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SecretMeta:
+    """What ``list`` shows of a secret: never its envelope."""
+
+    name: str
+    created_ms: int
+    rotated_ms: int | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEnvelope:
+    """A secret's current sealed token and its version."""
+
+    envelope: str
+    version: int
+
+
+ErrorHook = Callable[[str], None]
+
+
+def connect(url: str, *, timeout_s: float) -> aioredis.Redis:
+    """A client whose every connect and socket read gives up after ``timeout_s``.
+
+    It does not retry on its own: a retried write after a lost reply could
+    apply twice, and reads are retried, where that is safe, by the store.
+    """
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+        health_check_interval=30,
+    )
+
+
+class SecretStore:
+    """Signing secrets in Redis: atomic changes, batched reads, audit and events."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        timeout_s: float,
+        audit_max_len: int = 1000,
+        on_error: ErrorHook | None = None,
+    ) -> None:
+        self._redis = client
+        self._timeout_s = timeout_s
+        self._audit_max_len = audit_max_len
+        self._on_error = on_error
+        self._create = client.register_script(_CREATE)
+        self._rotate = client.register_script(_ROTATE)
+        self._delete = client.register_script(_DELETE)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._redis
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def ping(self) -> None:
+        await self._run("ping", lambda: self._redis.ping())
+
+    async def create(self, did: str, name: str, envelope: str, *, actor: str) -> SecretChange:
+        """Store a new secret; ``SecretExists`` if the owner has one of that name."""
+        reply = await self._script("create", self._create, did, name, envelope, actor)
+        if reply[0] == b"exists":
+            raise SecretExists(f"a secret named {name!r} already exists")
+        change = SecretChange(name=name, version=int(reply[1]), at_ms=int(reply[2]))
+        await self._publish(did, "create", change)
+        return change
+
+    async def rotate(self, did: str, name: str, envelope: str, *, actor: str) -> SecretChange:
+        """Replace a secret's envelope and bump its version; ``SecretNotFound`` if absent."""
+        reply = await self._script("rotate", self._rotate, did, name, envelope, actor)
+        if reply[0] == b"not_found":
+            raise SecretNotFound(f"no secret named {name!r}")
+        change = SecretChange(name=name, version=int(reply[1]), at_ms=int(reply[2]))
+        await self._publish(did, "rotate", change)
+        return change
+
+    async def delete(self, did: str, name: str, *, actor: str) -> SecretChange:
+        """Remove a secret; ``SecretNotFound`` if absent."""
+        reply = await self._script("delete", self._delete, did, name, "", actor)
+        if reply[0] == b"not_found":
+            raise SecretNotFound(f"no secret named {name!r}")
+        change = SecretChange(name=name, version=int(reply[1]), at_ms=int(reply[2]))
+        await self._publish(did, "delete", change)
+        return change
+
+    async def list_secrets(self, did: str) -> list[SecretMeta]:
+        """The owner's secrets, oldest first, read in one round trip after the index."""
+        validate_did(did)
+
+        async def read_index() -> list[bytes]:
+            names: Any = await self._redis.zrange(index_key(did), 0, -1)
+            return list(names)
+
+        names = await self._read("list", read_index)
+        if not names:
+            return []
+
+        async def read_hashes() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for raw in names:
+                    pipe.hmget(secret_key(did, raw.decode()), "ver", "created", "rotated")
+                rows: list[Any] = await pipe.execute()
+                return rows
+
+        rows = await self._read("list", read_hashes)
+        metas = []
+        for raw, (ver, created, rotated) in zip(names, rows, strict=True):
+            # A name whose hash vanished between the two reads was just deleted.
+            if ver is None or created is None:
+                continue
+            metas.append(
+                SecretMeta(
+                    name=raw.decode(),
+                    created_ms=int(created),
+                    rotated_ms=int(rotated) if rotated is not None else None,
+                    version=int(ver),
+                )
+            )
+        return metas
+
+    async def get_envelopes(self, refs: Sequence[tuple[str, str]]) -> list[StoredEnvelope | None]:
+        """The current envelope of each ``(did, name)``, in order, in one round trip."""
+        if not refs:
+            return []
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for did, name in refs:
+                    pipe.hmget(secret_key(did, name), "env", "ver")
+                rows: list[Any] = await pipe.execute()
+                return rows
+
+        rows = await self._read("get_envelopes", read)
+        return [
+            StoredEnvelope(envelope=env.decode(), version=int(ver))
+            if env is not None and ver is not None
+            else None
+            for env, ver in rows
+        ]
+
+    async def get_envelope(self, did: str, name: str) -> StoredEnvelope | None:
+        return (await self.get_envelopes([(did, name)]))[0]
+
+    async def _script(
+        self,
+        operation: str,
+        script: Any,
+        did: str,
+        name: str,
+        envelope: str,
+        actor: str,
+    ) -> list[Any]:
+        validate_did(did)
+        validate_name(name)
+        keys = [secret_key(did, name), index_key(did), log_key(did)]
+        args = [name, envelope, actor, self._audit_max_len]
+        reply: list[Any] = await self._run(operation, lambda: script(keys=keys, args=args))
+        return reply
+
+    async def _publish(self, did: str, op: str, change: SecretChange) -> None:
+        # Dispatchers may react to this; correctness never depends on it
+        # (DESIGN.md §5), so a failed publish is counted and otherwise ignored.
+        message = json.dumps({"did": did, "name": change.name, "ver": change.version, "op": op})
+        with contextlib.suppress(StorageUnavailable):
+            await self._run("publish", lambda: self._redis.publish(EVENTS_CHANNEL, message))
+
+    async def _read(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run an idempotent read, retrying once on a dropped connection.
+
+        A pooled connection can be stale after Redis restarts; one retry inside
+        the same deadline hides that without ever delaying past the timeout.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        try:
+            return await self._run(operation, call, deadline=deadline, count_error=False)
+        except StorageUnavailable:
+            if loop.time() >= deadline:
+                self._count(operation)
+                raise
+        return await self._run(operation, call, deadline=deadline)
+
+    async def _run(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        deadline: float | None = None,
+        count_error: bool = True,
+    ) -> T:
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self._timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await call()
+        except _UNAVAILABLE as exc:
+            if count_error:
+                self._count(operation)
+            raise StorageUnavailable("storage did not answer in time") from exc
+        except RedisError:
+            self._count(operation)
+            raise
+
+    def _count(self, operation: str) -> None:
+        if self._on_error is not None:
+            self._on_error(operation)

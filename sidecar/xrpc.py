@@ -1,0 +1,165 @@
+"""``/xrpc/<nsid>``: routing from lexicons and one fixed request pipeline.
+
+A method exists only if a lexicon declares it, and its HTTP verb comes from
+that declaration. Every request runs: lookup (501) → verb (405) → auth (401)
+→ params and body (400/413) → handler → output check. The handler sees only
+validated input and an authenticated caller; it knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+from aiohttp import web
+
+from sidecar.errors import AuthenticationFailed, InvalidInput, XrpcError
+from sidecar.wire import INTERNAL, error_response, read_body, to_wire
+
+if TYPE_CHECKING:
+    from sidecar.auth import Authenticator, Caller
+    from sidecar.lexicon import LexiconRegistry, MethodDef
+
+log = structlog.get_logger("sidecar.xrpc")
+
+HEALTH_PATH: Final = "/xrpc/_health"
+
+
+@dataclass(frozen=True, slots=True)
+class XrpcCall:
+    """One authenticated, validated call, as a handler receives it."""
+
+    nsid: str
+    caller: Caller
+    params: Mapping[str, Any]
+    input: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a call ended, for metrics: ``error`` is the wire error name, or None."""
+
+    nsid: str
+    status: int
+    error: str | None
+    duration_s: float
+    auth_failure: str | None = None
+
+
+Handler = Callable[[XrpcCall], Awaitable[Mapping[str, Any]]]
+Observer = Callable[[Outcome], None]
+HealthCheck = Callable[[], Awaitable[bool]]
+
+
+class XrpcServer:
+    """Serves the lexicon-declared methods that have a handler."""
+
+    def __init__(
+        self,
+        lexicons: LexiconRegistry,
+        handlers: Mapping[str, Handler],
+        authenticator: Authenticator,
+        *,
+        max_body_bytes: int,
+        version: str,
+        health: HealthCheck,
+        observers: tuple[Observer, ...] = (),
+    ) -> None:
+        undeclared = sorted(set(handlers) - set(lexicons.methods))
+        if undeclared:
+            # A handler without a lexicon would be an undocumented method.
+            raise ValueError(f"handlers without a lexicon: {', '.join(undeclared)}")
+        self._lexicons = lexicons
+        self._handlers = dict(handlers)
+        self._auth = authenticator
+        self._max_body = max_body_bytes
+        self._version = version
+        self._health = health
+        self._observers = observers
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get(HEALTH_PATH, self.health, allow_head=False)
+        app.router.add_route("*", "/xrpc/{nsid}", self.dispatch)
+
+    async def health(self, request: web.Request) -> web.Response:
+        if await self._health():
+            return web.json_response({"version": self._version})
+        return web.json_response(
+            {"version": self._version, "error": "Service Unavailable"}, status=503
+        )
+
+    async def dispatch(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        nsid = request.match_info["nsid"]
+        method = self._lexicons.get(nsid)
+        known = method is not None and nsid in self._handlers
+        auth_failure: str | None = None
+        try:
+            body = await self._call(request, nsid, method)
+            response = web.json_response(body)
+            error_name = None
+        except AuthenticationFailed as exc:
+            auth_failure = exc.reason
+            log.info("auth_failed", nsid=nsid, reason=exc.reason)
+            wire = to_wire(exc)
+            assert wire is not None
+            response, error_name = error_response(wire), wire.name
+        except Exception as exc:
+            wire = to_wire(exc)
+            if wire is None:
+                log.exception("xrpc_handler_failed", nsid=nsid)
+                wire = INTERNAL
+            response, error_name = error_response(wire), wire.name
+        outcome = Outcome(
+            nsid=nsid if known else "unknown",
+            status=response.status,
+            error=error_name,
+            duration_s=time.perf_counter() - started,
+            auth_failure=auth_failure,
+        )
+        for observe in self._observers:
+            observe(outcome)
+        return response
+
+    async def _call(
+        self, request: web.Request, nsid: str, method: MethodDef | None
+    ) -> Mapping[str, Any]:
+        handler = self._handlers.get(nsid)
+        if method is None or handler is None:
+            raise XrpcError(501, "MethodNotImplemented", f"Method not implemented: {nsid}")
+        if request.method != method.http_method:
+            raise XrpcError(
+                405,
+                "InvalidRequest",
+                f"{nsid} is a {method.kind}: use {method.http_method}",
+                {"Allow": method.http_method},
+            )
+        caller = await self._auth.authenticate(request.headers.get("Authorization"), nsid=nsid)
+        structlog.contextvars.bind_contextvars(did=caller.did, nsid=nsid)
+        params = method.validate_params(dict(request.query))
+        payload = await self._input(request, method)
+        output = await handler(XrpcCall(nsid=nsid, caller=caller, params=params, input=payload))
+        # An output that breaks its lexicon is our bug: it becomes a 500.
+        method.validate_output(output)
+        return output
+
+    async def _input(self, request: web.Request, method: MethodDef) -> Mapping[str, Any] | None:
+        raw = await read_body(request, self._max_body)
+        if method.input_schema is None and method.input_encoding is None:
+            if raw:
+                raise InvalidInput(f"{method.nsid} takes no request body")
+            return None
+        if request.content_type != method.input_encoding:
+            raise InvalidInput(f"Content-Type must be {method.input_encoding}")
+        try:
+            value = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise InvalidInput("Request body is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise InvalidInput("Request body must be a JSON object")
+        method.validate_input(value)
+        return value

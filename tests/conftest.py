@@ -1,0 +1,155 @@
+"""Shared fixtures: one real Redis-protocol server per session, a clean database
+per test, fresh metrics registries, and sidecars built by the real factories."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from support import ALICE, BOB
+
+from sidecar.app import Sidecar, create_ops_app, create_xrpc_app, open_sidecar
+from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.crypto import encode_kek, generate_kek
+from sidecar.embedded import EmbeddedValkey
+from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
+from sidecar.log import configure_logging
+from sidecar.settings import Settings
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from aiohttp.test_utils import TestClient
+
+AiohttpClient = Callable[[web.Application], Any]
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis-protocol server for the whole session.
+
+    ``SIDECAR_TEST_REDIS_URL`` points the suite at a server you run (its
+    database is flushed before every test); otherwise the embedded Valkey.
+    """
+    url = os.environ.get("SIDECAR_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), persist=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    """The session server's URL, with an empty database."""
+    with redis.Redis.from_url(redis_server_url) as client:
+        client.flushdb()
+    return redis_server_url
+
+
+@pytest.fixture
+def raw_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain synchronous client for looking at what the sidecar stored."""
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+@dataclass(frozen=True)
+class Keys:
+    """API keys of two owners, and the file that admits them."""
+
+    alice: str
+    bob: str
+    path: Path
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    alice, bob = generate_api_key(), generate_api_key()
+    path = tmp_path / "api-keys"
+    path.write_text(
+        "# test keys\n"
+        f"{keys_file_line(ALICE, alice, 'alice-ci')}\n"
+        f"{keys_file_line(BOB, bob, 'bob-ci')}\n"
+    )
+    return Keys(alice=alice, bob=bob, path=path)
+
+
+@pytest.fixture
+def kek_text() -> str:
+    return encode_kek(generate_kek())
+
+
+@pytest.fixture
+def env(redis_url: str, keys: Keys, kek_text: str, tmp_path: Path) -> dict[str, str]:
+    """The environment a test sidecar is configured from; tests may change it."""
+    return {
+        "REDIS_URL": redis_url,
+        "SIDECAR_KEK": kek_text,
+        "SIDECAR_API_KEYS_FILE": str(keys.path),
+        "SIDECAR_DATA_DIR": str(tmp_path / "data"),
+    }
+
+
+@pytest.fixture(scope="session")
+def lexicons() -> LexiconRegistry:
+    return LexiconRegistry.load(default_lexicon_dir())
+
+
+SidecarFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_sidecar(
+    env: dict[str, str], lexicons: LexiconRegistry
+) -> AsyncIterator[SidecarFactory]:
+    """Open sidecars (replicas) on the test Redis, each with a fresh metrics registry."""
+    async with AsyncExitStack() as stack:
+
+        async def make(**overrides: str) -> Sidecar:
+            settings = Settings.from_env({**env, **overrides})
+            return await stack.enter_async_context(
+                open_sidecar(settings, registry=CollectorRegistry(), lexicons=lexicons)
+            )
+
+        yield make
+
+
+@pytest.fixture
+async def sidecar(make_sidecar: SidecarFactory) -> Sidecar:
+    result: Sidecar = await make_sidecar()
+    return result
+
+
+@pytest.fixture
+async def xrpc(aiohttp_client: AiohttpClient, sidecar: Sidecar) -> TestClient[Any, Any]:
+    """A client of the XRPC listener, over a real socket."""
+    client: TestClient[Any, Any] = await aiohttp_client(create_xrpc_app(sidecar))
+    return client
+
+
+@pytest.fixture
+async def ops(aiohttp_client: AiohttpClient, sidecar: Sidecar) -> TestClient[Any, Any]:
+    """A client of the ops listener of the same sidecar as ``xrpc``."""
+    client: TestClient[Any, Any] = await aiohttp_client(create_ops_app(sidecar))
+    return client
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """Every log line the sidecar renders during the test, as JSON text."""
+    lines: list[str] = []
+    configure_logging("debug", "json", sink=lines.append)
+    yield lines
+    configure_logging("info", "json")

@@ -1,0 +1,60 @@
+"""Helpers the tests share: XRPC calls, keyspace dumps, log parsing."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis
+    from aiohttp.test_utils import TestClient
+
+ALICE = "did:plc:alice000000000000000000"
+BOB = "did:web:bob.example.com"
+
+CREATE = "place.wisp.v2.secret.create"
+LIST = "place.wisp.v2.secret.list"
+ROTATE = "place.wisp.v2.secret.rotate"
+DELETE = "place.wisp.v2.secret.delete"
+
+
+def parsed(lines: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in lines]
+
+
+def keyspace_dump(client: redis.Redis) -> dict[bytes, Any]:
+    """Every key with its type and full value, to compare before and after a request."""
+    dump: dict[bytes, Any] = {}
+    for key in sorted(client.scan_iter(count=1000)):
+        kind = client.type(key)
+        if kind == b"hash":
+            value: Any = client.hgetall(key)
+        elif kind == b"zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"stream":
+            value = client.xrange(key)
+        else:
+            value = client.dump(key)
+        dump[key] = (kind, value)
+    return dump
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def call(
+    client: TestClient[Any, Any],
+    nsid: str,
+    key: str | None,
+    body: Any = None,
+    *,
+    method: str = "POST",
+) -> tuple[int, Any]:
+    """Call an XRPC method and return (status, decoded JSON body)."""
+    headers = bearer(key) if key else {}
+    kwargs: dict[str, Any] = {"headers": headers}
+    if body is not None:
+        kwargs["json"] = body
+    async with client.request(method, f"/xrpc/{nsid}", **kwargs) as response:
+        return response.status, await response.json()

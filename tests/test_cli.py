@@ -1,0 +1,184 @@
+"""The wisp-sidecar command: keygen, apikey, settings errors, and serve in development mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import sys
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+from support import CREATE, LIST, ROTATE, bearer
+
+from sidecar.auth import ApiKeys, parse_api_keys
+from sidecar.cli import main
+from sidecar.crypto import parse_kek
+from sidecar.embedded import free_port
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_keygen_prints_a_valid_fresh_kek(capsys: pytest.CaptureFixture[str]) -> None:
+    """keygen prints one KEK that the strict parser accepts, different on every run."""
+    assert main(["keygen"], environ={}) == 0
+    first = capsys.readouterr().out
+    assert main(["keygen"], environ={}) == 0
+    second = capsys.readouterr().out
+    assert first != second
+    assert len(first.strip().splitlines()) == 1
+    parse_kek(first, setting="test")
+
+
+def test_apikey_prints_a_key_and_the_line_that_admits_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """apikey prints a key and a keys-file line under which that key authenticates as the DID."""
+    assert main(["apikey", "--did", "did:plc:xyz", "--label", "ci"], environ={}) == 0
+    lines = capsys.readouterr().out.splitlines()
+    key = lines[0].rsplit(" ", 1)[1]
+    entries = parse_api_keys(lines[-1], source="stdout")
+    caller = ApiKeys(entries).authenticate(key)
+    assert (caller.did, caller.actor) == ("did:plc:xyz", "apikey:ci")
+
+
+def test_apikey_refuses_a_non_did(capsys: pytest.CaptureFixture[str]) -> None:
+    """apikey with a malformed DID exits 2 and prints no key."""
+    assert main(["apikey", "--did", "alice"], environ={}) == 2
+    captured = capsys.readouterr()
+    assert "wsa_" not in captured.out
+    assert "--did" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SIDECAR_XRPC_PORT", "eighty"),
+        ("SIDECAR_KEK", "not-a-key"),
+        ("SIDECAR_LOG_LEVEL", "loud"),
+        ("REDIS_URL", "http://user:hunter2@example.com"),
+        ("SIDECAR_API_KEYS_FILE", "/nonexistent/keys"),
+    ],
+)
+async def test_a_bad_setting_stops_serve_with_exit_2_and_one_line(
+    variable: str, value: str, tmp_path: Path
+) -> None:
+    """serve with a bad setting exits 2 and prints one line naming the setting, not its value."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "serve",
+        env={"PATH": os.environ["PATH"], variable: value, "SIDECAR_DATA_DIR": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert variable in lines[0]
+    if variable in ("SIDECAR_KEK", "REDIS_URL"):
+        assert value not in lines[0]
+        assert "hunter2" not in lines[0]
+    assert not (tmp_path / "valkey").exists()
+
+
+class Served:
+    """A running ``python -m sidecar serve`` and what it printed."""
+
+    def __init__(self, process: asyncio.subprocess.Process, banner: str, port: int) -> None:
+        self.process = process
+        self.banner = banner
+        self.base = f"http://127.0.0.1:{port}"
+
+
+async def start_serve(data_dir: Path) -> Served:
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "SIDECAR_DATA_DIR": str(data_dir),
+        "SIDECAR_XRPC_HOST": "127.0.0.1",
+        "SIDECAR_XRPC_PORT": str(port),
+        "SIDECAR_OPS_HOST": "127.0.0.1",
+        "SIDECAR_OPS_PORT": str(free_port()),
+        "SIDECAR_LOG_FORMAT": "json",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+
+    async def until_listening() -> None:
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            event = json.loads(line)
+            if event.get("event") == "listening" and event.get("listener") == "xrpc":
+                return
+        raise AssertionError("serve exited before listening")
+
+    await asyncio.wait_for(until_listening(), timeout=30)
+    # The banner is printed before the listeners start, so it is all there now.
+    banner = b""
+    while not banner.endswith(b"\n") or b"embedded Valkey at" not in banner:
+        banner += await asyncio.wait_for(process.stderr.readline(), timeout=5)
+    return Served(process, banner.decode(), port)
+
+
+async def stop_serve(served: Served) -> int:
+    served.process.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(served.process.wait(), timeout=30)
+
+
+async def test_serve_in_development_mode_works_as_the_quick_start_says(tmp_path: Path) -> None:
+    """Unconfigured, serve makes a dev KEK and key, serves XRPC, and keeps data across restarts."""
+    data_dir = tmp_path / "data"
+    served = await start_serve(data_dir)
+    try:
+        assert "DEVELOPMENT MODE" in served.banner
+        key_lines = [line for line in served.banner.splitlines() if "wsa_" in line]
+        assert len(key_lines) == 1
+        key = key_lines[0].strip()
+        for name in ("dev-kek", "dev-api-keys"):
+            mode = stat.S_IMODE((data_dir / name).stat().st_mode)
+            assert mode == 0o600, (name, oct(mode))
+        assert key not in (data_dir / "dev-api-keys").read_text()
+        async with aiohttp.ClientSession(headers=bearer(key)) as session:
+            async with session.post(
+                f"{served.base}/xrpc/{CREATE}", json={"name": "orders"}
+            ) as response:
+                assert response.status == 200
+                created = await response.json()
+            async with session.post(
+                f"{served.base}/xrpc/{ROTATE}", json={"name": "orders"}
+            ) as response:
+                assert response.status == 200
+    finally:
+        assert await stop_serve(served) == 0
+    assert created["token"].encode() not in (data_dir / "valkey" / "valkey.log").read_bytes()
+
+    again = await start_serve(data_dir)
+    try:
+        assert "wsa_" not in again.banner
+        assert "Reusing the API key" in again.banner
+        async with (
+            aiohttp.ClientSession(headers=bearer(key)) as session,
+            session.get(f"{again.base}/xrpc/{LIST}") as response,
+        ):
+            assert response.status == 200
+            listed = await response.json()
+        assert [item["name"] for item in listed["secrets"]] == ["orders"]
+        assert "lastRotatedAt" in listed["secrets"][0]
+    finally:
+        assert await stop_serve(again) == 0

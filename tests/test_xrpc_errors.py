@@ -1,0 +1,291 @@
+"""Every row of the XRPC error table: the right status and name, and nothing changed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from support import CREATE, DELETE, LIST, ROTATE, bearer, call, keyspace_dump
+
+from sidecar.app import create_xrpc_app
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    import redis
+    from conftest import AiohttpClient, Keys, SidecarFactory
+
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+async def seeded(xrpc: Client, keys: Keys) -> AsyncIterator[Client]:
+    """An XRPC client whose owner Alice already has the secret 'orders'."""
+    status, _ = await call(xrpc, CREATE, keys.alice, {"name": "orders"})
+    assert status == 200
+    return xrpc
+
+
+@pytest.fixture
+def unchanged(seeded: Client, raw_redis: redis.Redis) -> Iterator[None]:
+    """Fails the test if the keyspace after it differs from the seeded keyspace before it."""
+    before = keyspace_dump(raw_redis)
+    yield
+    assert keyspace_dump(raw_redis) == before
+
+
+def assert_error(status: int, body: Any, expected_status: int, expected_error: str) -> None:
+    assert status == expected_status, body
+    assert set(body) == {"error", "message"}, body
+    assert body["error"] == expected_error
+    assert isinstance(body["message"], str)
+    assert body["message"]
+
+
+async def post_raw(
+    client: Client, nsid: str, data: bytes, headers: dict[str, str]
+) -> tuple[int, Any, Any]:
+    async with client.post(f"/xrpc/{nsid}", data=data, headers=headers) as response:
+        return response.status, await response.json(), response.headers
+
+
+# --- 401 -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Bearer two words",
+        "wsa_notevenbearer",
+        "Bearer wsa_wrongwrongwrongwrongwrongwrongwrongwrongwro",
+    ],
+)
+@pytest.mark.parametrize("nsid", [CREATE, ROTATE, DELETE])
+@pytest.mark.usefixtures("unchanged")
+async def test_bad_credentials_are_401_before_anything_else(
+    seeded: Client, nsid: str, authorization: str | None
+) -> None:
+    """Missing, malformed or unknown credentials get 401 + WWW-Authenticate, despite a bad body."""
+    headers = {"Content-Type": "text/plain"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    status, body, response_headers = await post_raw(seeded, nsid, b"{not json", headers)
+    assert_error(status, body, 401, "AuthenticationRequired")
+    assert response_headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_list_without_credentials_is_401(seeded: Client) -> None:
+    """The list query refuses an anonymous caller too."""
+    status, body = await call(seeded, LIST, None, method="GET")
+    assert_error(status, body, 401, "AuthenticationRequired")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_oversized_body_without_credentials_is_401(seeded: Client) -> None:
+    """Authentication comes before the size check: an anonymous huge body is 401, not 413."""
+    status, body, _ = await post_raw(
+        seeded, CREATE, b"x" * (200 * 1024), {"Content-Type": "application/json"}
+    )
+    assert_error(status, body, 401, "AuthenticationRequired")
+
+
+# --- 400 -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b"", "application/json"),
+        (b'["orders"]', "application/json"),
+        (b'"orders"', "application/json"),
+        (b"null", "application/json"),
+        (b"\xff\xfe\x00", "application/json"),
+        (b"[" * 50_000 + b"]" * 10_000, "application/json"),
+        (b'{"name": "orders2"}', "text/plain"),
+        (b'{"name": "orders2"}', "application/x-www-form-urlencoded"),
+        (b'{"name": "orders2"}', ""),
+        (b"{}", "application/json"),
+        (b'{"nmae": "orders2"}', "application/json"),
+        (b'{"name": null}', "application/json"),
+        (b'{"name": 42}', "application/json"),
+        (b'{"name": ["orders2"]}', "application/json"),
+        (b'{"name": ""}', "application/json"),
+        (b'{"name": "."}', "application/json"),
+        (b'{"name": ".."}', "application/json"),
+        (b'{"name": "' + b"a" * 65 + b'"}', "application/json"),
+        ('{"name": "caf\u00e9"}'.encode(), "application/json"),
+        (b'{"name": " orders"}', "application/json"),
+        (b'{"name": "orders "}', "application/json"),
+        (b'{"name": "a/b"}', "application/json"),
+        (b'{"name": "a:b"}', "application/json"),
+        (b'{"name": "a~b"}', "application/json"),
+        (b'{"name": "wsk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}', "application/json"),
+    ],
+)
+@pytest.mark.parametrize("nsid", [CREATE, ROTATE, DELETE])
+@pytest.mark.usefixtures("unchanged")
+async def test_bad_input_is_400_invalid_request(
+    seeded: Client, keys: Keys, nsid: str, data: bytes, content_type: str
+) -> None:
+    """Bad JSON, a wrong content type, or a missing or malformed name is 400 and changes nothing."""
+    headers = bearer(keys.alice)
+    if content_type:
+        headers["Content-Type"] = content_type
+    status, body, _ = await post_raw(seeded, nsid, data, headers)
+    assert_error(status, body, 400, "InvalidRequest")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_query_with_a_body_or_unknown_params_is_400(seeded: Client, keys: Keys) -> None:
+    """list takes no body and no parameters."""
+    async with seeded.get(
+        f"/xrpc/{LIST}", data=b'{"name": "x"}', headers=bearer(keys.alice)
+    ) as response:
+        assert_error(response.status, await response.json(), 400, "InvalidRequest")
+    async with seeded.get(f"/xrpc/{LIST}?limit=5", headers=bearer(keys.alice)) as response:
+        assert_error(response.status, await response.json(), 400, "InvalidRequest")
+
+
+# --- 404, 405, 409, 413, 501 ----------------------------------------------
+
+
+@pytest.mark.parametrize("nsid", [ROTATE, DELETE])
+@pytest.mark.usefixtures("unchanged")
+async def test_missing_secret_is_404(seeded: Client, keys: Keys, nsid: str) -> None:
+    """rotate and delete of a name the caller does not have are 404 NotFound, and create nothing."""
+    status, body = await call(seeded, nsid, keys.alice, {"name": "nope"})
+    assert_error(status, body, 404, "NotFound")
+
+
+@pytest.mark.parametrize("nsid", [ROTATE, DELETE])
+@pytest.mark.usefixtures("unchanged")
+async def test_another_owners_secret_is_404(seeded: Client, keys: Keys, nsid: str) -> None:
+    """Bob touching Alice's 'orders' gets NotFound, exactly as if it did not exist."""
+    status, body = await call(seeded, nsid, keys.bob, {"name": "orders"})
+    assert_error(status, body, 404, "NotFound")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_create_of_an_existing_name_is_409(seeded: Client, keys: Keys) -> None:
+    """create of a name the caller has is 409 AlreadyExists and keeps the old token."""
+    status, body = await call(seeded, CREATE, keys.alice, {"name": "orders"})
+    assert_error(status, body, 409, "AlreadyExists")
+
+
+@pytest.mark.parametrize(
+    ("nsid", "verb", "allow"),
+    [
+        (CREATE, "GET", "POST"),
+        (ROTATE, "PUT", "POST"),
+        (DELETE, "DELETE", "POST"),
+        (LIST, "POST", "GET"),
+    ],
+)
+@pytest.mark.usefixtures("unchanged")
+async def test_wrong_verb_is_405_with_allow(
+    seeded: Client, keys: Keys, nsid: str, verb: str, allow: str
+) -> None:
+    """A procedure called with GET (or a query with POST) is 405 with the right Allow header."""
+    async with seeded.request(
+        verb, f"/xrpc/{nsid}", json={"name": "orders"}, headers=bearer(keys.alice)
+    ) as response:
+        assert_error(response.status, await response.json(), 405, "InvalidRequest")
+        assert response.headers["Allow"] == allow
+
+
+@pytest.mark.parametrize("declared", [True, False])
+@pytest.mark.usefixtures("unchanged")
+async def test_body_over_64_kib_is_413(seeded: Client, keys: Keys, declared: bool) -> None:
+    """A body over 64 KiB is 413 PayloadTooLarge, with or without a Content-Length."""
+    data = b'{"name": "big", "pad": "' + b"x" * (64 * 1024) + b'"}'
+    headers = {**bearer(keys.alice), "Content-Type": "application/json"}
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 8192):
+            yield data[start : start + 8192]
+
+    payload: Any = data if declared else chunks()
+    async with seeded.post(f"/xrpc/{CREATE}", data=payload, headers=headers) as response:
+        assert_error(response.status, await response.json(), 413, "PayloadTooLarge")
+
+
+async def test_body_of_exactly_64_kib_is_accepted(seeded: Client, keys: Keys) -> None:
+    """The limit is inclusive: a 64 KiB body is read and the call succeeds."""
+    head, tail = b'{"name": "edge", "pad": "', b'"}'
+    data = head + b"x" * (64 * 1024 - len(head) - len(tail)) + tail
+    assert len(data) == 64 * 1024
+    headers = {**bearer(keys.alice), "Content-Type": "application/json"}
+    async with seeded.post(f"/xrpc/{CREATE}", data=data, headers=headers) as response:
+        assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    "nsid", ["place.wisp.v2.secret.explode", "com.example.nothing", "not-an-nsid", "_health2"]
+)
+@pytest.mark.usefixtures("unchanged")
+async def test_unknown_method_is_501(seeded: Client, keys: Keys, nsid: str) -> None:
+    """A method no lexicon declares is 501 MethodNotImplemented."""
+    status, body = await call(seeded, nsid, keys.alice, {"name": "orders"})
+    assert_error(status, body, 501, "MethodNotImplemented")
+
+
+# --- 503 -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nsid", [CREATE, ROTATE])
+async def test_no_active_kek_is_503_for_create_and_rotate(
+    aiohttp_client: AiohttpClient,
+    make_sidecar: SidecarFactory,
+    keys: Keys,
+    kek_text: str,
+    raw_redis: redis.Redis,
+    nsid: str,
+) -> None:
+    """With only a previous KEK, create and rotate are 503 and change nothing; list, delete work."""
+    full = await aiohttp_client(create_xrpc_app(await make_sidecar()))
+    assert (await call(full, CREATE, keys.alice, {"name": "orders"}))[0] == 200
+    ring_only = await make_sidecar(SIDECAR_KEK="", SIDECAR_KEK_PREVIOUS=kek_text)
+    client = await aiohttp_client(create_xrpc_app(ring_only))
+    before = keyspace_dump(raw_redis)
+    name = "fresh" if nsid == CREATE else "orders"
+    status, body = await call(client, nsid, keys.alice, {"name": name})
+    assert_error(status, body, 503, "WebhookSecretEncryptionUnavailable")
+    assert keyspace_dump(raw_redis) == before
+    status, listed = await call(client, LIST, keys.alice, method="GET")
+    assert status == 200
+    assert [s["name"] for s in listed["secrets"]] == ["orders"]
+    assert await call(client, DELETE, keys.alice, {"name": "orders"}) == (200, {})
+
+
+async def test_unreachable_redis_is_503_with_retry_after(
+    aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, keys: Keys
+) -> None:
+    """When Redis refuses connections, procedures answer 503 StorageUnavailable with Retry-After."""
+    from sidecar.embedded import free_port
+
+    dead = await make_sidecar(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    client = await aiohttp_client(create_xrpc_app(dead))
+    for nsid, body in ((CREATE, {"name": "x"}), (ROTATE, {"name": "x"}), (LIST, None)):
+        method = "GET" if nsid == LIST else "POST"
+        async with client.request(
+            method, f"/xrpc/{nsid}", json=body, headers=bearer(keys.alice)
+        ) as response:
+            assert_error(response.status, await response.json(), 503, "StorageUnavailable")
+            assert response.headers["Retry-After"] == "1"
+    async with client.get("/xrpc/_health") as response:
+        assert response.status == 503
+        assert (await response.json())["error"] == "Service Unavailable"
+
+
+async def test_unknown_path_is_a_json_404(seeded: Client) -> None:
+    """A path outside /xrpc/ answers the same JSON error shape."""
+    async with seeded.get("/nothing-here") as response:
+        assert_error(response.status, await response.json(), 404, "NotFound")
