@@ -20,7 +20,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar import __version__
 from sidecar.auth import ApiKeys, Authenticator, load_api_keys
-from sidecar.crypto import Keyring
+from sidecar.crypto import Keyring, OpenedTokenCache
+from sidecar.envelopes import CoalescingReader
 from sidecar.errors import ConfigError, StorageUnavailable
 from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
 from sidecar.methods import SecretMethods, metrics_observer
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sidecar.settings import Settings
+from sidecar.sign_api import SignApi, Signer
 
 log = structlog.get_logger("sidecar.app")
 
@@ -47,6 +49,7 @@ class Sidecar:
     authenticator: Authenticator
     metrics: Metrics
     lexicons: LexiconRegistry
+    signer: Signer
     # Set when shutdown starts, so /readyz turns 503 before listeners close.
     draining: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -91,6 +94,7 @@ async def open_sidecar(
             authenticator=Authenticator(ApiKeys(entries)),
             metrics=metrics,
             lexicons=lexicons or LexiconRegistry.load(default_lexicon_dir()),
+            signer=Signer(CoalescingReader(store), OpenedTokenCache(keyring)),
         )
     finally:
         await store.close()
@@ -115,6 +119,24 @@ def create_xrpc_app(sidecar: Sidecar) -> web.Application:
         observers=(metrics_observer(sidecar.metrics),),
     )
     server.add_routes(app)
+    return app
+
+
+def create_sign_app(sidecar: Sidecar) -> web.Application:
+    """The sign listener: the dispatcher's pod-local signing oracle."""
+    settings = sidecar.settings
+    app = web.Application(
+        middlewares=[request_log_middleware("sign"), json_errors_middleware()],
+        client_max_size=max(settings.sign_max_bytes, settings.sign_batch_max_bytes) + 1,
+    )
+    app[SIDECAR_KEY] = sidecar
+    SignApi(
+        sidecar.signer,
+        sidecar.metrics,
+        max_body_bytes=settings.sign_max_bytes,
+        max_batch_bytes=settings.sign_batch_max_bytes,
+        sign_token=settings.sign_token,
+    ).add_routes(app)
     return app
 
 
@@ -150,6 +172,7 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
     async with open_sidecar(settings, registry=registry) as sidecar:
         listeners = [
             ("xrpc", create_xrpc_app(sidecar), settings.xrpc_host, settings.xrpc_port),
+            ("sign", create_sign_app(sidecar), settings.sign_host, settings.sign_port),
             ("ops", create_ops_app(sidecar), settings.ops_host, settings.ops_port),
         ]
         runners: list[web.AppRunner] = []

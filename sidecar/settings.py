@@ -71,6 +71,7 @@ class Settings:
     redis_timeout_ms: int = 500
     sign_max_bytes: int = 1024 * 1024
     sign_token: Secret | None = None
+    sign_batch_max_bytes: int = 16 * 1024 * 1024
     xrpc_max_bytes: int = 64 * 1024
     audit_log_max_len: int = 1000
     dev_did: str = "did:web:localhost"
@@ -111,6 +112,7 @@ _VARIABLES: Final = (
     "SIDECAR_REDIS_TIMEOUT_MS",
     "SIDECAR_SIGN_MAX_BYTES",
     "SIDECAR_SIGN_TOKEN",
+    "SIDECAR_SIGN_BATCH_MAX_BYTES",
     "SIDECAR_AUDIT_LOG_MAX_LEN",
     "SIDECAR_DEV_DID",
 )
@@ -211,6 +213,11 @@ def _parse(raw: Mapping[str, str]) -> Settings:
             "SIDECAR_SIGN_MAX_BYTES", _int_between(1, 64 * 1024 * 1024), defaults.sign_max_bytes
         ),
         sign_token=get("SIDECAR_SIGN_TOKEN", _secret_text, None),
+        sign_batch_max_bytes=get(
+            "SIDECAR_SIGN_BATCH_MAX_BYTES",
+            _int_between(1, 256 * 1024 * 1024),
+            defaults.sign_batch_max_bytes,
+        ),
         audit_log_max_len=get(
             "SIDECAR_AUDIT_LOG_MAX_LEN", _int_between(1, 10_000_000), defaults.audit_log_max_len
         ),

@@ -19,6 +19,7 @@ from aiohttp import web
 from sidecar.errors import (
     AuthenticationFailed,
     EncryptionUnavailable,
+    EnvelopeError,
     InvalidInput,
     PayloadTooLarge,
     SecretExists,
@@ -38,12 +39,16 @@ _WIRE: Final[dict[type[Exception], tuple[int, str, dict[str, str]]]] = {
     SecretNotFound: (404, "NotFound", {}),
     SecretExists: (409, "AlreadyExists", {}),
     EncryptionUnavailable: (503, "WebhookSecretEncryptionUnavailable", {}),
+    # An envelope the keyring cannot open: the KEK it was sealed under is
+    # missing from this replica's ring. No signature without the real token.
+    EnvelopeError: (503, "WebhookSecretEncryptionUnavailable", {}),
     StorageUnavailable: (503, "StorageUnavailable", {"Retry-After": RETRY_AFTER_S}),
 }
 
 _MESSAGES: Final[dict[type[Exception], str]] = {
     AuthenticationFailed: "Authentication required: send 'Authorization: Bearer <key>'",
     EncryptionUnavailable: "No active key-encryption key is configured; cannot seal new tokens",
+    EnvelopeError: "The secret cannot be opened with the configured key-encryption keys",
     StorageUnavailable: "Storage did not answer in time; retry shortly",
 }
 

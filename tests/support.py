@@ -58,3 +58,16 @@ async def call(
         kwargs["json"] = body
     async with client.request(method, f"/xrpc/{nsid}", **kwargs) as response:
         return response.status, await response.json()
+
+
+async def sign_body(
+    client: TestClient[Any, Any],
+    did: str,
+    name: str,
+    body: bytes,
+    **params: str,
+) -> tuple[int, Any]:
+    """POST /v1/sign and return (status, decoded JSON)."""
+    query = {"did": did, "name": name, **params}
+    async with client.post("/v1/sign", params=query, data=body) as response:
+        return response.status, await response.json()
