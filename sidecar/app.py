@@ -27,7 +27,7 @@ from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
 from sidecar.methods import SecretMethods, metrics_observer
 from sidecar.metrics import Metrics
 from sidecar.store import SecretStore, connect
-from sidecar.wire import json_errors_middleware, request_log_middleware
+from sidecar.wire import http_middleware
 from sidecar.xrpc import XrpcServer
 
 if TYPE_CHECKING:
@@ -94,7 +94,10 @@ async def open_sidecar(
             authenticator=Authenticator(ApiKeys(entries)),
             metrics=metrics,
             lexicons=lexicons or LexiconRegistry.load(default_lexicon_dir()),
-            signer=Signer(CoalescingReader(store), OpenedTokenCache(keyring)),
+            signer=Signer(
+                CoalescingReader(store, on_batch=metrics.read_batch_size.observe),
+                OpenedTokenCache(keyring),
+            ),
         )
     finally:
         await store.close()
@@ -103,7 +106,7 @@ async def open_sidecar(
 def create_xrpc_app(sidecar: Sidecar) -> web.Application:
     """The XRPC listener: secret management for clients and operators."""
     app = web.Application(
-        middlewares=[request_log_middleware("xrpc"), json_errors_middleware()],
+        middlewares=[http_middleware("xrpc")],
         # read_body() enforces the XRPC limit with a JSON 413; this only stops
         # aiohttp from refusing first with its own plain-text answer.
         client_max_size=sidecar.settings.xrpc_max_bytes + 1,
@@ -126,7 +129,7 @@ def create_sign_app(sidecar: Sidecar) -> web.Application:
     """The sign listener: the dispatcher's pod-local signing oracle."""
     settings = sidecar.settings
     app = web.Application(
-        middlewares=[request_log_middleware("sign"), json_errors_middleware()],
+        middlewares=[http_middleware("sign", log_successes=settings.sign_access_log == "all")],
         client_max_size=max(settings.sign_max_bytes, settings.sign_batch_max_bytes) + 1,
     )
     app[SIDECAR_KEY] = sidecar
@@ -142,7 +145,7 @@ def create_sign_app(sidecar: Sidecar) -> web.Application:
 
 def create_ops_app(sidecar: Sidecar) -> web.Application:
     """The ops listener: metrics, liveness and readiness."""
-    app = web.Application(middlewares=[json_errors_middleware()])
+    app = web.Application(middlewares=[http_middleware("ops")])
     app[SIDECAR_KEY] = sidecar
 
     async def healthz(request: web.Request) -> web.Response:

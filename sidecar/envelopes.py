@@ -16,6 +16,8 @@ import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sidecar.store import SecretStore, StoredEnvelope
 
 Ref = tuple[str, str]
@@ -24,8 +26,9 @@ Ref = tuple[str, str]
 class CoalescingReader:
     """Reads current envelopes, batching the reads of one loop turn."""
 
-    def __init__(self, store: SecretStore) -> None:
+    def __init__(self, store: SecretStore, on_batch: Callable[[int], None] | None = None) -> None:
         self._store = store
+        self._on_batch = on_batch
         # One future per waiter, so a cancelled request cancels only its own.
         self._pending: list[tuple[Ref, asyncio.Future[StoredEnvelope | None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -56,6 +59,8 @@ class CoalescingReader:
 
     async def _read(self, batch: list[tuple[Ref, asyncio.Future[StoredEnvelope | None]]]) -> None:
         self.batches_sent += 1
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         refs = list(dict.fromkeys(ref for ref, _ in batch))
         try:
             envelopes = await self._store.get_envelopes(refs)

@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
+SIGN_ACCESS_LOGS: Final = ("errors", "all")
 
 
 class Secret:
@@ -72,6 +73,7 @@ class Settings:
     sign_max_bytes: int = 1024 * 1024
     sign_token: Secret | None = None
     sign_batch_max_bytes: int = 16 * 1024 * 1024
+    sign_access_log: str = "errors"
     xrpc_max_bytes: int = 64 * 1024
     audit_log_max_len: int = 1000
     dev_did: str = "did:web:localhost"
@@ -113,6 +115,7 @@ _VARIABLES: Final = (
     "SIDECAR_SIGN_MAX_BYTES",
     "SIDECAR_SIGN_TOKEN",
     "SIDECAR_SIGN_BATCH_MAX_BYTES",
+    "SIDECAR_SIGN_ACCESS_LOG",
     "SIDECAR_AUDIT_LOG_MAX_LEN",
     "SIDECAR_DEV_DID",
 )
@@ -213,6 +216,9 @@ def _parse(raw: Mapping[str, str]) -> Settings:
             "SIDECAR_SIGN_MAX_BYTES", _int_between(1, 64 * 1024 * 1024), defaults.sign_max_bytes
         ),
         sign_token=get("SIDECAR_SIGN_TOKEN", _secret_text, None),
+        sign_access_log=get(
+            "SIDECAR_SIGN_ACCESS_LOG", _choice(SIGN_ACCESS_LOGS), defaults.sign_access_log
+        ),
         sign_batch_max_bytes=get(
             "SIDECAR_SIGN_BATCH_MAX_BYTES",
             _int_between(1, 256 * 1024 * 1024),
