@@ -154,6 +154,11 @@ def create_ops_app(sidecar: Sidecar) -> web.Application:
     async def readyz(request: web.Request) -> web.Response:
         if sidecar.draining.is_set():
             return web.json_response({"status": "unready", "reason": "shutting down"}, status=503)
+        if not sidecar.keyring.kids:
+            return web.json_response(
+                {"status": "unready", "reason": "no key-encryption key is configured"},
+                status=503,
+            )
         if not await sidecar.redis_ok():
             return web.json_response(
                 {"status": "unready", "reason": "redis did not answer"}, status=503

@@ -118,7 +118,8 @@ class Signer:
 def _check_params(query: Any, allowed: frozenset[str]) -> None:
     for key in query:
         if key not in allowed:
-            raise InvalidInput(f"unknown parameter {key[:32]!r}")
+            # Not echoed: a caller's stray value may be a credential.
+            raise InvalidInput(f"unknown parameter; expected only {', '.join(sorted(allowed))}")
         if len(query.getall(key)) > 1:
             raise InvalidInput(f"parameter {key!r} is given more than once")
 
@@ -266,7 +267,7 @@ class SignApi:
             raise InvalidInput("each item must be an object")
         unknown = set(item) - _ITEM_FIELDS
         if unknown:
-            raise InvalidInput(f"unknown field {sorted(unknown)[0][:32]!r}")
+            raise InvalidInput(f"unknown field; expected only {', '.join(sorted(_ITEM_FIELDS))}")
         encoded = item.get("body_b64")
         if not isinstance(encoded, str):
             raise InvalidInput("body_b64 is required and must be a base64 string")

@@ -63,7 +63,13 @@ _CREATE: Final = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 redis.call('HSET', KEYS[1], 'env', ARGV[2], 'ver', 1, 'created', now)
-redis.call('ZADD', KEYS[2], now, ARGV[1])
+-- The index score is creation time in microseconds, forced to increase: two
+-- creates in one millisecond (or a clock step back) must still list in the
+-- order they happened, not by name, which is how a zset breaks score ties.
+local score = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 1 end
+redis.call('ZADD', KEYS[2], string.format('%d', score), ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
   'op', 'create', 'name', ARGV[1], 'ver', 1, 'at', now, 'actor', ARGV[3])
 return {'ok', 1, now}
