@@ -6,6 +6,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import redis
     from aiohttp.test_utils import TestClient
 
@@ -71,3 +73,14 @@ async def sign_body(
     query = {"did": did, "name": name, **params}
     async with client.post("/v1/sign", params=query, data=body) as response:
         return response.status, await response.json()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines, as kustomize's configMapGenerator reads an ``envs`` file."""
+    values: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values
