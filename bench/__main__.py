@@ -49,6 +49,10 @@ class Measured:
     run: Run
     cpu_share: float
 
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_share / self.run.requests_per_s * 1e6
+
 
 def measure(pid: int, url: str, body: bytes, content_type: str, conns: int, secs: int) -> Measured:
     load(url, body, content_type, conns, 1)  # warm up: connections, caches, JIT-free paths
@@ -92,8 +96,8 @@ def create_secret(xrpc_port: int, key: str) -> None:
         assert response.status == 200
 
 
-def mean_batch(ops_port: int) -> float:
-    """Mean envelope reads per Redis round trip, from the sidecar's own metrics."""
+def batch_totals(ops_port: int) -> tuple[float, float]:
+    """(reads, round trips) of coalesced envelope reads so far, from the sidecar's metrics."""
     url = f"http://127.0.0.1:{ops_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
@@ -102,7 +106,7 @@ def mean_batch(ops_port: int) -> float:
         for suffix in ("_sum", "_count"):
             if line.startswith(f"wisp_sidecar_sign_read_batch_size{suffix} "):
                 values[suffix] = float(line.split()[1])
-    return values["_sum"] / max(values["_count"], 1)
+    return values["_sum"], values["_count"]
 
 
 def main() -> int:
@@ -136,22 +140,34 @@ def main() -> int:
             base_url = f"http://127.0.0.1:{ports['base']}/v1/sign"
             wait_ready(f"http://127.0.0.1:{ports['base']}/v1/sign")  # 405 is an answer
             print(f"body {len(BODY)} bytes, {seconds} s per measurement\n")
-            header = f"{'':>22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>5} {'errors':>6}"
+            header = (
+                f"{'':>22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>5} "
+                f"{'us cpu/req':>10} {'errors':>6}"
+            )
             print(header)
             ratios = []
             for conns in CONCURRENCIES:
                 kind = "application/octet-stream"
                 base = measure(baseline.pid, base_url, BODY, kind, conns, seconds)
+                reads, trips = batch_totals(ports["ops"])
                 ours = measure(sidecar.pid, sign_url, BODY, kind, conns, seconds)
+                reads_after, trips_after = batch_totals(ports["ops"])
+                coalesced = (reads_after - reads) / max(trips_after - trips, 1)
                 for label, m in (("baseline", base), ("sidecar", ours)):
                     r = m.run
                     print(
                         f"{label + f' c={conns}':>22} {r.requests_per_s:9.0f} {r.p50_ms:8.2f}"
-                        f" {r.p99_ms:8.2f} {m.cpu_share:5.2f} {r.errors:6d}"
+                        f" {r.p99_ms:8.2f} {m.cpu_share:5.2f} {m.cpu_us_per_request:10.1f}"
+                        f" {r.errors:6d}"
                     )
                 ratio = ours.run.requests_per_s / base.run.requests_per_s
                 ratios.append((conns, ratio))
-                print(f"{'ratio c=' + str(conns):>22} {ratio:9.2f}\n")
+                # CPU per request is steadier than throughput on a shared machine.
+                cpu_ratio = base.cpu_us_per_request / ours.cpu_us_per_request
+                print(
+                    f"{'ratio c=' + str(conns):>22} {ratio:9.2f}   (by cpu/request: "
+                    f"{cpu_ratio:.2f}; {coalesced:.1f} sign requests per Redis round trip)\n"
+                )
 
             item = {"did": DID, "name": "orders", "body_b64": base64.b64encode(BODY).decode()}
             batch = json.dumps({"items": [item] * BATCH_ITEMS}).encode()
@@ -163,7 +179,6 @@ def main() -> int:
                 f"p50 {batched.run.p50_ms:.2f} ms, p99 {batched.run.p99_ms:.2f} ms, "
                 f"cpu {batched.cpu_share:.2f}, errors {batched.run.errors}"
             )
-            print(f"mean coalesced read batch: {mean_batch(ports['ops']):.1f} sign requests")
             print("\n" + "  ".join(f"ratio@{c}={r:.2f}" for c, r in ratios))
     return 0
 
