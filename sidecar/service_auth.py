@@ -150,7 +150,8 @@ def _numeric_date(value: object) -> float:
 def check_claims(jwt: Jwt, *, audience: str, nsid: str, now: float) -> Claims:
     """Checks 1 to 4 of the module docstring, in order, at the Unix time ``now``."""
     alg = jwt.header.get("alg")
-    if alg not in ALGORITHMS:
+    # isinstance first: a list or object is unhashable, and no algorithm.
+    if not isinstance(alg, str) or alg not in ALGORITHMS:
         _fail("bad_alg")
     if "typ" in jwt.header:
         typ = jwt.header["typ"]

@@ -148,7 +148,7 @@ def test_fragment_of_the_issuer_is_stripped() -> None:
     assert check(token(iss=f"{ISSUER}#atproto_labeler")).did == ISSUER
 
 
-@pytest.mark.parametrize("alg", ["HS256", "none", "RS256", "EdDSA", "es256k", None, 1])
+@pytest.mark.parametrize("alg", ["HS256", "none", "RS256", "EdDSA", "es256k", None, 1, [], {}])
 def test_other_algorithms_are_bad_alg(alg: object) -> None:
     """Only ES256K and ES256, spelled exactly, are accepted."""
     assert reason(token({"alg": alg})) == "bad_alg"
