@@ -21,21 +21,23 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar import __version__
 from sidecar.auth import ApiKeyEntry, ApiKeys, Authenticator, BearerVerifier, load_api_keys
-from sidecar.crypto import Keyring
+from sidecar.crypto import Keyring, OpenedTokenCache
 from sidecar.did_resolver import DidResolver
+from sidecar.envelopes import CoalescingReader
 from sidecar.errors import ConfigError, StorageUnavailable
 from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
 from sidecar.methods import SecretMethods, metrics_observer
 from sidecar.metrics import Metrics
 from sidecar.service_auth import ServiceAuthVerifier
 from sidecar.store import SecretStore, connect
-from sidecar.wire import json_errors_middleware, request_log_middleware
+from sidecar.wire import http_middleware
 from sidecar.xrpc import XrpcServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sidecar.settings import Settings
+from sidecar.sign_api import SignApi, Signer
 
 log = structlog.get_logger("sidecar.app")
 
@@ -50,6 +52,7 @@ class Sidecar:
     authenticator: Authenticator
     metrics: Metrics
     lexicons: LexiconRegistry
+    signer: Signer
     # Set when shutdown starts, so /readyz turns 503 before listeners close.
     draining: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -106,6 +109,10 @@ async def open_sidecar(
             ),
             metrics=metrics,
             lexicons=lexicons or LexiconRegistry.load(default_lexicon_dir()),
+            signer=Signer(
+                CoalescingReader(store, on_batch=metrics.read_batch_size.observe),
+                OpenedTokenCache(keyring),
+            ),
         )
 
 
@@ -125,7 +132,7 @@ def _warn_about_credentials(settings: Settings, entries: list[ApiKeyEntry]) -> N
 def create_xrpc_app(sidecar: Sidecar) -> web.Application:
     """The XRPC listener: secret management for clients and operators."""
     app = web.Application(
-        middlewares=[request_log_middleware("xrpc"), json_errors_middleware()],
+        middlewares=[http_middleware("xrpc")],
         # read_body() enforces the XRPC limit with a JSON 413; this only stops
         # aiohttp from refusing first with its own plain-text answer.
         client_max_size=sidecar.settings.xrpc_max_bytes + 1,
@@ -144,9 +151,27 @@ def create_xrpc_app(sidecar: Sidecar) -> web.Application:
     return app
 
 
+def create_sign_app(sidecar: Sidecar) -> web.Application:
+    """The sign listener: the dispatcher's pod-local signing oracle."""
+    settings = sidecar.settings
+    app = web.Application(
+        middlewares=[http_middleware("sign", log_successes=settings.sign_access_log == "all")],
+        client_max_size=max(settings.sign_max_bytes, settings.sign_batch_max_bytes) + 1,
+    )
+    app[SIDECAR_KEY] = sidecar
+    SignApi(
+        sidecar.signer,
+        sidecar.metrics,
+        max_body_bytes=settings.sign_max_bytes,
+        max_batch_bytes=settings.sign_batch_max_bytes,
+        sign_token=settings.sign_token,
+    ).add_routes(app)
+    return app
+
+
 def create_ops_app(sidecar: Sidecar) -> web.Application:
     """The ops listener: metrics, liveness and readiness."""
-    app = web.Application(middlewares=[json_errors_middleware()])
+    app = web.Application(middlewares=[http_middleware("ops")])
     app[SIDECAR_KEY] = sidecar
 
     async def healthz(request: web.Request) -> web.Response:
@@ -155,6 +180,11 @@ def create_ops_app(sidecar: Sidecar) -> web.Application:
     async def readyz(request: web.Request) -> web.Response:
         if sidecar.draining.is_set():
             return web.json_response({"status": "unready", "reason": "shutting down"}, status=503)
+        if not sidecar.keyring.kids:
+            return web.json_response(
+                {"status": "unready", "reason": "no key-encryption key is configured"},
+                status=503,
+            )
         if not await sidecar.redis_ok():
             return web.json_response(
                 {"status": "unready", "reason": "redis did not answer"}, status=503
@@ -176,6 +206,7 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
     async with open_sidecar(settings, registry=registry) as sidecar:
         listeners = [
             ("xrpc", create_xrpc_app(sidecar), settings.xrpc_host, settings.xrpc_port),
+            ("sign", create_sign_app(sidecar), settings.sign_host, settings.sign_port),
             ("ops", create_ops_app(sidecar), settings.ops_host, settings.ops_port),
         ]
         runners: list[web.AppRunner] = []

@@ -70,6 +70,12 @@ class Metrics:
             buckets=SIGN_BUCKETS,
             registry=registry,
         )
+        self.read_batch_size = Histogram(
+            f"{PREFIX}_sign_read_batch_size",
+            "Envelope reads served by one coalesced Redis round trip.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=registry,
+        )
         self.verifications = Counter(
             f"{PREFIX}_verifications",
             "Verify requests, by scheme and reason.",

@@ -26,6 +26,7 @@ T = TypeVar("T")
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
+SIGN_ACCESS_LOGS: Final = ("errors", "all")
 
 
 class Secret:
@@ -72,6 +73,8 @@ class Settings:
     redis_timeout_ms: int = 500
     sign_max_bytes: int = 1024 * 1024
     sign_token: Secret | None = None
+    sign_batch_max_bytes: int = 16 * 1024 * 1024
+    sign_access_log: str = "errors"
     xrpc_max_bytes: int = 64 * 1024
     audit_log_max_len: int = 1000
     dev_did: str = "did:web:localhost"
@@ -119,6 +122,8 @@ _VARIABLES: Final = (
     "SIDECAR_REDIS_TIMEOUT_MS",
     "SIDECAR_SIGN_MAX_BYTES",
     "SIDECAR_SIGN_TOKEN",
+    "SIDECAR_SIGN_BATCH_MAX_BYTES",
+    "SIDECAR_SIGN_ACCESS_LOG",
     "SIDECAR_AUDIT_LOG_MAX_LEN",
     "SIDECAR_DEV_DID",
     "SIDECAR_SERVICE_DID",
@@ -224,6 +229,14 @@ def _parse(raw: Mapping[str, str]) -> Settings:
             "SIDECAR_SIGN_MAX_BYTES", _int_between(1, 64 * 1024 * 1024), defaults.sign_max_bytes
         ),
         sign_token=get("SIDECAR_SIGN_TOKEN", _secret_text, None),
+        sign_access_log=get(
+            "SIDECAR_SIGN_ACCESS_LOG", _choice(SIGN_ACCESS_LOGS), defaults.sign_access_log
+        ),
+        sign_batch_max_bytes=get(
+            "SIDECAR_SIGN_BATCH_MAX_BYTES",
+            _int_between(1, 256 * 1024 * 1024),
+            defaults.sign_batch_max_bytes,
+        ),
         audit_log_max_len=get(
             "SIDECAR_AUDIT_LOG_MAX_LEN", _int_between(1, 10_000_000), defaults.audit_log_max_len
         ),

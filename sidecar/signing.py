@@ -110,10 +110,9 @@ def parse_scheme(value: str | None) -> str:
 
 
 def _unknown_scheme(value: str) -> InvalidInput:
-    # Truncated, because the value comes from the caller and goes back into the message.
-    return InvalidInput(
-        f"unknown signature scheme {value[:32]!r}; expected one of: {_SCHEMES_TEXT}"
-    )
+    # The value is not echoed: callers paste odd things (tokens among them)
+    # into parameters, and error bodies must never carry them back.
+    return InvalidInput(f"unknown signature scheme; expected one of: {_SCHEMES_TEXT}")
 
 
 def check_msg_id(value: str) -> str:

@@ -66,7 +66,13 @@ _CREATE: Final = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 redis.call('HSET', KEYS[1], 'env', ARGV[2], 'ver', 1, 'created', now)
-redis.call('ZADD', KEYS[2], now, ARGV[1])
+-- The index score is creation time in microseconds, forced to increase: two
+-- creates in one millisecond (or a clock step back) must still list in the
+-- order they happened, not by name, which is how a zset breaks score ties.
+local score = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 1 end
+redis.call('ZADD', KEYS[2], string.format('%d', score), ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
   'op', 'create', 'name', ARGV[1], 'ver', 1, 'at', now, 'actor', ARGV[3])
 return {'ok', 1, now}
@@ -98,6 +104,20 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
 return {'ok', tonumber(ver), now}
 """
 )
+
+
+# Reads many secrets' env and ver in one command. A pipeline of HMGETs costs
+# the client far more per key (each command is packed, parsed and dispatched
+# on its own), and this is the sign hot path. KEYS: secret hashes, in order.
+_READ_ENVELOPES: Final = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local row = redis.call('HMGET', key, 'env', 'ver')
+  out[2 * i - 1] = row[1]
+  out[2 * i] = row[2]
+end
+return out
+"""
 
 
 def secret_key(did: str, name: str) -> str:
@@ -182,6 +202,7 @@ class SecretStore:
         self._create = client.register_script(_CREATE)
         self._rotate = client.register_script(_ROTATE)
         self._delete = client.register_script(_DELETE)
+        self._read_envelopes = client.register_script(_READ_ENVELOPES)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -260,19 +281,18 @@ class SecretStore:
         if not refs:
             return []
 
-        async def read() -> list[Any]:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for did, name in refs:
-                    pipe.hmget(secret_key(did, name), "env", "ver")
-                rows: list[Any] = await pipe.execute()
-                return rows
+        keys = [secret_key(did, name) for did, name in refs]
 
-        rows = await self._read("get_envelopes", read)
+        async def read() -> list[Any]:
+            flat: list[Any] = await self._read_envelopes(keys=keys)
+            return flat
+
+        flat = await self._read("get_envelopes", read)
         return [
             StoredEnvelope(envelope=env.decode(), version=int(ver))
             if env is not None and ver is not None
             else None
-            for env, ver in rows
+            for env, ver in zip(flat[0::2], flat[1::2], strict=True)
         ]
 
     async def get_envelope(self, did: str, name: str) -> StoredEnvelope | None:

@@ -7,6 +7,7 @@ Anything unexpected is a 500 whose message never carries details.
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 import time
@@ -19,6 +20,7 @@ from aiohttp import StreamReader, web
 from sidecar.errors import (
     AuthenticationFailed,
     EncryptionUnavailable,
+    EnvelopeError,
     Forbidden,
     InvalidInput,
     PayloadTooLarge,
@@ -40,6 +42,9 @@ _WIRE: Final[dict[type[Exception], tuple[int, str, dict[str, str]]]] = {
     SecretNotFound: (404, "NotFound", {}),
     SecretExists: (409, "AlreadyExists", {}),
     EncryptionUnavailable: (503, "WebhookSecretEncryptionUnavailable", {}),
+    # An envelope the keyring cannot open: the KEK it was sealed under is
+    # missing from this replica's ring. No signature without the real token.
+    EnvelopeError: (503, "WebhookSecretEncryptionUnavailable", {}),
     StorageUnavailable: (503, "StorageUnavailable", {"Retry-After": RETRY_AFTER_S}),
 }
 
@@ -47,6 +52,7 @@ _MESSAGES: Final[dict[type[Exception], str]] = {
     AuthenticationFailed: "Authentication required: send 'Authorization: Bearer <key>'",
     Forbidden: "This DID is not allowed to use this service",
     EncryptionUnavailable: "No active key-encryption key is configured; cannot seal new tokens",
+    EnvelopeError: "The secret cannot be opened with the configured key-encryption keys",
     StorageUnavailable: "Storage did not answer in time; retry shortly",
 }
 
@@ -81,7 +87,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     read only up to one byte past the limit.
     """
     too_large = PayloadTooLarge(f"Request body is larger than {limit} bytes")
-    return await read_limited(request.content, request.content_length, limit, too_large)
+    declared = request.content_length
+    if declared is not None and declared <= limit:
+        # The common case, and the cheapest read: the length is known and fits.
+        return await request.read()
+    return await read_limited(request.content, declared, limit, too_large)
 
 
 async def read_limited(
@@ -101,70 +111,85 @@ async def read_limited(
 
 
 _REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Generated ids are a per-process random prefix and a counter: unique across
+# replicas without a random-number syscall on every request.
+_ID_PREFIX: Final = secrets.token_hex(4)
+_ID_COUNTER: Final = itertools.count(1)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def request_log_middleware(listener: str) -> Any:
-    """One canonical log line per request, with a request id echoed back."""
+def request_id(request: web.Request) -> str:
+    """The caller's ``X-Request-Id`` when it is sane, else a new one."""
+    offered = request.headers.get("X-Request-Id")
+    if offered and _REQUEST_ID_RE.fullmatch(offered):
+        return offered
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+
+
+def log_request(
+    listener: str, request: web.Request, status: int, started: float, **fields: Any
+) -> None:
+    """The canonical line of one request."""
+    log.info(
+        "request",
+        listener=listener,
+        method=request.method,
+        path=request.path,
+        status=status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        **fields,
+    )
+
+
+def http_middleware(listener: str, *, log_successes: bool = True) -> Any:
+    """The one middleware of every listener: request id, canonical log line, JSON errors.
+
+    ``log_successes=False`` logs only requests that did not succeed (status
+    400 and up): for the sign hot path, where a line per signature costs more
+    than the signature (bench/RESULTS.md); metrics count every request.
+    One middleware rather than two, because each costs a coroutine per request.
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        offered = request.headers.get("X-Request-Id", "")
-        request_id = offered if _REQUEST_ID_RE.fullmatch(offered) else secrets.token_hex(8)
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        rid = request_id(request)
+        if log_successes:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
-        status = 500
         try:
             response = await handler(request)
-            status = response.status
-        except web.HTTPException as exc:
-            status = exc.status
-            exc.headers["X-Request-Id"] = request_id
-            raise
-        else:
-            response.headers["X-Request-Id"] = request_id
-            return response
-        finally:
-            log.info(
-                "request",
-                listener=listener,
-                method=request.method,
-                path=request.path,
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
-
-    return middleware
-
-
-def json_errors_middleware() -> Any:
-    """Render aiohttp's own HTTP errors (unknown path, ...) and crashes as JSON errors."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            name = "NotFound" if exc.status == 404 else "InvalidRequest"
-            if exc.status == 405:
-                allow = exc.headers.get("Allow", "")
-                return error_response(
-                    XrpcError(405, "InvalidRequest", "Method not allowed", {"Allow": allow})
-                )
-            if exc.status == 413:
-                name = "PayloadTooLarge"
-            if exc.status >= 500:
-                return error_response(INTERNAL)
-            return error_response(XrpcError(exc.status, name, exc.reason))
+            response = _http_error(exc)
         except Exception as exc:
             wire = to_wire(exc)
-            if wire is not None:
-                return error_response(wire)
-            log.exception("unhandled_error", path=request.path)
-            return error_response(INTERNAL)
+            if wire is None:
+                log.exception("unhandled_error", path=request.path, request_id=rid)
+                wire = INTERNAL
+            response = error_response(wire)
+        response.headers["X-Request-Id"] = rid
+        if log_successes:
+            log_request(listener, request, response.status, started)
+        elif response.status >= 400:
+            log_request(listener, request, response.status, started, request_id=rid)
+        return response
 
     return middleware
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own HTTP errors (unknown path, wrong verb, ...) as JSON errors."""
+    if exc.status == 405:
+        allow = exc.headers.get("Allow", "")
+        return error_response(
+            XrpcError(405, "InvalidRequest", "Method not allowed", {"Allow": allow})
+        )
+    if exc.status >= 500:
+        return error_response(INTERNAL)
+    names = {404: "NotFound", 413: "PayloadTooLarge"}
+    return error_response(
+        XrpcError(exc.status, names.get(exc.status, "InvalidRequest"), exc.reason)
+    )

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from sidecar.auth import Authenticator, Caller
     from sidecar.lexicon import LexiconRegistry, MethodDef
 
+from sidecar.lexicon import is_valid_nsid
+
 log = structlog.get_logger("sidecar.xrpc")
 
 HEALTH_PATH: Final = "/xrpc/_health"
@@ -131,7 +133,9 @@ class XrpcServer:
     ) -> Mapping[str, Any]:
         handler = self._handlers.get(nsid)
         if method is None or handler is None:
-            raise XrpcError(501, "MethodNotImplemented", f"Method not implemented: {nsid}")
+            # Echo the NSID only when it is one: the path is the caller's text.
+            named = f": {nsid}" if is_valid_nsid(nsid) else ""
+            raise XrpcError(501, "MethodNotImplemented", f"Method not implemented{named}")
         if request.method != method.http_method:
             raise XrpcError(
                 405,

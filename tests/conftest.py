@@ -17,7 +17,7 @@ from atproto_fakes import SERVICE_DID, DidHost
 from prometheus_client import CollectorRegistry
 from support import ALICE, BOB
 
-from sidecar.app import Sidecar, create_ops_app, create_xrpc_app, open_sidecar
+from sidecar.app import Sidecar, create_ops_app, create_sign_app, create_xrpc_app, open_sidecar
 from sidecar.auth import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek
 from sidecar.embedded import EmbeddedValkey
@@ -155,6 +155,13 @@ def log_lines() -> Iterator[list[str]]:
     configure_logging("debug", "json", sink=lines.append)
     yield lines
     configure_logging("info", "json")
+
+
+@pytest.fixture
+async def sign(aiohttp_client: AiohttpClient, sidecar: Sidecar) -> TestClient[Any, Any]:
+    """A client of the sign listener of the same sidecar as ``xrpc``."""
+    client: TestClient[Any, Any] = await aiohttp_client(create_sign_app(sidecar))
+    return client
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import redis
     from aiohttp.test_utils import TestClient
 
@@ -58,3 +60,27 @@ async def call(
         kwargs["json"] = body
     async with client.request(method, f"/xrpc/{nsid}", **kwargs) as response:
         return response.status, await response.json()
+
+
+async def sign_body(
+    client: TestClient[Any, Any],
+    did: str,
+    name: str,
+    body: bytes,
+    **params: str,
+) -> tuple[int, Any]:
+    """POST /v1/sign and return (status, decoded JSON)."""
+    query = {"did": did, "name": name, **params}
+    async with client.post("/v1/sign", params=query, data=body) as response:
+        return response.status, await response.json()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines, as kustomize's configMapGenerator reads an ``envs`` file."""
+    values: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values

@@ -89,3 +89,49 @@ async def test_envelopes_in_redis_hold_no_plaintext(
     assert b"wsn1." in stored
     for form in encodings(created["token"]):
         assert form not in stored
+
+
+async def test_a_full_cycle_with_bad_requests_logs_no_credential(
+    aiohttp_client: Any,
+    make_sidecar: Any,
+    keys: Keys,
+    kek_text: str,
+    log_lines: list[str],
+) -> None:
+    """create, rotate, sign, verify, delete and bad requests log no token, API key or KEK."""
+    from support import ALICE, sign_body
+
+    from sidecar.app import create_sign_app, create_xrpc_app
+
+    sidecar = await make_sidecar(SIDECAR_SIGN_ACCESS_LOG="all", SIDECAR_LOG_LEVEL="debug")
+    xrpc = await aiohttp_client(create_xrpc_app(sidecar))
+    sign = await aiohttp_client(create_sign_app(sidecar))
+    _, created = await call(xrpc, CREATE, keys.alice, {"name": "orders"})
+    _, rotated = await call(xrpc, ROTATE, keys.alice, {"name": "orders"})
+    tokens = [created["token"], rotated["token"]]
+    body = b'{"event":"create"}'
+    _, signed = await sign_body(sign, ALICE, "orders", body)
+    async with sign.post(
+        "/v1/verify", params={"did": ALICE, "name": "orders"}, data=body, headers=signed["headers"]
+    ) as response:
+        assert (await response.json())["valid"] is True
+    # Bad requests with credentials and tokens where they do not belong.
+    await sign_body(sign, ALICE, tokens[1], body)
+    await sign_body(sign, ALICE, "orders", body, scheme=tokens[0])
+    async with sign.post(
+        f"/v1/{tokens[1]}", data=body, headers={"X-Request-Id": tokens[0]}
+    ) as response:
+        assert response.status == 404
+    async with xrpc.get(
+        f"/xrpc/{LIST}", headers={"Authorization": f"Bearer {tokens[0]}"}
+    ) as response:
+        assert response.status == 401
+    async with xrpc.get(f"/xrpc/{tokens[1]}", headers=bearer(keys.alice)) as response:
+        assert response.status == 501
+    await call(xrpc, DELETE, keys.alice, {"name": "orders"})
+
+    assert len(log_lines) >= 10
+    every_log = "\n".join(log_lines).encode()
+    for secret in [*tokens, keys.alice, kek_text]:
+        for form in encodings(secret):
+            assert form not in every_log, "a credential reached the logs"

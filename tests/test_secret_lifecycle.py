@@ -192,3 +192,23 @@ async def test_health_reports_the_version(xrpc: Client) -> None:
     from sidecar import __version__
 
     assert body == {"version": __version__}
+
+
+async def test_list_order_is_creation_order_even_within_one_millisecond(
+    xrpc: Client, keys: Keys, raw_redis: redis.Redis
+) -> None:
+    """Names created in one millisecond list in creation order, not by name (zset tie order)."""
+    import asyncio
+
+    # Descending names: a zset breaks equal scores by name, which would reverse them.
+    names = [f"n{i:02d}" for i in range(40, 0, -1)]
+    for batch in (names[:20], names[20:]):
+        results = await asyncio.gather(
+            *(call(xrpc, CREATE, keys.alice, {"name": name}) for name in batch)
+        )
+        assert all(status == 200 for status, _ in results)
+    committed = [fields[b"name"].decode() for _, fields in raw_redis.xrange(f"wsc:{{{ALICE}}}:log")]
+    created_ms = [int(raw_redis.hget(secret_key(ALICE, n), "created")) for n in committed]
+    assert len(set(created_ms)) < len(created_ms), "no two creates shared a millisecond"
+    _, listed = await call(xrpc, LIST, keys.alice, method="GET")
+    assert [item["name"] for item in listed["secrets"]] == committed

@@ -1,0 +1,172 @@
+"""Sign throughput of the sidecar against a bare aiohttp baseline, in one run.
+
+    make bench                 # 5 s per measurement
+    BENCH_SECONDS=10 make bench
+
+Starts an embedded Valkey, the real sidecar (``python -m sidecar serve``) and
+the baseline (``bench/baseline.py``) as separate processes, then loads each
+with 1 KiB bodies at 32 and 256 connections and prints ``ratio = sidecar /
+baseline``. It also reports each server's CPU use during its run: a server
+near one full core is the bottleneck, as it should be; a server well below it
+means the load generator was.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.loadgen import Run, have_wrk, load
+from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.crypto import encode_kek, generate_kek
+from sidecar.embedded import EmbeddedValkey, free_port
+
+DID = "did:plc:bench0000000000000000000"
+BODY = (b'{"event":"create","did":"did:plc:abc","pad":"' + b"x" * 1024)[:1020] + b'"}\n\n'
+CONCURRENCIES = (32, 256)
+BATCH_ITEMS = 100
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+@dataclass(frozen=True)
+class Measured:
+    run: Run
+    cpu_share: float
+
+
+def measure(pid: int, url: str, body: bytes, content_type: str, conns: int, secs: int) -> Measured:
+    load(url, body, content_type, conns, 1)  # warm up: connections, caches, JIT-free paths
+    cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+    run = load(url, body, content_type, conns, secs)
+    share = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
+    return Measured(run, share)
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310  (loopback URL we built)
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means the server is up
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+@contextmanager
+def process(argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield child
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+
+
+def create_secret(xrpc_port: int, key: str) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{xrpc_port}/xrpc/place.wisp.v2.secret.create",
+        data=json.dumps({"name": "orders"}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+        assert response.status == 200
+
+
+def mean_batch(ops_port: int) -> float:
+    """Mean envelope reads per Redis round trip, from the sidecar's own metrics."""
+    url = f"http://127.0.0.1:{ops_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        for suffix in ("_sum", "_count"):
+            if line.startswith(f"wisp_sidecar_sign_read_batch_size{suffix} "):
+                values[suffix] = float(line.split()[1])
+    return values["_sum"] / max(values["_count"], 1)
+
+
+def main() -> int:
+    seconds = int(os.environ.get("BENCH_SECONDS", "5"))
+    generator = "wrk -t1" if have_wrk() else "aiohttp client (install wrk for a lighter one)"
+    print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} load generator: {generator}")
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedValkey(Path(tmp) / "v", persist=False) as v:
+        key = generate_api_key()
+        keys = Path(tmp) / "keys"
+        keys.write_text(keys_file_line(DID, key) + "\n")
+        ports = {name: free_port() for name in ("xrpc", "sign", "ops", "base")}
+        env = {
+            **os.environ,
+            "REDIS_URL": v.url,
+            "SIDECAR_KEK": encode_kek(generate_kek()),
+            "SIDECAR_API_KEYS_FILE": str(keys),
+            "SIDECAR_XRPC_HOST": "127.0.0.1",
+            "SIDECAR_XRPC_PORT": str(ports["xrpc"]),
+            "SIDECAR_SIGN_PORT": str(ports["sign"]),
+            "SIDECAR_OPS_HOST": "127.0.0.1",
+            "SIDECAR_OPS_PORT": str(ports["ops"]),
+            "SIDECAR_LOG_FORMAT": "json",
+            "SIDECAR_DATA_DIR": str(Path(tmp) / "data"),
+        }
+        sidecar_argv = [sys.executable, "-m", "sidecar", "serve"]
+        baseline_argv = [sys.executable, "-m", "bench.baseline", "--port", str(ports["base"])]
+        with process(sidecar_argv, env) as sidecar, process(baseline_argv, env) as baseline:
+            wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
+            create_secret(ports["xrpc"], key)
+            sign_url = f"http://127.0.0.1:{ports['sign']}/v1/sign?did={DID}&name=orders"
+            base_url = f"http://127.0.0.1:{ports['base']}/v1/sign"
+            wait_ready(f"http://127.0.0.1:{ports['base']}/v1/sign")  # 405 is an answer
+            print(f"body {len(BODY)} bytes, {seconds} s per measurement\n")
+            header = f"{'':>22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>5} {'errors':>6}"
+            print(header)
+            ratios = []
+            for conns in CONCURRENCIES:
+                kind = "application/octet-stream"
+                base = measure(baseline.pid, base_url, BODY, kind, conns, seconds)
+                ours = measure(sidecar.pid, sign_url, BODY, kind, conns, seconds)
+                for label, m in (("baseline", base), ("sidecar", ours)):
+                    r = m.run
+                    print(
+                        f"{label + f' c={conns}':>22} {r.requests_per_s:9.0f} {r.p50_ms:8.2f}"
+                        f" {r.p99_ms:8.2f} {m.cpu_share:5.2f} {r.errors:6d}"
+                    )
+                ratio = ours.run.requests_per_s / base.run.requests_per_s
+                ratios.append((conns, ratio))
+                print(f"{'ratio c=' + str(conns):>22} {ratio:9.2f}\n")
+
+            item = {"did": DID, "name": "orders", "body_b64": base64.b64encode(BODY).decode()}
+            batch = json.dumps({"items": [item] * BATCH_ITEMS}).encode()
+            batch_url = f"http://127.0.0.1:{ports['sign']}/v1/sign/batch"
+            batched = measure(sidecar.pid, batch_url, batch, "application/json", 8, seconds)
+            print(
+                f"batch of {BATCH_ITEMS}, c=8: {batched.run.requests_per_s:.0f} req/s = "
+                f"{batched.run.requests_per_s * BATCH_ITEMS:.0f} signatures/s, "
+                f"p50 {batched.run.p50_ms:.2f} ms, p99 {batched.run.p99_ms:.2f} ms, "
+                f"cpu {batched.cpu_share:.2f}, errors {batched.run.errors}"
+            )
+            print(f"mean coalesced read batch: {mean_batch(ports['ops']):.1f} sign requests")
+            print("\n" + "  ".join(f"ratio@{c}={r:.2f}" for c, r in ratios))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

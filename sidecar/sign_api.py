@@ -1,0 +1,311 @@
+"""The dispatcher's pod-local API: ``/v1/sign``, ``/v1/sign/batch`` and ``/v1/verify``.
+
+This listener is a signing oracle, so it binds loopback by default and can
+require a bearer token (``SIDECAR_SIGN_TOKEN``). Every request reads the
+secret's current envelope from Redis after it arrived (coalesced per loop
+turn), and fails closed: no answer from Redis, no signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+from aiohttp import web
+
+from sidecar import signing
+from sidecar.auth import bearer_credential
+from sidecar.errors import AuthenticationFailed, InvalidInput, SecretNotFound, XrpcError
+from sidecar.names import validate_did, validate_name
+from sidecar.wire import error_response, read_body, to_wire
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from sidecar.crypto import OpenedTokenCache
+    from sidecar.envelopes import CoalescingReader
+    from sidecar.metrics import Metrics
+    from sidecar.settings import Secret
+
+log = structlog.get_logger("sidecar.sign")
+
+MAX_BATCH_ITEMS: Final = 1000
+_SIGN_PARAMS: Final = frozenset({"did", "name", "scheme", "id", "timestamp"})
+_VERIFY_PARAMS: Final = frozenset({"did", "name", "scheme"})
+_ITEM_FIELDS: Final = frozenset({"did", "name", "scheme", "id", "timestamp", "body_b64"})
+
+# Wire error name -> signatures_total outcome label.
+_OUTCOMES: Final = {
+    "InvalidRequest": "invalid",
+    "PayloadTooLarge": "invalid",
+    "NotFound": "not_found",
+    "AuthenticationRequired": "unauthenticated",
+    "StorageUnavailable": "storage_unavailable",
+    "WebhookSecretEncryptionUnavailable": "undecryptable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SignRequest:
+    """One validated thing to sign."""
+
+    did: str
+    name: str
+    scheme: str
+    msg_id: str | None
+    timestamp: int | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentToken:
+    token: str
+    version: int
+
+
+class Signer:
+    """Signs and verifies with each secret's current token; knows nothing of HTTP."""
+
+    def __init__(self, reader: CoalescingReader, tokens: OpenedTokenCache) -> None:
+        self._reader = reader
+        self._tokens = tokens
+
+    def _open(self, did: str, name: str, stored: Any) -> CurrentToken:
+        if stored is None:
+            raise SecretNotFound(f"no secret named {name!r} for that owner")
+        token = self._tokens.open(stored.envelope, did=did, name=name)
+        return CurrentToken(token=token, version=stored.version)
+
+    async def current(self, did: str, name: str) -> CurrentToken:
+        """The secret's token as stored now; raises if absent, unopenable or unreachable."""
+        return self._open(did, name, await self._reader.get(did, name))
+
+    def sign(self, request: SignRequest, current: CurrentToken) -> dict[str, Any]:
+        """The answer to one sign request: headers to send, name and version."""
+        headers = signing.sign(
+            request.scheme,
+            current.token,
+            request.body,
+            msg_id=request.msg_id,
+            timestamp=request.timestamp,
+        )
+        return {"headers": headers, "name": request.name, "version": current.version}
+
+    async def sign_one(self, request: SignRequest) -> dict[str, Any]:
+        return self.sign(request, await self.current(request.did, request.name))
+
+    async def sign_many(self, requests: list[SignRequest]) -> list[dict[str, Any] | Exception]:
+        """Sign each request; a per-item failure is returned in its place, not raised.
+
+        Storage failures are raised: every item would fail the same way.
+        """
+        stored = await self._reader.get_many([(r.did, r.name) for r in requests])
+        results: list[dict[str, Any] | Exception] = []
+        for request, envelope in zip(requests, stored, strict=True):
+            try:
+                results.append(self.sign(request, self._open(request.did, request.name, envelope)))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+
+def _check_params(query: Any, allowed: frozenset[str]) -> None:
+    for key in query:
+        if key not in allowed:
+            # Not echoed: a caller's stray value may be a credential.
+            raise InvalidInput(f"unknown parameter; expected only {', '.join(sorted(allowed))}")
+        if len(query.getall(key)) > 1:
+            raise InvalidInput(f"parameter {key!r} is given more than once")
+
+
+def _sign_request(fields: Mapping[str, Any], body: bytes) -> SignRequest:
+    """Validate the fields of one sign request (query or batch item)."""
+    for key in ("did", "name", "scheme", "id"):
+        if not isinstance(fields.get(key), str | None):
+            raise InvalidInput(f"{key} must be a string")
+    timestamp = fields.get("timestamp")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, str | int | None):
+        raise InvalidInput("timestamp must be unix seconds")
+    if fields.get("did") is None:
+        raise InvalidInput("did is required")
+    if fields.get("name") is None:
+        raise InvalidInput("name is required")
+    scheme = signing.parse_scheme(fields.get("scheme"))
+    msg_id = fields.get("id")
+    return SignRequest(
+        did=validate_did(fields["did"]),
+        name=validate_name(fields["name"]),
+        scheme=scheme,
+        msg_id=signing.check_msg_id(msg_id) if msg_id is not None else None,
+        timestamp=signing.parse_timestamp(timestamp) if timestamp is not None else None,
+        body=body,
+    )
+
+
+def _scheme_label(value: object) -> str:
+    return value if isinstance(value, str) and value in signing.SCHEMES else "unknown"
+
+
+class SignApi:
+    """HTTP handlers of the sign listener."""
+
+    def __init__(
+        self,
+        signer: Signer,
+        metrics: Metrics,
+        *,
+        max_body_bytes: int,
+        max_batch_bytes: int,
+        sign_token: Secret | None,
+    ) -> None:
+        self._signer = signer
+        self._metrics = metrics
+        self._max_body = max_body_bytes
+        self._max_batch = max_batch_bytes
+        self._sign_token = sign_token.reveal().encode() if sign_token is not None else None
+        # Labelled children resolved once: .labels() on every request is a
+        # measurable share of the hot path.
+        self._signed_ok = {
+            scheme: metrics.signatures.labels(scheme=scheme, outcome="ok")
+            for scheme in signing.SCHEMES
+        }
+        self._sign_duration = metrics.sign_duration
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/sign", self.sign)
+        app.router.add_post("/v1/sign/batch", self.sign_batch)
+        app.router.add_post("/v1/verify", self.verify)
+
+    def _authenticate(self, request: web.Request) -> None:
+        if self._sign_token is None:
+            return
+        try:
+            credential = bearer_credential(request.headers.get("Authorization"))
+            if not hmac.compare_digest(credential.encode(), self._sign_token):
+                raise AuthenticationFailed("unknown_key")
+        except AuthenticationFailed as exc:
+            self._metrics.auth_failures.labels(reason=exc.reason).inc()
+            log.info("auth_failed", reason=exc.reason)
+            raise
+
+    def _failure(self, exc: Exception) -> XrpcError:
+        wire = to_wire(exc)
+        if wire is None:
+            log.exception("sign_failed")
+            return XrpcError(500, "InternalServerError", "Internal Server Error")
+        if wire.name == "WebhookSecretEncryptionUnavailable":
+            # An envelope the ring cannot open means a missing previous KEK:
+            # an operator must act, so say it loudly (without the envelope).
+            log.error("envelope_unopenable", error=str(exc))
+        return wire
+
+    def _count(self, scheme: str, error: XrpcError | None) -> None:
+        if error is None:
+            self._signed_ok[scheme].inc()
+            return
+        outcome = _OUTCOMES.get(error.name, "error")
+        self._metrics.signatures.labels(scheme=scheme, outcome=outcome).inc()
+
+    async def sign(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        query = request.query
+        try:
+            self._authenticate(request)
+            _check_params(query, _SIGN_PARAMS)
+            body = await read_body(request, self._max_body)
+            parsed = _sign_request(query, body)
+            answer = await self._signer.sign_one(parsed)
+        except Exception as exc:
+            error = self._failure(exc)
+            self._count(_scheme_label(query.get("scheme") or signing.DEFAULT_SCHEME), error)
+            return error_response(error)
+        finally:
+            self._sign_duration.observe(time.perf_counter() - started)
+        self._signed_ok[parsed.scheme].inc()
+        return web.json_response(answer)
+
+    async def sign_batch(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            self._authenticate(request)
+            _check_params(request.query, frozenset())
+            items = _batch_items(await read_body(request, self._max_batch))
+            parsed: list[SignRequest | Exception] = []
+            for item in items:
+                try:
+                    parsed.append(self._batch_request(item))
+                except Exception as exc:
+                    parsed.append(exc)
+            valid = [p for p in parsed if isinstance(p, SignRequest)]
+            signed = iter(await self._signer.sign_many(valid))
+        except Exception as exc:
+            return error_response(self._failure(exc))
+        finally:
+            self._metrics.sign_duration.observe(time.perf_counter() - started)
+        results: list[dict[str, Any]] = []
+        for item, entry in zip(items, parsed, strict=True):
+            outcome = next(signed) if isinstance(entry, SignRequest) else entry
+            asked = item.get("scheme") if isinstance(item, dict) else None
+            scheme = _scheme_label(asked or signing.DEFAULT_SCHEME)
+            if isinstance(outcome, Exception):
+                error = self._failure(outcome)
+                self._count(scheme, error)
+                results.append({"error": error.name, "message": error.message})
+            else:
+                self._count(scheme, None)
+                results.append(outcome)
+        return web.json_response({"results": results})
+
+    def _batch_request(self, item: Any) -> SignRequest:
+        if not isinstance(item, dict):
+            raise InvalidInput("each item must be an object")
+        unknown = set(item) - _ITEM_FIELDS
+        if unknown:
+            raise InvalidInput(f"unknown field; expected only {', '.join(sorted(_ITEM_FIELDS))}")
+        encoded = item.get("body_b64")
+        if not isinstance(encoded, str):
+            raise InvalidInput("body_b64 is required and must be a base64 string")
+        if len(encoded) > (self._max_body + 2) // 3 * 4:
+            raise InvalidInput(f"body is larger than {self._max_body} bytes")
+        try:
+            body = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput("body_b64 is not valid base64") from None
+        return _sign_request(item, body)
+
+    async def verify(self, request: web.Request) -> web.Response:
+        scheme = _scheme_label(request.query.get("scheme") or signing.DEFAULT_SCHEME)
+        try:
+            self._authenticate(request)
+            _check_params(request.query, _VERIFY_PARAMS)
+            parsed = _sign_request(request.query, await read_body(request, self._max_body))
+            try:
+                current = await self._signer.current(parsed.did, parsed.name)
+            except SecretNotFound:
+                verdict: dict[str, Any] = {"valid": False, "reason": "unknown_secret"}
+            else:
+                result = signing.verify(parsed.scheme, current.token, parsed.body, request.headers)
+                verdict = {"valid": result.valid, "reason": result.reason}
+        except Exception as exc:
+            return error_response(self._failure(exc))
+        self._metrics.verifications.labels(scheme=scheme, reason=verdict["reason"]).inc()
+        return web.json_response(verdict)
+
+
+def _batch_items(raw: bytes) -> list[Any]:
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise InvalidInput("request body is not valid JSON") from None
+    if not isinstance(document, dict) or not isinstance(document.get("items"), list):
+        raise InvalidInput('request body must be {"items": [...]}')
+    items: list[Any] = document["items"]
+    if len(items) > MAX_BATCH_ITEMS:
+        raise InvalidInput(f"at most {MAX_BATCH_ITEMS} items per batch")
+    return items

@@ -1,0 +1,175 @@
+"""The image: deploy/docker/Dockerfile's entrypoint, run outside a container exactly as
+the Dockerfile names it, serves in production mode and stops cleanly on SIGTERM; and
+the Dockerfile and .dockerignore agree with the settings and with each other."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from conftest import Keys
+from support import LIST, bearer, read_env_file
+
+from sidecar.embedded import free_port
+from sidecar.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+BASE_SETTINGS = ROOT / "deploy" / "kubernetes" / "base" / "sidecar.env"
+
+
+def instructions(name: str) -> list[str]:
+    """The arguments of every ``name`` instruction, continuation lines joined."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    found: list[str] = []
+    for line in text.splitlines():
+        keyword, _, rest = line.strip().partition(" ")
+        if keyword == name:
+            found.append(rest.strip())
+    return found
+
+
+def entrypoint() -> list[str]:
+    (text,) = instructions("ENTRYPOINT")
+    command: list[str] = json.loads(text)
+    return command
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Whether the build context leaves ``path`` out: the last pattern that matches the
+    path or one of its parent directories decides, ``!`` re-including."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line.removeprefix("!").rstrip("/")
+        if any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerfile_runs_serve_as_non_root_and_exposes_the_public_listeners() -> None:
+    """The image runs `wisp-sidecar serve` as a fixed non-root UID, exposes the default XRPC
+    and ops ports and not the pod-local sign port, and keeps its data in a volume."""
+    assert entrypoint() == ["wisp-sidecar", "serve"]
+    (user,) = instructions("USER")
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit()
+    assert gid.isdigit()
+    assert int(uid) > 0
+    (exposed,) = instructions("EXPOSE")
+    defaults = Settings()
+    assert {int(port) for port in exposed.split()} == {defaults.xrpc_port, defaults.ops_port}
+    env = " ".join(instructions("ENV"))
+    (volume,) = instructions("VOLUME")
+    assert f"SIDECAR_DATA_DIR={json.loads(volume)[0]}" in env.split()
+
+
+def test_dockerignore_admits_the_build_inputs_and_nothing_private() -> None:
+    """Every file the Dockerfile copies is in the build context, and local state (virtualenv,
+    development keys, git, caches) and the tests are not."""
+    copied = [
+        args.split()[:-1]
+        for args in instructions("COPY")
+        if not args.startswith("--from")  # copies between stages, not from the context
+    ]
+    sources = [source.rstrip("/") for group in copied for source in group]
+    assert sources
+    for source in sources:
+        path = ROOT / source
+        assert path.exists(), source
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        for file in files:
+            relative = file.relative_to(ROOT).as_posix()
+            if "__pycache__" not in relative:
+                assert not dockerignore_excludes(relative), relative
+    for private in (
+        ".venv/bin/python",
+        ".data/dev-kek",
+        ".git/config",
+        "tests/conftest.py",
+        "sidecar/__pycache__/app.cpython-311.pyc",
+    ):
+        assert dockerignore_excludes(private), private
+
+
+async def test_entrypoint_serves_in_production_mode_and_stops_on_sigterm(
+    redis_url: str, keys: Keys, kek_text: str, tmp_path: Path
+) -> None:
+    """The Dockerfile's exact entrypoint, configured like the base ConfigMap with a real
+    Redis and the keys as files, logs JSON "listening" lines for every listener, answers
+    /healthz and /readyz, serves XRPC, and exits 0 on SIGTERM without an embedded Valkey."""
+    kek_file = tmp_path / "kek"
+    kek_file.write_text(kek_text + "\n")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    ports = {name: free_port() for name in ("XRPC", "SIGN", "OPS")}
+    env = {
+        # As the ConfigMap sets it, except what differs outside a pod: Redis, the files'
+        # paths, and loopback binds on free ports.
+        **read_env_file(BASE_SETTINGS),
+        "PATH": os.environ["PATH"],
+        "REDIS_URL": redis_url,
+        "SIDECAR_KEK_FILE": str(kek_file),
+        "SIDECAR_API_KEYS_FILE": str(keys.path),
+        "SIDECAR_DATA_DIR": str(data_dir),
+        **{f"SIDECAR_{name}_HOST": "127.0.0.1" for name in ports},
+        **{f"SIDECAR_{name}_PORT": str(port) for name, port in ports.items()},
+    }
+    program, *args = entrypoint()
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / program),
+        *args,
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    events: list[dict[str, Any]] = []
+
+    async def until_every_listener_listens() -> None:
+        assert process.stdout is not None
+        listening: set[str] = set()
+        while listening != {"xrpc", "sign", "ops"}:
+            line = await process.stdout.readline()
+            assert line, "serve exited before listening"
+            events.append(json.loads(line))
+            if events[-1]["event"] == "listening":
+                listening.add(events[-1]["listener"])
+
+    try:
+        await asyncio.wait_for(until_every_listener_listens(), timeout=30)
+        ops = f"http://127.0.0.1:{ports['OPS']}"
+        async with aiohttp.ClientSession() as session:
+            for path in ("/healthz", "/readyz"):
+                async with session.get(ops + path) as response:
+                    assert response.status == 200, (path, await response.text())
+            async with session.get(
+                f"http://127.0.0.1:{ports['XRPC']}/xrpc/{LIST}", headers=bearer(keys.alice)
+            ) as response:
+                assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err.decode()
+    events += [json.loads(line) for line in out.splitlines()]
+    assert "shutting_down" in [event["event"] for event in events]
+    assert b"DEVELOPMENT MODE" not in err
+    assert b"embedded Valkey" not in err
+    assert list(data_dir.iterdir()) == []

@@ -1,0 +1,179 @@
+"""The mission's promise: a rotated token stops signing at once on every replica,
+and signing fails closed when Redis is gone, then recovers by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from conftest import AiohttpClient, Keys, SidecarFactory
+from support import ALICE, CREATE, ROTATE, call, sign_body
+
+from sidecar.app import create_sign_app, create_xrpc_app
+from sidecar.embedded import EmbeddedValkey
+
+Client = TestClient[Any, Any]
+BODY = b'{"event":"create"}'
+
+
+def signature(token: str, body: bytes = BODY) -> str:
+    return "sha256=" + hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Replica:
+    xrpc: Client
+    sign: Client
+
+
+async def replicas(
+    aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, count: int = 2, **env: str
+) -> list[Replica]:
+    result = []
+    for _ in range(count):
+        sidecar = await make_sidecar(**env)
+        result.append(
+            Replica(
+                xrpc=await aiohttp_client(create_xrpc_app(sidecar)),
+                sign=await aiohttp_client(create_sign_app(sidecar)),
+            )
+        )
+    return result
+
+
+async def test_sign_on_b_right_after_rotate_on_a_uses_the_new_token(
+    aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, keys: Keys
+) -> None:
+    """200 times: rotate via replica A, then sign via B; B always signs with the new token."""
+    a, b = await replicas(aiohttp_client, make_sidecar)
+    _, created = await call(a.xrpc, CREATE, keys.alice, {"name": "orders"})
+    old = created["token"]
+    for round_ in range(200):
+        status, rotated = await call(a.xrpc, ROTATE, keys.alice, {"name": "orders"})
+        assert status == 200
+        status, answer = await sign_body(b.sign, ALICE, "orders", BODY)
+        assert status == 200
+        header = answer["headers"]["X-Webhook-Signature"]
+        assert header == signature(rotated["token"]), round_
+        assert header != signature(old)
+        assert answer["version"] == round_ + 2
+        old = rotated["token"]
+
+
+async def test_concurrent_signing_during_rotations_never_uses_a_stale_token(
+    aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, keys: Keys
+) -> None:
+    """Under sign load on two replicas, each signature uses a token current during its request."""
+    a, b = await replicas(aiohttp_client, make_sidecar)
+    clock = time.monotonic
+    _, created = await call(a.xrpc, CREATE, keys.alice, {"name": "orders"})
+    # version -> (token, rotate started, rotate returned)
+    versions: dict[int, tuple[str, float, float]] = {1: (created["token"], -1.0, -1.0)}
+    signed: list[tuple[float, float, int, str]] = []
+    done = asyncio.Event()
+
+    async def rotator() -> None:
+        for version in range(2, 32):
+            started = clock()
+            status, body = await call(a.xrpc, ROTATE, keys.alice, {"name": "orders"})
+            assert status == 200
+            versions[version] = (body["token"], started, clock())
+        done.set()
+
+    async def signer(replica: Replica) -> None:
+        while not done.is_set():
+            started = clock()
+            status, answer = await sign_body(replica.sign, ALICE, "orders", BODY)
+            assert status == 200
+            signed.append(
+                (started, clock(), answer["version"], answer["headers"]["X-Webhook-Signature"])
+            )
+
+    await asyncio.gather(rotator(), *(signer(r) for r in (a, b) for _ in range(8)))
+    assert len(signed) > 100
+    for started, finished, version, header in signed:
+        token, rotate_started, _ = versions[version]
+        assert header == signature(token)
+        # The token was made before this request ended...
+        assert rotate_started <= finished
+        # ...and had not yet been replaced when this request started.
+        successor = versions.get(version + 1)
+        if successor is not None:
+            assert started <= successor[2], "signed with a token rotated away before the request"
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedValkey]:
+    """A Valkey of this test's own, which the test may stop, freeze and restart."""
+    server = EmbeddedValkey(tmp_path / "valkey", persist=True)
+    server.start()
+    yield server
+    if server.pid is not None:
+        os.kill(server.pid, signal.SIGCONT)
+    server.stop()
+
+
+async def expect_503_quickly(client: Client, timeout_s: float) -> None:
+    started = time.monotonic()
+    status, answer = await sign_body(client, ALICE, "orders", BODY)
+    elapsed = time.monotonic() - started
+    assert (status, answer["error"]) == (503, "StorageUnavailable")
+    assert "headers" not in answer
+    # Fail closed within the timeout, give or take scheduling on a busy machine.
+    assert elapsed < timeout_s + 2.0
+
+
+async def test_sign_fails_closed_when_redis_stops_and_recovers_when_it_returns(
+    aiohttp_client: AiohttpClient,
+    make_sidecar: SidecarFactory,
+    keys: Keys,
+    own_server: EmbeddedValkey,
+) -> None:
+    """Stopped Redis: sign answers 503 within the timeout; restarted: sign works with no restart."""
+    (replica,) = await replicas(aiohttp_client, make_sidecar, 1, REDIS_URL=own_server.url)
+    _, created = await call(replica.xrpc, CREATE, keys.alice, {"name": "orders"})
+    assert (await sign_body(replica.sign, ALICE, "orders", BODY))[0] == 200
+
+    own_server.stop()
+    for _ in range(3):
+        await expect_503_quickly(replica.sign, 0.5)
+
+    own_server.start()
+    status, answer = await sign_body(replica.sign, ALICE, "orders", BODY)
+    assert status == 200
+    assert answer["headers"]["X-Webhook-Signature"] == signature(created["token"])
+
+
+async def test_sign_fails_closed_when_redis_stops_answering(
+    aiohttp_client: AiohttpClient,
+    make_sidecar: SidecarFactory,
+    keys: Keys,
+    own_server: EmbeddedValkey,
+) -> None:
+    """A frozen Redis (a partition: connected, silent) gives 503 in time, and signing resumes."""
+    (replica,) = await replicas(aiohttp_client, make_sidecar, 1, REDIS_URL=own_server.url)
+    await call(replica.xrpc, CREATE, keys.alice, {"name": "orders"})
+    assert (await sign_body(replica.sign, ALICE, "orders", BODY))[0] == 200
+
+    assert own_server.pid is not None
+    os.kill(own_server.pid, signal.SIGSTOP)
+    try:
+        await asyncio.gather(*(expect_503_quickly(replica.sign, 0.5) for _ in range(5)))
+    finally:
+        os.kill(own_server.pid, signal.SIGCONT)
+    statuses = [
+        (await sign_body(replica.sign, ALICE, "orders", BODY))[0] for _ in itertools.repeat(0, 3)
+    ]
+    assert 200 in statuses
+    assert statuses[-1] == 200

@@ -1,0 +1,554 @@
+"""The Kubernetes manifests in deploy/kubernetes: every object validates against the
+Kubernetes schemas offline, every kustomization references files that exist, and the
+Deployment keeps the promises deploy/README.md makes (native sidecar, probes,
+hardening, secrets as files, ports, grace period).
+
+Built-in kinds are validated by ``kubernetes-validate`` (strict: an unknown field
+fails) for the oldest Kubernetes with native sidecars on by default (1.29) and
+the newest it bundles. It has no schemas for custom resources, so the two CRDs
+we ship, ServiceMonitor and PrometheusRule, are validated against the small
+schemas below, which hold their required shape and refuse unknown fields. Any
+other custom kind fails the test instead of being skipped.
+
+Overlays are rendered with ``kubectl kustomize`` when kubectl is on PATH (the
+tests that need it skip, saying so, when it is not).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from support import read_env_file
+
+from sidecar.settings import _VARIABLES, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+KUBERNETES = DEPLOY / "kubernetes"
+BASE = KUBERNETES / "base"
+OVERLAYS = ("dev", "production")
+RULES = DEPLOY / "observability" / "prometheus-rules.yaml"
+DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+
+KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.latest_version())
+
+# Settings that other branches of issue #6 add to sidecar/settings.py. The
+# manifests set them already; until those land, the sidecar ignores them.
+LANDING_SETTINGS = frozenset(
+    {
+        "SIDECAR_REDIS_CLUSTER",
+        "SIDECAR_REDIS_CA_FILE",
+        "SIDECAR_SHUTDOWN_GRACE_S",
+        "SIDECAR_REDIS_CONNECT_TIMEOUT_S",
+        "SIDECAR_START_WITHOUT_REDIS",
+    }
+)
+# Settings whose values are secrets: they come from the Secret, never a ConfigMap.
+SECRET_SETTINGS = frozenset({"SIDECAR_KEK", "SIDECAR_KEK_PREVIOUS", "SIDECAR_SIGN_TOKEN"})
+SHUTDOWN_GRACE_DEFAULT_S = 20
+
+_DURATION = {"type": "string", "pattern": r"^([0-9]+(ms|s|m|h|d|w|y))+$"}
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _closed(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """An object schema that refuses fields it does not list."""
+    return {
+        "type": "object",
+        "required": required,
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+def _list_of(item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "minItems": 1, "items": item}
+
+
+def _crd(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return _closed(
+        ["apiVersion", "kind", "metadata", "spec"],
+        {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": {"type": "object", "required": ["name"]},
+            "spec": spec,
+        },
+    )
+
+
+# The parts of monitoring.coreos.com/v1 we use, with unknown fields refused.
+CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): _crd(
+        "ServiceMonitor",
+        _closed(
+            ["selector", "endpoints"],
+            {
+                "selector": _closed(["matchLabels"], {"matchLabels": _STRINGS}),
+                "namespaceSelector": {"type": "object"},
+                "endpoints": _list_of(
+                    _closed(
+                        ["port"],
+                        {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "interval": _DURATION,
+                            "scrapeTimeout": _DURATION,
+                        },
+                    )
+                ),
+            },
+        ),
+    ),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): _crd(
+        "PrometheusRule",
+        _closed(
+            ["groups"],
+            {
+                "groups": _list_of(
+                    _closed(
+                        ["name", "rules"],
+                        {
+                            "name": {"type": "string"},
+                            "interval": _DURATION,
+                            "rules": _list_of(
+                                {
+                                    **_closed(
+                                        ["expr"],
+                                        {
+                                            "alert": {"type": "string"},
+                                            "record": {"type": "string"},
+                                            "expr": {"type": "string", "minLength": 1},
+                                            "for": _DURATION,
+                                            "labels": _STRINGS,
+                                            "annotations": _STRINGS,
+                                        },
+                                    ),
+                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                }
+                            ),
+                        },
+                    )
+                )
+            },
+        ),
+    ),
+}
+
+
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def kustomization_dirs() -> list[Path]:
+    return sorted(path.parent for path in DEPLOY.rglob("kustomization.yaml"))
+
+
+def kustomization(directory: Path) -> dict[str, Any]:
+    result: dict[str, Any] = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    return result
+
+
+def references(directory: Path) -> list[str]:
+    """Every path a kustomization names: resources, components, patches, generator inputs."""
+    spec = kustomization(directory)
+    named: list[str] = [*spec.get("resources", []), *spec.get("components", [])]
+    named += [patch["path"] for patch in spec.get("patches", []) if "path" in patch]
+    for generator in spec.get("configMapGenerator", []) + spec.get("secretGenerator", []):
+        named += generator.get("envs", [])
+        named += [entry.split("=", 1)[-1] for entry in generator.get("files", [])]
+    return named
+
+
+def resource_files(directory: Path) -> list[Path]:
+    """The complete objects a kustomization builds from, following directory resources."""
+    files: list[Path] = []
+    for entry in kustomization(directory).get("resources", []):
+        path = (directory / entry).resolve()
+        files += resource_files(path) if path.is_dir() else [path]
+    return files
+
+
+def all_resource_files() -> list[Path]:
+    files = {path for directory in kustomization_dirs() for path in resource_files(directory)}
+    return sorted(files)
+
+
+def base_settings() -> dict[str, str]:
+    """The base ConfigMap's data: the settings every overlay starts from."""
+    return read_env_file(BASE / "sidecar.env")
+
+
+def validate(document: dict[str, Any]) -> None:
+    """Validate one object: Kubernetes schemas for built-in kinds, ours for the two CRDs."""
+    key = (document["apiVersion"], document["kind"])
+    if key in CRD_SCHEMAS:
+        jsonschema.validate(document, CRD_SCHEMAS[key])
+        return
+    group = document["apiVersion"].rpartition("/")[0]
+    builtin = "." not in group or group.endswith(".k8s.io")
+    assert builtin, f"{key}: a custom resource without a schema here; add one to CRD_SCHEMAS"
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+def deployment() -> dict[str, Any]:
+    (document,) = load_documents(BASE / "deployment.yaml")
+    return document
+
+
+def pod_spec() -> dict[str, Any]:
+    result: dict[str, Any] = deployment()["spec"]["template"]["spec"]
+    return result
+
+
+def sidecar_container() -> dict[str, Any]:
+    (container,) = [c for c in pod_spec()["initContainers"] if c["name"] == "wisp-sidecar"]
+    return container
+
+
+def port_named(container: dict[str, Any], name: str) -> int:
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
+    result: int = port
+    return result
+
+
+@functools.cache
+def render(directory: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not on PATH, so kustomizations are not rendered")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+
+
+def one(documents: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    (found,) = [
+        doc
+        for doc in documents
+        if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)
+    ]
+    return found
+
+
+# --- files and references ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "directory", kustomization_dirs(), ids=lambda d: str(d.relative_to(DEPLOY))
+)
+def test_kustomization_references_exist(directory: Path) -> None:
+    """Every file or directory a kustomization names exists, and a named directory is itself
+    a kustomization."""
+    for entry in references(directory):
+        path = directory / entry
+        assert path.exists(), f"{directory.relative_to(ROOT)} names missing {entry}"
+        if path.is_dir():
+            assert (path / "kustomization.yaml").is_file(), entry
+
+
+@pytest.mark.parametrize(
+    "directory", kustomization_dirs(), ids=lambda d: str(d.relative_to(DEPLOY))
+)
+def test_every_manifest_file_is_used_by_its_kustomization(directory: Path) -> None:
+    """No YAML or env file sits beside a kustomization without being named by it."""
+    named = {(directory / entry).resolve() for entry in references(directory)}
+    for path in directory.iterdir():
+        if path.suffix in {".yaml", ".yml", ".env"} and path.name != "kustomization.yaml":
+            assert path.resolve() in named, f"{path.relative_to(ROOT)} is not referenced"
+
+
+def test_the_base_and_both_overlays_exist() -> None:
+    """deploy/kubernetes has the kustomize layout the README describes: base and two overlays."""
+    dirs = {str(d.relative_to(KUBERNETES)) for d in kustomization_dirs() if KUBERNETES in d.parents}
+    assert dirs == {"base", "overlays/dev", "overlays/production"}
+
+
+# --- schemas ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", all_resource_files(), ids=lambda p: str(PurePosixPath(p.relative_to(DEPLOY)))
+)
+def test_every_manifest_validates(path: Path) -> None:
+    """Each object in each manifest file validates strictly, built-in kinds against the
+    Kubernetes schemas and our two CRDs against their required shape."""
+    documents = load_documents(path)
+    assert documents
+    for document in documents:
+        validate(document)
+
+
+def test_validation_refuses_a_broken_manifest() -> None:
+    """The validation used above fails on a misspelled field or a bad value, in a built-in
+    kind and in each CRD, and on a custom kind it has no schema for."""
+    broken = deployment()
+    broken["spec"]["template"]["spec"]["initContainers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(broken)
+    (monitor,) = load_documents(BASE / "servicemonitor.yaml")
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(monitor)
+    (rules,) = load_documents(RULES)
+    rules["spec"]["groups"][0]["rules"][0]["for"] = "five minutes"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(rules)
+    with pytest.raises(AssertionError, match="CRD_SCHEMAS"):
+        validate({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})
+
+
+@pytest.mark.parametrize("overlay", ["base", *(f"overlays/{name}" for name in OVERLAYS)])
+def test_rendered_kustomization_validates(overlay: str) -> None:
+    """What kustomize renders for the base and each overlay validates, patches applied."""
+    documents = render(KUBERNETES / overlay)
+    kinds = {doc["kind"] for doc in documents}
+    assert {"Deployment", "Service", "ConfigMap", "NetworkPolicy", "PodDisruptionBudget"} <= kinds
+    for document in documents:
+        validate(document)
+
+
+# --- the PrometheusRule -------------------------------------------------------
+
+
+def test_alert_rules_have_one_source() -> None:
+    """The base includes deploy/observability as a kustomization, and no other manifest
+    declares a PrometheusRule, so the cluster's rules cannot differ from the file."""
+    assert "../../observability" in kustomization(BASE)["resources"]
+    declaring = [
+        path
+        for path in DEPLOY.rglob("*.yaml")
+        if any(doc.get("kind") == "PrometheusRule" for doc in load_documents(path))
+    ]
+    assert declaring == [RULES]
+
+
+def test_rendered_prometheus_rule_is_the_observability_file() -> None:
+    """The PrometheusRule the base renders carries exactly the rules of
+    deploy/observability/prometheus-rules.yaml."""
+    (source,) = load_documents(RULES)
+    rendered = one(render(BASE), "PrometheusRule")
+    assert rendered["spec"] == source["spec"]
+
+
+# --- the Deployment -----------------------------------------------------------
+
+
+def test_sidecar_is_a_native_sidecar_with_probes_on_the_ops_port() -> None:
+    """The sidecar is an init container with restartPolicy Always, probed on the ops port:
+    startup and liveness on /healthz, readiness on /readyz."""
+    container = sidecar_container()
+    assert container["restartPolicy"] == "Always"
+    assert port_named(container, "metrics") == int(base_settings()["SIDECAR_OPS_PORT"])
+    assert port_named(container, "xrpc") == int(base_settings()["SIDECAR_XRPC_PORT"])
+    probes = {kind: container[f"{kind}Probe"]["httpGet"] for kind in ("startup", "liveness")}
+    probes["readiness"] = container["readinessProbe"]["httpGet"]
+    assert {kind: probe["path"] for kind, probe in probes.items()} == {
+        "startup": "/healthz",
+        "liveness": "/healthz",
+        "readiness": "/readyz",
+    }
+    assert {probe["port"] for probe in probes.values()} == {"metrics"}
+    assert [c["name"] for c in pod_spec()["containers"]] == ["dispatcher"]
+
+
+def test_dispatcher_signs_on_the_pod_local_sign_listener() -> None:
+    """The placeholder dispatcher is pointed at the sign listener on loopback, which the
+    ConfigMap binds to 127.0.0.1 and no container port or Service exposes."""
+    settings = base_settings()
+    assert settings["SIDECAR_SIGN_HOST"] == "127.0.0.1"
+    (dispatcher,) = pod_spec()["containers"]
+    env = {item["name"]: item["value"] for item in dispatcher["env"]}
+    assert env["WISP_SIGN_URL"] == f"http://127.0.0.1:{settings['SIDECAR_SIGN_PORT']}/v1/sign"
+    sign_port = int(settings["SIDECAR_SIGN_PORT"])
+    assert sign_port not in {p["containerPort"] for p in sidecar_container()["ports"]}
+    (service,) = load_documents(BASE / "service.yaml")
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
+        ("xrpc", int(settings["SIDECAR_XRPC_PORT"])),
+        ("metrics", int(settings["SIDECAR_OPS_PORT"])),
+    }
+
+
+def test_grace_period_outlasts_the_sidecar_shutdown_grace() -> None:
+    """terminationGracePeriodSeconds is above SIDECAR_SHUTDOWN_GRACE_S, so Kubernetes never
+    kills the sidecar while it still drains."""
+    grace = int(base_settings().get("SIDECAR_SHUTDOWN_GRACE_S", SHUTDOWN_GRACE_DEFAULT_S))
+    assert pod_spec()["terminationGracePeriodSeconds"] > grace
+
+
+def test_every_container_is_hardened() -> None:
+    """The pod runs as the image's non-root UID with seccomp RuntimeDefault, and every
+    container has a read-only root, no privilege escalation and no capabilities."""
+    spec = pod_spec()
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    (user,) = re.findall(r"^USER (\d+):(\d+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert (str(pod["runAsUser"]), str(pod["runAsGroup"])) == user
+    assert spec["automountServiceAccountToken"] is False
+    for container in spec["initContainers"] + spec["containers"]:
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True, container["name"]
+        assert context["allowPrivilegeEscalation"] is False, container["name"]
+        assert context["capabilities"] == {"drop": ["ALL"]}, container["name"]
+        assert set(container["resources"]) == {"requests", "limits"}, container["name"]
+
+
+def test_keys_are_files_from_the_secret_and_data_is_writable() -> None:
+    """The KEK and API keys files the ConfigMap names are items of the mounted Secret, the
+    data directory is a writable volume, and no secret setting is in the ConfigMap."""
+    settings = base_settings()
+    assert not SECRET_SETTINGS & set(settings)
+    container = sidecar_container()
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    for variable in ("SIDECAR_KEK_FILE", "SIDECAR_API_KEYS_FILE"):
+        path = PurePosixPath(settings[variable])
+        mount = mounts[str(path.parent)]
+        assert mount["readOnly"] is True
+        secret = volumes[mount["name"]]["secret"]
+        assert path.name in {item["path"] for item in secret["items"]}, variable
+    data = mounts[settings["SIDECAR_DATA_DIR"]]
+    assert "emptyDir" in volumes[data["name"]]
+    assert not data.get("readOnly", False)
+    (previous,) = [e for e in container["env"] if e["name"] == "SIDECAR_KEK_PREVIOUS"]
+    assert previous["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_configmap_holds_only_settings_the_sidecar_knows() -> None:
+    """Every ConfigMap key, in the base and in overlays, is a setting of the sidecar (or one
+    of issue #6 landing in parallel), so a misspelled name cannot be silently ignored."""
+    known = set(_VARIABLES) | LANDING_SETTINGS
+    keys = set(base_settings())
+    for overlay in OVERLAYS:
+        for generator in kustomization(KUBERNETES / "overlays" / overlay).get(
+            "configMapGenerator", []
+        ):
+            keys |= {literal.split("=", 1)[0] for literal in generator.get("literals", [])}
+    assert keys - known == set()
+    assert "REDIS_URL" in keys
+
+
+def test_landing_settings_are_not_yet_known() -> None:
+    """LANDING_SETTINGS lists only settings that settings.py does not parse yet; once one
+    lands, this fails so it leaves the list and the check above covers it for real."""
+    assert LANDING_SETTINGS & set(_VARIABLES) == set()
+
+
+def test_base_settings_parse_as_the_sidecar_would() -> None:
+    """The base ConfigMap's values pass the sidecar's own settings parser (files aside)."""
+    settings = {
+        key: value
+        for key, value in base_settings().items()
+        if key in _VARIABLES and not key.endswith("_FILE")
+    }
+    parsed = Settings.from_env(settings)
+    assert parsed.sign_host == "127.0.0.1"
+    assert parsed.log_format == "json"
+
+
+def test_selectors_match_the_pods() -> None:
+    """The Service, PodDisruptionBudget and every NetworkPolicy select the Deployment's pods,
+    and the ServiceMonitor selects the Service by a port name it has."""
+    labels = deployment()["spec"]["template"]["metadata"]["labels"]
+
+    def selects(selector: dict[str, str]) -> bool:
+        return selector.items() <= labels.items()
+
+    (service,) = load_documents(BASE / "service.yaml")
+    assert selects(service["spec"]["selector"])
+    (budget,) = load_documents(BASE / "poddisruptionbudget.yaml")
+    assert selects(budget["spec"]["selector"]["matchLabels"])
+    for policy in load_documents(BASE / "networkpolicy.yaml"):
+        assert selects(policy["spec"]["podSelector"]["matchLabels"]), policy["metadata"]["name"]
+    (monitor,) = load_documents(BASE / "servicemonitor.yaml")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    service_ports = {p["name"] for p in service["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= service_ports
+
+
+def test_network_policy_ingress_and_egress() -> None:
+    """Ingress reaches only the XRPC port (from labelled namespaces) and the metrics port
+    (from monitoring); egress is DNS, Redis, and HTTPS to public addresses."""
+    policies = {
+        p["metadata"]["name"]: p["spec"] for p in load_documents(BASE / "networkpolicy.yaml")
+    }
+    ingress = [rule for spec in policies.values() for rule in spec.get("ingress", [])]
+    assert sorted(port["port"] for rule in ingress for port in rule["ports"]) == [
+        "metrics",
+        "xrpc",
+    ]
+    (metrics_rule,) = [r for r in ingress if r["ports"][0]["port"] == "metrics"]
+    assert metrics_rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    egress_ports = sorted(
+        (port["protocol"], port["port"])
+        for spec in policies.values()
+        for rule in spec.get("egress", [])
+        for port in rule["ports"]
+    )
+    assert egress_ports == [("TCP", 53), ("TCP", 443), ("TCP", 6379), ("UDP", 53)]
+    (webhooks,) = policies["wisp-dispatcher-webhooks"]["egress"]
+    assert "169.254.0.0/16" in webhooks["to"][0]["ipBlock"]["except"]
+
+
+# --- overlays -----------------------------------------------------------------
+
+
+def test_dev_overlay_runs_a_persistent_single_redis() -> None:
+    """The dev overlay adds one Redis StatefulSet with AOF on a PVC, behind the Service the
+    base REDIS_URL names."""
+    documents = render(KUBERNETES / "overlays" / "dev")
+    redis = one(documents, "StatefulSet", "redis")
+    assert redis["spec"]["replicas"] == 1
+    (container,) = redis["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
+    url = one(documents, "ConfigMap")["data"]["REDIS_URL"]
+    host = re.fullmatch(r"redis://([^:/]+):(\d+)/\d+", url)
+    assert host is not None
+    service = one(documents, "Service", host.group(1))
+    assert [p["port"] for p in service["spec"]["ports"]] == [int(host.group(2))]
+
+
+def test_production_overlay_uses_sentinel_with_tls_on_three_spread_replicas() -> None:
+    """The production overlay runs 3+ replicas that never share a node, reaches Redis through
+    Sentinel, and mounts the CA file it names."""
+    documents = render(KUBERNETES / "overlays" / "production")
+    workload = one(documents, "Deployment")
+    assert workload["spec"]["replicas"] >= 3
+    spec = workload["spec"]["template"]["spec"]
+    (term,) = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        term["labelSelector"]["matchLabels"].items()
+        <= workload["spec"]["template"]["metadata"]["labels"].items()
+    )
+    config = one(documents, "ConfigMap")["data"]
+    assert config["REDIS_URL"].startswith("redis+sentinel://")
+    ca = PurePosixPath(config["SIDECAR_REDIS_CA_FILE"])
+    (sidecar,) = spec["initContainers"]
+    assert any(PurePosixPath(m["mountPath"]) == ca.parent for m in sidecar["volumeMounts"])
+    envfrom = {ref["configMapRef"]["name"] for ref in sidecar["envFrom"]}
+    assert envfrom == {one(documents, "ConfigMap")["metadata"]["name"]}
+    redis_policy = one(documents, "NetworkPolicy", "wisp-sidecar-redis")
+    ports = {p["port"] for rule in redis_policy["spec"]["egress"] for p in rule["ports"]}
+    sentinel_ports = {int(port) for port in re.findall(r":(\d+)", config["REDIS_URL"])}
+    assert sentinel_ports <= ports
