@@ -13,19 +13,22 @@ import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+import aiohttp
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar import __version__
-from sidecar.auth import ApiKeys, Authenticator, load_api_keys
+from sidecar.auth import ApiKeyEntry, ApiKeys, Authenticator, BearerVerifier, load_api_keys
 from sidecar.crypto import Keyring, OpenedTokenCache
+from sidecar.did_resolver import DidResolver
 from sidecar.envelopes import CoalescingReader
 from sidecar.errors import ConfigError, StorageUnavailable
 from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
 from sidecar.methods import SecretMethods, metrics_observer
 from sidecar.metrics import Metrics
+from sidecar.service_auth import ServiceAuthVerifier
 from sidecar.store import SecretStore, connect
 from sidecar.wire import http_middleware
 from sidecar.xrpc import XrpcServer
@@ -77,21 +80,33 @@ async def open_sidecar(
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     keyring = Keyring(settings.kek, settings.kek_previous)
     entries = load_api_keys(settings.api_keys_file) if settings.api_keys_file else []
-    if not entries:
-        log.warning("no_api_keys", hint="set SIDECAR_API_KEYS_FILE; every XRPC call will be 401")
-    client = connect(settings.redis_url.reveal(), timeout_s=settings.redis_timeout_s)
-    store = SecretStore(
-        client,
-        timeout_s=settings.redis_timeout_s,
-        audit_max_len=settings.audit_log_max_len,
-        on_error=metrics.redis_error,
-    )
-    try:
+    _warn_about_credentials(settings, entries)
+    async with contextlib.AsyncExitStack() as resources:
+        client = connect(settings.redis_url.reveal(), timeout_s=settings.redis_timeout_s)
+        store = SecretStore(
+            client,
+            timeout_s=settings.redis_timeout_s,
+            audit_max_len=settings.audit_log_max_len,
+            on_error=metrics.redis_error,
+        )
+        resources.push_async_callback(store.close)
+        verifiers: list[BearerVerifier] = []
+        if settings.service_did is not None:
+            session = await resources.enter_async_context(aiohttp.ClientSession())
+            resolver = DidResolver(
+                session,
+                plc_url=settings.plc_url,
+                cache_ttl_s=settings.did_cache_ttl_s,
+                allow_http_loopback=settings.did_web_allow_http_loopback,
+            )
+            verifiers.append(ServiceAuthVerifier(settings.service_did, resolver, store))
         yield Sidecar(
             settings=settings,
             store=store,
             keyring=keyring,
-            authenticator=Authenticator(ApiKeys(entries)),
+            authenticator=Authenticator(
+                ApiKeys(entries), verifiers, allowed_dids=settings.allowed_dids
+            ),
             metrics=metrics,
             lexicons=lexicons or LexiconRegistry.load(default_lexicon_dir()),
             signer=Signer(
@@ -99,8 +114,19 @@ async def open_sidecar(
                 OpenedTokenCache(keyring),
             ),
         )
-    finally:
-        await store.close()
+
+
+def _warn_about_credentials(settings: Settings, entries: list[ApiKeyEntry]) -> None:
+    if not entries and settings.service_did is None:
+        log.warning(
+            "no_credentials",
+            hint="set SIDECAR_API_KEYS_FILE or SIDECAR_SERVICE_DID; every XRPC call will be 401",
+        )
+    if settings.allowed_dids is not None:
+        # The allow-list binds API keys too; a key it shuts out is likely a mistake.
+        refused = sorted(entry.label for entry in entries if entry.did not in settings.allowed_dids)
+        if refused:
+            log.warning("api_keys_not_allowed", labels=refused, hint="see SIDECAR_ALLOWED_DIDS")
 
 
 def create_xrpc_app(sidecar: Sidecar) -> web.Application:

@@ -1,8 +1,10 @@
-"""Who is calling: API keys today, atproto service JWTs through the same seam later.
+"""Who is calling: API keys here, atproto service JWTs through the ``BearerVerifier`` seam.
 
 Works on a plain ``Authorization`` header value, so it knows nothing of aiohttp.
 Every failure is ``AuthenticationFailed`` with a short ``reason`` for logs and
-metrics; the caller only ever learns that authentication is required.
+metrics; the caller only ever learns that authentication is required. An
+authenticated caller whose DID is not on the optional allow-list is
+``Forbidden``, whichever credential it used.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
-from sidecar.errors import AuthenticationFailed, ConfigError
+import structlog
+
+from sidecar.errors import AuthenticationFailed, ConfigError, Forbidden
 from sidecar.names import is_valid_did
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
+
+log = structlog.get_logger("sidecar.auth")
 
 API_KEY_PREFIX: Final = "wsa_"
 API_KEYS_SETTING: Final = "SIDECAR_API_KEYS_FILE"
@@ -130,14 +136,31 @@ class BearerVerifier(Protocol):
 
 
 class Authenticator:
-    """Turns an ``Authorization`` header into a ``Caller``, or raises ``AuthenticationFailed``."""
+    """Turns an ``Authorization`` header into a ``Caller``, then applies the allow-list.
 
-    def __init__(self, api_keys: ApiKeys, verifiers: Sequence[BearerVerifier] = ()) -> None:
+    Raises ``AuthenticationFailed`` for bad credentials, and ``Forbidden`` for
+    good ones whose DID is not in ``allowed_dids`` (when that is not None).
+    """
+
+    def __init__(
+        self,
+        api_keys: ApiKeys,
+        verifiers: Sequence[BearerVerifier] = (),
+        *,
+        allowed_dids: frozenset[str] | None = None,
+    ) -> None:
         self._api_keys = api_keys
         self._verifiers = tuple(verifiers)
+        self._allowed_dids = allowed_dids
 
     async def authenticate(self, authorization: str | None, *, nsid: str) -> Caller:
-        credential = bearer_credential(authorization)
+        caller = await self._identify(bearer_credential(authorization), nsid=nsid)
+        if self._allowed_dids is not None and caller.did not in self._allowed_dids:
+            log.info("caller_forbidden", did=caller.did, actor=caller.actor, nsid=nsid)
+            raise Forbidden("this DID is not on the allow-list")
+        return caller
+
+    async def _identify(self, credential: str, *, nsid: str) -> Caller:
         for verifier in self._verifiers:
             if verifier.accepts(credential):
                 return await verifier.verify(credential, nsid=nsid)

@@ -10,6 +10,9 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
     ├── InvalidInput                the caller's input breaks a rule (400 InvalidRequest)
     │   └── PayloadTooLarge         the body is over the limit (413)
     ├── AuthenticationFailed        no or bad credentials (401); ``reason`` is private
+    ├── Forbidden                   authenticated, but not on the allow-list (403)
+    ├── DidResolutionError          a DID did not resolve to a usable ``#atproto`` key
+    │   └── InvalidPublicKey        a verification method's key cannot be decoded
     ├── SecretNotFound              no such secret for this owner (404)
     ├── SecretExists                create of a name that exists (409)
     ├── EncryptionUnavailable       no active KEK to seal with (503)
@@ -56,6 +59,22 @@ class AuthenticationFailed(SidecarError):
     def __init__(self, reason: str) -> None:
         super().__init__("authentication required")
         self.reason = reason
+
+
+class Forbidden(SidecarError):
+    """The caller is authenticated, but its DID may not use this service."""
+
+
+class DidResolutionError(SidecarError):
+    """A DID could not be resolved to a usable ``#atproto`` signing key.
+
+    Never reaches the wire as such: the service-auth verifier turns it into
+    ``AuthenticationFailed("unresolved_did")``.
+    """
+
+
+class InvalidPublicKey(DidResolutionError):
+    """A verification method holds a key of an unsupported type or a malformed encoding."""
 
 
 class SecretNotFound(SidecarError):

@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
+from urllib.parse import urlsplit
 
 from sidecar.crypto import Kek, Keyring, parse_kek
 from sidecar.errors import ConfigError
@@ -77,6 +78,13 @@ class Settings:
     xrpc_max_bytes: int = 64 * 1024
     audit_log_max_len: int = 1000
     dev_did: str = "did:web:localhost"
+    # atproto service auth (JWTs) is on exactly when service_did is set.
+    service_did: str | None = None
+    plc_url: str = "https://plc.directory"
+    did_web_allow_http_loopback: bool = False
+    did_cache_ttl_s: int = 300
+    # None: every authenticated DID may call; otherwise only these.
+    allowed_dids: frozenset[str] | None = None
     # Which sources a setting came from, for "is this explicitly configured?" checks.
     explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -118,6 +126,11 @@ _VARIABLES: Final = (
     "SIDECAR_SIGN_ACCESS_LOG",
     "SIDECAR_AUDIT_LOG_MAX_LEN",
     "SIDECAR_DEV_DID",
+    "SIDECAR_SERVICE_DID",
+    "SIDECAR_PLC_URL",
+    "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK",
+    "SIDECAR_DID_CACHE_TTL_S",
+    "SIDECAR_ALLOWED_DIDS",
 )
 
 
@@ -228,6 +241,15 @@ def _parse(raw: Mapping[str, str]) -> Settings:
             "SIDECAR_AUDIT_LOG_MAX_LEN", _int_between(1, 10_000_000), defaults.audit_log_max_len
         ),
         dev_did=get("SIDECAR_DEV_DID", _did, defaults.dev_did),
+        service_did=get("SIDECAR_SERVICE_DID", _did, None),
+        plc_url=get("SIDECAR_PLC_URL", _http_url, defaults.plc_url),
+        did_web_allow_http_loopback=get(
+            "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK", _flag, defaults.did_web_allow_http_loopback
+        ),
+        did_cache_ttl_s=get(
+            "SIDECAR_DID_CACHE_TTL_S", _int_between(1, 86_400), defaults.did_cache_ttl_s
+        ),
+        allowed_dids=get("SIDECAR_ALLOWED_DIDS", _did_list, None),
         explicit=frozenset(raw),
     )
 
@@ -304,3 +326,39 @@ def _did(variable: str, value: str) -> str:
     if not is_valid_did(value):
         raise ConfigError(variable, "must be a DID, such as did:web:localhost")
     return value
+
+
+def _did_list(variable: str, value: str) -> frozenset[str]:
+    dids = [part.strip() for part in value.split(",") if part.strip()]
+    if not dids:
+        # Only an explicitly empty list gets here (TOML "[]"); refusing it
+        # beats guessing between "nobody" and "everybody".
+        raise ConfigError(variable, "must list at least one DID; remove it to allow every DID")
+    for number, did in enumerate(dids, start=1):
+        if not is_valid_did(did):
+            # Not echoed: a credential pasted into the wrong setting must not reach a log.
+            raise ConfigError(variable, f"entry {number} is not a DID")
+    return frozenset(dids)
+
+
+_FLAGS: Final = {"1": True, "true": True, "0": False, "false": False}
+
+
+def _flag(variable: str, value: str) -> bool:
+    flag = _FLAGS.get(value.strip().lower())
+    if flag is None:
+        raise ConfigError(variable, "must be 0, 1, true or false")
+    return flag
+
+
+def _http_url(variable: str, value: str) -> str:
+    parsed = urlsplit(value.strip())
+    try:
+        parsed.port  # noqa: B018  (parsing the port is the check)
+    except ValueError:
+        raise ConfigError(variable, "has an invalid port") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(variable, "must be an http:// or https:// URL")
+    if parsed.query or parsed.fragment or parsed.username or parsed.password:
+        raise ConfigError(variable, "must be a plain URL: no query, fragment or credentials")
+    return value.strip().rstrip("/")

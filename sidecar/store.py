@@ -10,12 +10,15 @@ script touches one cluster slot:
     wsc:{<did>}:s:<name>   hash    env, ver, created, rotated
     wsc:{<did>}:idx        zset    names scored by creation time (list order)
     wsc:{<did>}:log        stream  audit entries, never a token; capped
+    wsc:{<did>}:jti:<h>    string  a service JWT id seen from issuer <did>, until
+                                   the token expires (h: SHA-256 hex of the jti)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -127,6 +130,12 @@ def index_key(did: str) -> str:
 
 def log_key(did: str) -> str:
     return f"wsc:{{{did}}}:log"
+
+
+def jti_key(iss: str, jti: str) -> str:
+    # Hashed: a jti is caller-chosen text of any length and alphabet.
+    digest = hashlib.sha256(jti.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"wsc:{{{iss}}}:jti:{digest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +297,22 @@ class SecretStore:
 
     async def get_envelope(self, did: str, name: str) -> StoredEnvelope | None:
         return (await self.get_envelopes([(did, name)]))[0]
+
+    async def claim_jti(self, iss: str, jti: str, until_s: int) -> bool:
+        """Record that ``iss`` used ``jti``: True the first time, False on every reuse.
+
+        The record expires at the Unix time ``until_s``, once the token could no
+        longer pass its expiry check anyway. One ``SET NX`` on the shared Redis
+        makes the first use win on every replica. Not retried: a lost reply
+        would make the retry look like a replay.
+        """
+        validate_did(iss)
+
+        async def claim() -> bool:
+            claimed: Any = await self._redis.set(jti_key(iss, jti), 1, nx=True, exat=until_s)
+            return bool(claimed)
+
+        return await self._run("claim_jti", claim)
 
     async def _script(
         self,

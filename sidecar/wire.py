@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import structlog
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from sidecar.errors import (
     AuthenticationFailed,
     EncryptionUnavailable,
     EnvelopeError,
+    Forbidden,
     InvalidInput,
     PayloadTooLarge,
     SecretExists,
@@ -37,6 +38,7 @@ _WIRE: Final[dict[type[Exception], tuple[int, str, dict[str, str]]]] = {
     PayloadTooLarge: (413, "PayloadTooLarge", {}),
     InvalidInput: (400, "InvalidRequest", {}),
     AuthenticationFailed: (401, "AuthenticationRequired", {"WWW-Authenticate": "Bearer"}),
+    Forbidden: (403, "Forbidden", {}),
     SecretNotFound: (404, "NotFound", {}),
     SecretExists: (409, "AlreadyExists", {}),
     EncryptionUnavailable: (503, "WebhookSecretEncryptionUnavailable", {}),
@@ -48,6 +50,7 @@ _WIRE: Final[dict[type[Exception], tuple[int, str, dict[str, str]]]] = {
 
 _MESSAGES: Final[dict[type[Exception], str]] = {
     AuthenticationFailed: "Authentication required: send 'Authorization: Bearer <key>'",
+    Forbidden: "This DID is not allowed to use this service",
     EncryptionUnavailable: "No active key-encryption key is configured; cannot seal new tokens",
     EnvelopeError: "The secret cannot be opened with the configured key-encryption keys",
     StorageUnavailable: "Storage did not answer in time; retry shortly",
@@ -85,14 +88,21 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """
     too_large = PayloadTooLarge(f"Request body is larger than {limit} bytes")
     declared = request.content_length
-    if declared is not None:
-        if declared > limit:
-            raise too_large
+    if declared is not None and declared <= limit:
         # The common case, and the cheapest read: the length is known and fits.
         return await request.read()
+    return await read_limited(request.content, declared, limit, too_large)
+
+
+async def read_limited(
+    content: StreamReader, declared: int | None, limit: int, too_large: Exception
+) -> bytes:
+    """A whole HTTP body (a request's or a response's), or ``too_large`` once past ``limit``."""
+    if declared is not None and declared > limit:
+        raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
+    async for chunk in content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > limit:
             raise too_large

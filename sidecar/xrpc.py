@@ -1,9 +1,10 @@
 """``/xrpc/<nsid>``: routing from lexicons and one fixed request pipeline.
 
 A method exists only if a lexicon declares it, and its HTTP verb comes from
-that declaration. Every request runs: lookup (501) → verb (405) → auth (401)
-→ params and body (400/413) → handler → output check. The handler sees only
-validated input and an authenticated caller; it knows nothing of HTTP.
+that declaration. Every request runs: lookup (501) → verb (405) → auth (401,
+then 403 off the allow-list) → params and body (400/413) → handler → output
+check. The handler sees only validated input and an authenticated caller; it
+knows nothing of HTTP.
 """
 
 from __future__ import annotations

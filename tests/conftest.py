@@ -9,9 +9,11 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import pytest
 import redis
 from aiohttp import web
+from atproto_fakes import SERVICE_DID, DidHost
 from prometheus_client import CollectorRegistry
 from support import ALICE, BOB
 
@@ -160,3 +162,30 @@ async def sign(aiohttp_client: AiohttpClient, sidecar: Sidecar) -> TestClient[An
     """A client of the sign listener of the same sidecar as ``xrpc``."""
     client: TestClient[Any, Any] = await aiohttp_client(create_sign_app(sidecar))
     return client
+
+
+@pytest.fixture
+async def did_host(aiohttp_server: Callable[[web.Application], Any]) -> DidHost:
+    """A loopback PLC directory and did:web host, over a real socket, with no documents yet."""
+    host = DidHost()
+    server = await aiohttp_server(host.app())
+    host.host = f"{server.host}:{server.port}"
+    host.url = str(server.make_url("")).rstrip("/")
+    return host
+
+
+@pytest.fixture
+def jwt_env(did_host: DidHost) -> dict[str, str]:
+    """Settings overrides that turn service auth on, resolving DIDs through ``did_host``."""
+    return {
+        "SIDECAR_SERVICE_DID": SERVICE_DID,
+        "SIDECAR_PLC_URL": did_host.url,
+        "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK": "1",
+    }
+
+
+@pytest.fixture
+async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain aiohttp client session, as open_sidecar gives the DID resolver."""
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -23,7 +23,7 @@ from sidecar.auth import (
     load_api_keys,
     parse_api_keys,
 )
-from sidecar.errors import AuthenticationFailed, ConfigError
+from sidecar.errors import AuthenticationFailed, ConfigError, Forbidden
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -377,6 +377,44 @@ def test_authenticator_checks_the_header_first(header: str | None, reason: str) 
         authenticate(Authenticator(three_keys(), [verifier]), header)
     assert info.value.reason == reason
     assert verifier.calls == []
+
+
+# The allow-list
+
+
+def test_allow_list_admits_listed_callers_of_either_kind() -> None:
+    """A listed DID gets in with an API key or through a verifier."""
+    authenticator = Authenticator(
+        three_keys(), [PrefixVerifier("jwt:")], allowed_dids=frozenset({ALICE, CAROL})
+    )
+    assert authenticate(authenticator, f"Bearer {ALICE_KEY}").did == ALICE
+    assert authenticate(authenticator, f"Bearer jwt:{CAROL}").did == CAROL
+
+
+@pytest.mark.parametrize("header", [f"Bearer {BOB_KEY}", f"Bearer jwt:{BOB}"])
+def test_allow_list_forbids_unlisted_callers(header: str) -> None:
+    """An authenticated caller whose DID is not listed is Forbidden, whatever its credential."""
+    authenticator = Authenticator(
+        three_keys(), [PrefixVerifier("jwt:")], allowed_dids=frozenset({ALICE})
+    )
+    with pytest.raises(Forbidden):
+        authenticate(authenticator, header)
+
+
+def test_allow_list_comes_after_authentication() -> None:
+    """A bad credential is AuthenticationFailed, not Forbidden, even for an unlisted DID."""
+    authenticator = Authenticator(three_keys(), allowed_dids=frozenset({ALICE}))
+    with pytest.raises(AuthenticationFailed):
+        authenticate(authenticator, f"Bearer {BOB_KEY}x")
+
+
+def test_no_allow_list_admits_everyone() -> None:
+    """Without an allow-list, every authenticated caller gets in."""
+    authenticator = Authenticator(three_keys())
+    assert {authenticate(authenticator, f"Bearer {key}").did for key in (ALICE_KEY, BOB_KEY)} == {
+        ALICE,
+        BOB,
+    }
 
 
 # What a failure says

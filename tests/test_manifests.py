@@ -50,9 +50,6 @@ LANDING_SETTINGS = frozenset(
         "SIDECAR_SHUTDOWN_GRACE_S",
         "SIDECAR_REDIS_CONNECT_TIMEOUT_S",
         "SIDECAR_START_WITHOUT_REDIS",
-        "SIDECAR_SERVICE_DID",
-        "SIDECAR_PLC_URL",
-        "SIDECAR_ALLOWED_DIDS",
     }
 )
 # Settings whose values are secrets: they come from the Secret, never a ConfigMap.

@@ -423,6 +423,123 @@ def test_api_keys_file_must_exist(tmp_path: Path) -> None:
         assert info.value.setting == "SIDECAR_API_KEYS_FILE"
 
 
+# atproto service auth
+
+
+def test_service_auth_defaults() -> None:
+    """Unset, service auth is off, with the public PLC directory and a 300 s cache."""
+    settings = Settings.from_env({})
+    assert settings.service_did is None
+    assert settings.plc_url == "https://plc.directory"
+    assert settings.did_web_allow_http_loopback is False
+    assert settings.did_cache_ttl_s == 300
+    assert settings.allowed_dids is None
+
+
+def test_service_auth_settings_are_parsed() -> None:
+    """Each service-auth variable is parsed into its typed setting."""
+    settings = Settings.from_env(
+        {
+            "SIDECAR_SERVICE_DID": "did:web:sidecar.example.com",
+            "SIDECAR_PLC_URL": "http://127.0.0.1:2582/",
+            "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK": "1",
+            "SIDECAR_DID_CACHE_TTL_S": "60",
+            "SIDECAR_ALLOWED_DIDS": " did:plc:abc , did:web:ops.example.com,did:plc:abc,",
+        }
+    )
+    assert settings.service_did == "did:web:sidecar.example.com"
+    assert settings.plc_url == "http://127.0.0.1:2582"
+    assert settings.did_web_allow_http_loopback is True
+    assert settings.did_cache_ttl_s == 60
+    assert settings.allowed_dids == frozenset({"did:plc:abc", "did:web:ops.example.com"})
+
+
+@pytest.mark.parametrize("did", ["sidecar.example.com", "did:web:", "did:web:x#svc", "did:web:a b"])
+def test_bad_service_did_is_rejected(did: str) -> None:
+    """A service DID that is not a DID (a fragment included) raises ConfigError naming it."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SIDECAR_SERVICE_DID": did})
+    assert info.value.setting == "SIDECAR_SERVICE_DID"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "plc.directory",
+        "ftp://plc.directory",
+        "https://",
+        "https://plc.directory?x=1",
+        "https://plc.directory#top",
+        "https://user:pass@plc.directory",
+        "https://plc.directory:99999",
+        "https://plc.directory:port",
+    ],
+)
+def test_bad_plc_url_is_rejected(url: str) -> None:
+    """A PLC URL that is not a plain http(s) URL raises ConfigError naming it."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SIDECAR_PLC_URL": url})
+    assert info.value.setting == "SIDECAR_PLC_URL"
+    assert "pass" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "flag"),
+    [("1", True), ("true", True), ("TRUE", True), (" 0 ", False), ("false", False)],
+)
+def test_loopback_flag_is_parsed(text: str, flag: bool) -> None:
+    """The loopback flag takes 0, 1, true or false, in any case."""
+    settings = Settings.from_env({"SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK": text})
+    assert settings.did_web_allow_http_loopback is flag
+
+
+@pytest.mark.parametrize("text", ["yes", "on", "2", "-1", "enabled"])
+def test_bad_loopback_flag_is_rejected(text: str) -> None:
+    """Anything but 0, 1, true or false raises ConfigError naming the flag."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK": text})
+    assert info.value.setting == "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK"
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"), [("1", True), ("86400", True), ("0", False), ("86401", False), ("5m", False)]
+)
+def test_did_cache_ttl_bounds(text: str, ok: bool) -> None:
+    """The DID cache TTL is a whole number of seconds from 1 to 86400."""
+    if ok:
+        assert Settings.from_env({"SIDECAR_DID_CACHE_TTL_S": text}).did_cache_ttl_s == int(text)
+    else:
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({"SIDECAR_DID_CACHE_TTL_S": text})
+        assert info.value.setting == "SIDECAR_DID_CACHE_TTL_S"
+
+
+def test_allow_list_entry_that_is_no_did_is_rejected_without_echo() -> None:
+    """An allow-list entry that is not a DID is named by position, never repeated."""
+    pasted = "wsa_pasted-into-the-wrong-setting-000000000000"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SIDECAR_ALLOWED_DIDS": f"did:plc:abc,{pasted}"})
+    assert info.value.setting == "SIDECAR_ALLOWED_DIDS"
+    assert "entry 2" in str(info.value)
+    assert pasted not in str(info.value)
+
+
+def test_allow_list_from_toml(tmp_path: Path) -> None:
+    """The allow-list may be a TOML list; an empty list is refused rather than guessed at."""
+    listed = write_toml(tmp_path, 'allowed_dids = ["did:plc:abc", "did:web:x.example"]\n')
+    assert Settings.from_env(listed).allowed_dids == frozenset({"did:plc:abc", "did:web:x.example"})
+    empty = write_toml(tmp_path, "allowed_dids = []\n")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(empty)
+    assert info.value.setting == "SIDECAR_ALLOWED_DIDS"
+
+
+def test_loopback_flag_from_a_toml_boolean(tmp_path: Path) -> None:
+    """A TOML boolean sets the loopback flag."""
+    environ = write_toml(tmp_path, "did_web_allow_http_loopback = true\n")
+    assert Settings.from_env(environ).did_web_allow_http_loopback is True
+
+
 # The TOML file
 
 
