@@ -82,9 +82,14 @@ async def open_sidecar(
     entries = load_api_keys(settings.api_keys_file) if settings.api_keys_file else []
     _warn_about_credentials(settings, entries)
     async with contextlib.AsyncExitStack() as resources:
-        client = connect(settings.redis_url.reveal(), timeout_s=settings.redis_timeout_s)
+        connection = connect(
+            settings.redis_url.reveal(),
+            timeout_s=settings.redis_timeout_s,
+            cluster=settings.redis_cluster,
+            ca_file=settings.redis_ca_file,
+        )
         store = SecretStore(
-            client,
+            connection,
             timeout_s=settings.redis_timeout_s,
             audit_max_len=settings.audit_log_max_len,
             on_error=metrics.redis_error,

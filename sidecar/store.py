@@ -4,6 +4,10 @@ This is the only module that imports ``redis``. Every Redis failure leaves it as
 ``StorageUnavailable`` (the caller answers 503), and every call runs under one
 deadline, so a Redis that stops answering fails as fast as one that refuses.
 
+``connect`` reaches the three topologies ``REDIS_URL`` can name (see
+``sidecar.redis_url``): one server, a primary found through Sentinel, or a
+Redis Cluster. The store reads and writes them the same way.
+
 Keys of one owner share the hash tag ``{<did>}`` (DESIGN.md §5), so each Lua
 script touches one cluster slot:
 
@@ -22,17 +26,21 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
+    ClusterError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
 )
 from redis.exceptions import (
-    ReadOnlyError,
-    RedisError,
+    ConnectionError as RedisConnectionError,
 )
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
@@ -40,19 +48,32 @@ from redis.exceptions import (
 
 from sidecar.errors import SecretExists, SecretNotFound, StorageUnavailable
 from sidecar.names import validate_did, validate_name
+from sidecar.redis_url import SentinelTarget, parse_redis_url
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 T = TypeVar("T")
 
 EVENTS_CHANNEL: Final = "wsc:events"
 
 # Redis errors that mean "not available now, try again", as opposed to a bug.
+# ClusterError covers CLUSTERDOWN and redirections that never settle; redis-py
+# raises RedisClusterException (not a RedisError) when no node answers or the
+# slots are not all covered, which is the cluster's way of being down.
 _UNAVAILABLE: Final = (
     RedisConnectionError,
     RedisTimeoutError,
     ReadOnlyError,
+    ClusterError,
+    RedisClusterException,
     TimeoutError,
     OSError,
 )
+
+# Connections per cluster node. redis-py's async cluster client raises at the
+# limit instead of queueing, so it is set well above what coalesced reads need.
+_CLUSTER_MAX_CONNECTIONS: Final = 1024
 
 # Server time keeps every replica's timestamps on one clock.
 _NOW_MS: Final = """
@@ -166,22 +187,87 @@ class StoredEnvelope:
 
 
 ErrorHook = Callable[[str], None]
+Client: TypeAlias = aioredis.Redis | RedisCluster
 
 
-def connect(url: str, *, timeout_s: float) -> aioredis.Redis:
+class RedisConnection:
+    """A client of one Redis deployment, and whatever else must close with it."""
+
+    def __init__(self, client: Client, *, sentinel: Sentinel | None = None) -> None:
+        self.client = client
+        self._sentinel = sentinel
+
+    async def aclose(self) -> None:
+        try:
+            await self.client.aclose()
+        finally:
+            # master_for() clients do not own the sentinels' own connections.
+            if self._sentinel is not None:
+                await self._sentinel.aclose()
+
+
+def _no_retry() -> Retry:
+    return Retry(NoBackoff(), 0)
+
+
+def connect(
+    url: str,
+    *,
+    timeout_s: float,
+    cluster: bool = False,
+    ca_file: Path | None = None,
+) -> RedisConnection:
     """A client whose every connect and socket read gives up after ``timeout_s``.
 
     It does not retry on its own: a retried write after a lost reply could
-    apply twice, and reads are retried, where that is safe, by the store.
+    apply twice, and reads are retried, where that is safe, by the store. That
+    holds for each topology: the cluster client's retry count is zero too (it
+    still follows MOVED and ASK, which are refusals, not lost replies), and so
+    is every sentinel's. Connections are made on first use, so this never
+    blocks and never fails for an unreachable server.
     """
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=False,
-        health_check_interval=30,
-    )
+    target = parse_redis_url(url, cluster=cluster)
+    timeouts: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": _no_retry(),
+    }
+    common: dict[str, Any] = {
+        **timeouts,
+        "decode_responses": False,
+        "health_check_interval": 30,
+    }
+    tls: dict[str, Any] = {}
+    if target.tls:
+        tls = {"ssl_cert_reqs": "required"}
+        if ca_file is not None:
+            tls["ssl_ca_certs"] = str(ca_file)
+    if isinstance(target, SentinelTarget):
+        # redis-py leaves Sentinel.__init__ unannotated.
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels),
+            sentinel_kwargs={**timeouts, **({"ssl": True, **tls} if target.tls else {})},
+        )
+        client = sentinel.master_for(
+            target.service_name,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            ssl=target.tls,
+            **common,
+            **tls,
+        )
+        return RedisConnection(client, sentinel=sentinel)
+    if target.cluster:
+        return RedisConnection(
+            RedisCluster.from_url(
+                target.url,
+                max_connections=_CLUSTER_MAX_CONNECTIONS,
+                **common,
+                **tls,
+            )
+        )
+    return RedisConnection(aioredis.Redis.from_url(target.url, **common, **tls))
 
 
 class SecretStore:
@@ -189,27 +275,32 @@ class SecretStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        connection: RedisConnection,
         *,
         timeout_s: float,
         audit_max_len: int = 1000,
         on_error: ErrorHook | None = None,
     ) -> None:
-        self._redis = client
+        self._connection = connection
+        self._redis = connection.client
         self._timeout_s = timeout_s
         self._audit_max_len = audit_max_len
         self._on_error = on_error
-        self._create = client.register_script(_CREATE)
-        self._rotate = client.register_script(_ROTATE)
-        self._delete = client.register_script(_DELETE)
-        self._read_envelopes = client.register_script(_READ_ENVELOPES)
+        # A registered script runs as EVALSHA and, on NOSCRIPT (a server that
+        # restarted or failed over, or a cluster node that never saw it), loads
+        # itself (on every primary of a cluster) and runs again. That second
+        # run is safe: NOSCRIPT means the first one never ran.
+        self._create = self._redis.register_script(_CREATE)
+        self._rotate = self._redis.register_script(_ROTATE)
+        self._delete = self._redis.register_script(_DELETE)
+        self._read_envelopes = self._redis.register_script(_READ_ENVELOPES)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Client:
         return self._redis
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._connection.aclose()
 
     async def ping(self) -> None:
         await self._run("ping", lambda: self._redis.ping())
@@ -277,13 +368,26 @@ class SecretStore:
         return metas
 
     async def get_envelopes(self, refs: Sequence[tuple[str, str]]) -> list[StoredEnvelope | None]:
-        """The current envelope of each ``(did, name)``, in order, in one round trip."""
+        """The current envelope of each ``(did, name)``, in order, in one round trip.
+
+        On one server that is one script call. A cluster refuses a script whose
+        keys span slots, and a batch of many owners spans many, so there the
+        reads go as a cluster pipeline: one round trip to every node at once,
+        each node answering for its own keys, and MOVED followed key by key.
+        """
         if not refs:
             return []
 
         keys = [secret_key(did, name) for did, name in refs]
+        client = self._redis
 
         async def read() -> list[Any]:
+            if isinstance(client, RedisCluster):
+                async with client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.hmget(key, "env", "ver")
+                    rows: list[Any] = await pipe.execute()
+                return [field for row in rows for field in row]
             flat: list[Any] = await self._read_envelopes(keys=keys)
             return flat
 

@@ -1,0 +1,160 @@
+"""A sidecar on a three-node Redis Cluster: procedures, batched reads, NOSCRIPT and resharding."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import redis
+from support import CREATE, DELETE, LIST, ROTATE, call
+
+from sidecar.app import create_xrpc_app
+from sidecar.store import index_key, secret_key
+
+if TYPE_CHECKING:
+    from aiohttp.test_utils import TestClient
+    from conftest import AiohttpClient
+    from topologies import Owners, ValkeyCluster
+
+    from sidecar.app import Sidecar
+
+
+def ports_by_owner(cluster: ValkeyCluster, owners: Owners) -> dict[str, int]:
+    """The node each owner's keys live on, from the cluster's own slot table."""
+    return {did: cluster.port_of_slot(cluster.slot_of(secret_key(did, "x"))) for did in owners.dids}
+
+
+async def create_everywhere(
+    xrpc: TestClient[Any, Any], owners: Owners, names: tuple[str, ...]
+) -> dict[tuple[str, str], str]:
+    """Create ``names`` for every owner; the token of each (did, name)."""
+    tokens: dict[tuple[str, str], str] = {}
+    for did in owners.dids:
+        for name in names:
+            status, body = await call(xrpc, CREATE, owners.keys[did], {"name": name})
+            assert status == 200, body
+            tokens[did, name] = body["token"]
+    return tokens
+
+
+def test_owners_spread_over_every_node(valkey_cluster: ValkeyCluster, owners: Owners) -> None:
+    """The test owners' slots cover all three nodes, so the other tests cross nodes."""
+    assert set(ports_by_owner(valkey_cluster, owners).values()) == set(valkey_cluster.ports)
+
+
+def test_keys_of_one_owner_share_a_slot(valkey_cluster: ValkeyCluster, owners: Owners) -> None:
+    """A secret's hash, its owner's index and audit log all hash to one slot."""
+    for did in owners.dids:
+        slots = {
+            valkey_cluster.slot_of(key)
+            for key in (secret_key(did, "a"), secret_key(did, "b.c"), index_key(did))
+        }
+        assert len(slots) == 1
+
+
+async def test_all_four_procedures_work_for_owners_on_every_node(
+    aiohttp_client: AiohttpClient,
+    cluster_sidecar: Sidecar,
+    valkey_cluster: ValkeyCluster,
+    owners: Owners,
+) -> None:
+    """create, list, rotate and delete work for every owner, wherever its slot lives."""
+    xrpc = await aiohttp_client(create_xrpc_app(cluster_sidecar))
+    tokens = await create_everywhere(xrpc, owners, ("orders", "billing"))
+    where = ports_by_owner(valkey_cluster, owners)
+    for did in owners.dids:
+        key = owners.keys[did]
+        status, rotated = await call(xrpc, ROTATE, key, {"name": "orders"})
+        assert status == 200, rotated
+        assert rotated["token"] != tokens[did, "orders"]
+        status, listed = await call(xrpc, LIST, key, method="GET")
+        # Sorted: two creates in one millisecond tie on score, and ties list by name.
+        assert sorted(item["name"] for item in listed["secrets"]) == ["billing", "orders"]
+        assert await call(xrpc, DELETE, key, {"name": "billing"}) == (200, {})
+        # The write went to the node that owns the slot, and only there.
+        with redis.Redis(port=where[did]) as node:
+            stored = node.hgetall(secret_key(did, "orders"))
+            assert node.exists(secret_key(did, "billing")) == 0
+        assert stored[b"ver"] == b"2"
+        opened = cluster_sidecar.keyring.open(stored[b"env"].decode(), did=did, name="orders")
+        assert opened == rotated["token"]
+    assert await cluster_sidecar.redis_ok()
+
+
+async def test_a_batch_read_across_slots_returns_each_envelope_in_order(
+    aiohttp_client: AiohttpClient, cluster_sidecar: Sidecar, owners: Owners
+) -> None:
+    """get_envelopes over owners on all three nodes returns each current envelope, in order."""
+    xrpc = await aiohttp_client(create_xrpc_app(cluster_sidecar))
+    tokens = await create_everywhere(xrpc, owners, ("a", "b"))
+    for did in owners.dids[::2]:
+        _, body = await call(xrpc, ROTATE, owners.keys[did], {"name": "b"})
+        tokens[did, "b"] = body["token"]
+    # Interleave owners and slip in absent secrets, so order cannot come from grouping.
+    refs: list[tuple[str, str]] = []
+    for did in reversed(owners.dids):
+        refs += [(did, "b"), (did, "absent"), (did, "a")]
+
+    envelopes = await cluster_sidecar.store.get_envelopes(refs)
+
+    assert len(envelopes) == len(refs)
+    for (did, name), stored in zip(refs, envelopes, strict=True):
+        if name == "absent":
+            assert stored is None
+            continue
+        assert stored is not None
+        rotated = name == "b" and did in owners.dids[::2]
+        assert stored.version == (2 if rotated else 1)
+        assert (
+            cluster_sidecar.keyring.open(stored.envelope, did=did, name=name) == tokens[did, name]
+        )
+
+
+async def test_scripts_reload_on_every_node_after_noscript(
+    aiohttp_client: AiohttpClient,
+    cluster_sidecar: Sidecar,
+    valkey_cluster: ValkeyCluster,
+    owners: Owners,
+) -> None:
+    """After every node's script cache is flushed, rotate and delete still work on every node."""
+    xrpc = await aiohttp_client(create_xrpc_app(cluster_sidecar))
+    await create_everywhere(xrpc, owners, ("orders",))
+    for port in valkey_cluster.ports:
+        with redis.Redis(port=port) as node:
+            node.script_flush()
+    for did in owners.dids:
+        status, body = await call(xrpc, ROTATE, owners.keys[did], {"name": "orders"})
+        assert status == 200, body
+        assert await call(xrpc, DELETE, owners.keys[did], {"name": "orders"}) == (200, {})
+
+
+async def test_procedures_and_batch_reads_follow_a_moved_slot(
+    aiohttp_client: AiohttpClient,
+    cluster_sidecar: Sidecar,
+    valkey_cluster: ValkeyCluster,
+    owners: Owners,
+) -> None:
+    """When a slot is resharded to another node, reads and scripts follow the MOVED answer."""
+    xrpc = await aiohttp_client(create_xrpc_app(cluster_sidecar))
+    tokens = await create_everywhere(xrpc, owners, ("orders",))
+    # The client has now learnt the slot table; move one owner's slot under it.
+    mover = owners.dids[0]
+    slot = valkey_cluster.slot_of(secret_key(mover, "orders"))
+    before = valkey_cluster.port_of_slot(slot)
+    after = next(port for port in valkey_cluster.ports if port != before)
+    valkey_cluster.move_slot(slot, after)
+    try:
+        envelopes = await cluster_sidecar.store.get_envelopes(
+            [(did, "orders") for did in owners.dids]
+        )
+        for did, stored in zip(owners.dids, envelopes, strict=True):
+            assert stored is not None
+            opened = cluster_sidecar.keyring.open(stored.envelope, did=did, name="orders")
+            assert opened == tokens[did, "orders"]
+        status, rotated = await call(xrpc, ROTATE, owners.keys[mover], {"name": "orders"})
+        assert status == 200, rotated
+        status, listed = await call(xrpc, LIST, owners.keys[mover], method="GET")
+        assert [item["name"] for item in listed["secrets"]] == ["orders"]
+        with redis.Redis(port=after) as node:
+            assert node.hget(secret_key(mover, "orders"), "ver") == b"2"
+    finally:
+        valkey_cluster.move_slot(slot, before)

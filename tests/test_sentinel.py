@@ -1,0 +1,145 @@
+"""A sidecar that finds its Redis through Sentinel: secret operations, reads, and a failover."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+from support import ALICE, CREATE, DELETE, LIST, ROTATE, call
+from topologies import DATA_PASSWORD, SentinelGroup, wait_for
+
+from sidecar.app import create_xrpc_app
+from sidecar.errors import StorageUnavailable
+from sidecar.store import secret_key
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from conftest import AiohttpClient, SidecarFactory
+    from topologies import Owners
+
+    from sidecar.app import Sidecar
+
+
+async def test_secret_operations_work_through_sentinel(
+    aiohttp_client: AiohttpClient,
+    sentinel_sidecar: Sidecar,
+    sentinel_group: SentinelGroup,
+    owners: Owners,
+) -> None:
+    """Through sentinel addresses only, all four procedures work and write to the primary."""
+    xrpc = await aiohttp_client(create_xrpc_app(sentinel_sidecar))
+    key = owners.keys[ALICE]
+    status, created = await call(xrpc, CREATE, key, {"name": "orders"})
+    assert status == 200, created
+    status, rotated = await call(xrpc, ROTATE, key, {"name": "orders"})
+    assert status == 200, rotated
+    status, listed = await call(xrpc, LIST, key, method="GET")
+    assert [item["name"] for item in listed["secrets"]] == ["orders"]
+    assert listed["secrets"][0]["lastRotatedAt"] == rotated["rotatedAt"]
+
+    # The sentinels hold no data: the hash is on the primary they name.
+    assert sentinel_group.primary_port() == sentinel_group.primary.port
+    with sentinel_group.primary_client() as primary:
+        stored = primary.hgetall(secret_key(ALICE, "orders"))
+    assert stored[b"ver"] == b"2"
+    token = sentinel_sidecar.keyring.open(stored[b"env"].decode(), did=ALICE, name="orders")
+    assert token == rotated["token"]
+
+    assert await call(xrpc, DELETE, key, {"name": "orders"}) == (200, {})
+    assert await call(xrpc, LIST, key, method="GET") == (200, {"secrets": []})
+
+
+async def test_get_envelopes_through_sentinel_returns_current_envelopes(
+    aiohttp_client: AiohttpClient, sentinel_sidecar: Sidecar, owners: Owners
+) -> None:
+    """A batch read through Sentinel returns each secret's newest envelope and version, in order."""
+    xrpc = await aiohttp_client(create_xrpc_app(sentinel_sidecar))
+    tokens: dict[tuple[str, str], str] = {}
+    for did in owners.dids[:4]:
+        for name in ("a", "b"):
+            _, body = await call(xrpc, CREATE, owners.keys[did], {"name": name})
+            tokens[did, name] = body["token"]
+        _, body = await call(xrpc, ROTATE, owners.keys[did], {"name": "b"})
+        tokens[did, "b"] = body["token"]
+
+    refs = [*tokens, (owners.dids[0], "missing")]
+    envelopes = await sentinel_sidecar.store.get_envelopes(refs)
+    assert envelopes[-1] is None
+    for (did, name), stored in zip(refs, envelopes[:-1], strict=False):
+        assert stored is not None
+        assert stored.version == (2 if name == "b" else 1)
+        assert (
+            sentinel_sidecar.keyring.open(stored.envelope, did=did, name=name) == tokens[did, name]
+        )
+
+
+async def test_a_wrong_data_password_is_refused_without_falling_back(
+    make_sidecar: SidecarFactory, sentinel_url: str
+) -> None:
+    """With a wrong password for the data nodes, calls fail closed as StorageUnavailable."""
+    wrong = sentinel_url.replace(DATA_PASSWORD, "not-the-password")
+    sidecar: Sidecar = await make_sidecar(REDIS_URL=wrong)
+    assert not await sidecar.redis_ok()
+    with pytest.raises(StorageUnavailable):
+        await sidecar.store.get_envelopes([(ALICE, "orders")])
+
+
+async def test_the_sidecar_follows_a_failover(
+    aiohttp_client: AiohttpClient,
+    make_sidecar: SidecarFactory,
+    owners: Owners,
+    tmp_path: Path,
+) -> None:
+    """When the primary dies, reads find the promoted replica at once and writes after one 503."""
+    group = SentinelGroup(tmp_path / "failover")
+    group.start()
+    try:
+        group.wait_until_ready_to_fail_over()
+        sidecar: Sidecar = await make_sidecar(
+            REDIS_URL=group.url, SIDECAR_API_KEYS_FILE=str(owners.path)
+        )
+        xrpc = await aiohttp_client(create_xrpc_app(sidecar))
+        key = owners.keys[ALICE]
+        _, created = await call(xrpc, CREATE, key, {"name": "orders"})
+        with group.primary_client() as primary:
+            # Replication is asynchronous; losing an unreplicated write in a
+            # failover is Redis's behaviour, not the sidecar's, so wait it out.
+            assert primary.execute_command("WAIT", 1, 5000) == 1
+
+        group.primary.stop()
+        wait_for(
+            "the sentinels to agree on the promoted replica",
+            lambda: group.agree_on_primary(group.replica.port) and _is_primary(group.replica.port),
+        )
+
+        # A read is idempotent, so the store retries it once on a fresh connection.
+        stored = await sidecar.store.get_envelope(ALICE, "orders")
+        assert stored is not None
+        assert sidecar.keyring.open(stored.envelope, did=ALICE, name="orders") == created["token"]
+
+        # A write is never retried by the client: a pooled connection to the
+        # dead primary may fail it once, with 503, and the next one succeeds.
+        outcomes: list[tuple[int, Any]] = []
+        for _ in range(2):
+            outcomes.append(await call(xrpc, ROTATE, key, {"name": "orders"}))
+            if outcomes[-1][0] == 200:
+                break
+        assert [status for status, _ in outcomes[:-1]] in ([], [503])
+        status, rotated = outcomes[-1]
+        assert status == 200, rotated
+        with redis.Redis(port=group.replica.port, password=DATA_PASSWORD) as promoted:
+            stored_hash = promoted.hgetall(secret_key(ALICE, "orders"))
+        # The refused attempt reached no live server, so exactly one rotation applied.
+        assert stored_hash[b"ver"] == b"2"
+        token = sidecar.keyring.open(stored_hash[b"env"].decode(), did=ALICE, name="orders")
+        assert token == rotated["token"]
+    finally:
+        group.stop()
+
+
+def _is_primary(port: int) -> bool:
+    with redis.Redis(port=port, password=DATA_PASSWORD, socket_timeout=5) as client:
+        role: list[Any] = client.role()
+    return bool(role[0] == b"master")
