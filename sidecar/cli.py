@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from sidecar.auth import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek
 from sidecar.embedded import EmbeddedServerError, EmbeddedValkey
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, StartupFailed
 from sidecar.names import is_valid_did
 from sidecar.settings import Secret, Settings
 
@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _serve(Settings.from_env(env))
     except ConfigError as exc:
         print(f"wisp-sidecar: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupFailed as exc:
+        print(f"wisp-sidecar: cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
 

@@ -254,8 +254,9 @@ def _parse(raw: Mapping[str, str]) -> Settings:
             defaults.redis_connect_timeout_s,
         ),
         start_without_redis=get("SIDECAR_START_WITHOUT_REDIS", _flag, defaults.start_without_redis),
+        # At least 1: aiohttp reads a shutdown timeout of 0 as "wait for ever".
         shutdown_grace_s=get(
-            "SIDECAR_SHUTDOWN_GRACE_S", _int_between(0, 3600), defaults.shutdown_grace_s
+            "SIDECAR_SHUTDOWN_GRACE_S", _int_between(1, 3600), defaults.shutdown_grace_s
         ),
         sign_max_bytes=get(
             "SIDECAR_SIGN_MAX_BYTES", _int_between(1, 64 * 1024 * 1024), defaults.sign_max_bytes

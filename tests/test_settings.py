@@ -208,7 +208,7 @@ def test_data_dir_is_parsed(tmp_path: Path) -> None:
         ("SIDECAR_AUDIT_LOG_MAX_LEN", "audit_log_max_len", "5", 5),
         ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "redis_connect_timeout_s", "1", 1),
         ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "redis_connect_timeout_s", "3600", 3600),
-        ("SIDECAR_SHUTDOWN_GRACE_S", "shutdown_grace_s", "0", 0),
+        ("SIDECAR_SHUTDOWN_GRACE_S", "shutdown_grace_s", "1", 1),
         ("SIDECAR_SHUTDOWN_GRACE_S", "shutdown_grace_s", "3600", 3600),
     ],
 )
@@ -231,7 +231,7 @@ def test_bounded_integer_is_parsed(variable: str, attribute: str, text: str, val
         ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "0"),
         ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "3601"),
         ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "1.5"),
-        ("SIDECAR_SHUTDOWN_GRACE_S", "-1"),
+        ("SIDECAR_SHUTDOWN_GRACE_S", "0"),
         ("SIDECAR_SHUTDOWN_GRACE_S", "3601"),
     ],
 )
