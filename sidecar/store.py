@@ -130,7 +130,10 @@ return {'ok', tonumber(ver), now}
 # Reads many secrets' env and ver in one command. A pipeline of HMGETs costs
 # the client far more per key (each command is packed, parsed and dispatched
 # on its own), and this is the sign hot path. KEYS: secret hashes, in order.
-_READ_ENVELOPES: Final = """
+# Declared no-writes (Redis 7+, Valkey), so Redis runs it like a read: also
+# while writes are paused (CLIENT PAUSE WRITE, which a coordinated FAILOVER
+# uses), where an undeclared script would wait with the writes.
+_READ_ENVELOPES: Final = """#!lua flags=no-writes
 local out = {}
 for i, key in ipairs(KEYS) do
   local row = redis.call('HMGET', key, 'env', 'ver')
