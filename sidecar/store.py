@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -47,7 +48,7 @@ from redis.exceptions import (
 )
 
 from sidecar.errors import SecretExists, SecretNotFound, StorageUnavailable
-from sidecar.names import validate_did, validate_name
+from sidecar.names import is_valid_did, is_valid_name, validate_did, validate_name
 from sidecar.redis_url import SentinelTarget, parse_redis_url
 
 if TYPE_CHECKING:
@@ -143,6 +144,28 @@ end
 return out
 """
 
+# The re-wrap compare-and-set: replace the envelope only if it is still the one
+# that was read and re-sealed, so a rotation in between always wins. `ver` is
+# left alone, because the token did not change. An empty actor means no audit.
+# KEYS: secret hash, audit log. ARGV: expected envelope, new envelope, name,
+# actor, log cap.
+_REPLACE_ENVELOPE: Final = (
+    _NOW_MS
+    + """
+if redis.call('HGET', KEYS[1], 'env') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'env', ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'op', 'rewrap', 'name', ARGV[3],
+    'ver', redis.call('HGET', KEYS[1], 'ver'), 'at', now, 'actor', ARGV[4])
+end
+return 1
+"""
+)
+
+# SCAN pattern for secret hashes; TYPE hash leaves out the index, the log and
+# the jti records, and parse_secret_key checks each key it lets through.
+_KEY_PATTERN: Final = "wsc:{*}:s:*"
+
 
 def secret_key(did: str, name: str) -> str:
     return f"wsc:{{{did}}}:s:{name}"
@@ -160,6 +183,20 @@ def jti_key(iss: str, jti: str) -> str:
     # Hashed: a jti is caller-chosen text of any length and alphabet.
     digest = hashlib.sha256(jti.encode("utf-8", "surrogateescape")).hexdigest()
     return f"wsc:{{{iss}}}:jti:{digest}"
+
+
+def parse_secret_key(key: str) -> tuple[str, str] | None:
+    """The ``(did, name)`` a secret's key stands for, or None for any other key."""
+    if not key.startswith("wsc:{"):
+        return None
+    # A DID never holds "}" (see sidecar.names), so the first one ends the tag.
+    did, brace, rest = key[len("wsc:{") :].partition("}")
+    if not brace or not rest.startswith(":s:"):
+        return None
+    name = rest[len(":s:") :]
+    if not (is_valid_did(did) and is_valid_name(name)):
+        return None
+    return did, name
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +334,7 @@ class SecretStore:
         self._rotate = self._redis.register_script(_ROTATE)
         self._delete = self._redis.register_script(_DELETE)
         self._read_envelopes = self._redis.register_script(_READ_ENVELOPES)
+        self._replace = self._redis.register_script(_REPLACE_ENVELOPE)
 
     @property
     def client(self) -> Client:
@@ -420,6 +458,66 @@ class SecretStore:
             return bool(claimed)
 
         return await self._run("claim_jti", claim)
+
+    async def replace_envelope(
+        self, did: str, name: str, expected: str, envelope: str, *, actor: str | None
+    ) -> bool:
+        """Swap the envelope for ``envelope`` if it is still ``expected``; ``ver`` stays.
+
+        False when the secret changed (or went) since ``expected`` was read.
+        With an ``actor``, an ``op=rewrap`` entry goes to the audit log.
+        """
+        validate_did(did)
+        validate_name(name)
+        keys = [secret_key(did, name), log_key(did)]
+        args: list[str | int] = [expected, envelope, name, actor or "", self._audit_max_len]
+        reply = await self._run("rewrap", lambda: self._replace(keys=keys, args=args))
+        return bool(reply)
+
+    async def scan_secrets(self, *, page_size: int = 500) -> AsyncIterator[list[tuple[str, str]]]:
+        """Every secret's ``(did, name)``, a page at a time, from every primary.
+
+        SCAN returns each key that exists for the whole scan at least once; it
+        may return one twice, and may or may not return keys made or deleted
+        meanwhile, so whatever a caller does with a page must be idempotent.
+        """
+        client = self._redis
+        if isinstance(client, RedisCluster):
+            # A cluster's keys are spread over its primaries; each has its own cursor.
+            await self._run("scan", client.initialize)
+            for node in client.get_primaries():
+                async for page in self._scan_node(page_size, node):
+                    yield page
+        else:
+            async for page in self._scan_node(page_size, None):
+                yield page
+
+    async def _scan_node(
+        self, page_size: int, node: ClusterNode | None
+    ) -> AsyncIterator[list[tuple[str, str]]]:
+        cursor = 0
+        while True:
+            page = functools.partial(self._scan_page, cursor, page_size, node)
+            cursor, keys = await self._run("scan", page)
+            refs = [ref for key in keys if (ref := parse_secret_key(key.decode())) is not None]
+            if refs:
+                yield refs
+            if cursor == 0:
+                return
+
+    async def _scan_page(
+        self, cursor: int, page_size: int, node: ClusterNode | None
+    ) -> tuple[int, list[bytes]]:
+        client = self._redis
+        if isinstance(client, RedisCluster):
+            assert node is not None
+            # Aimed at one node, the cluster client answers ({node name: cursor}, keys).
+            reply: Any = await client.scan(
+                cursor, match=_KEY_PATTERN, count=page_size, _type="hash", target_nodes=node
+            )
+            return int(reply[0][node.name]), list(reply[1])
+        reply = await client.scan(cursor, match=_KEY_PATTERN, count=page_size, _type="hash")
+        return int(reply[0]), list(reply[1])
 
     async def _script(
         self,

@@ -1,11 +1,14 @@
-"""Store behaviours that no HTTP test shows: reads while Redis holds writes."""
+"""Store behaviours that no HTTP test shows: reads while Redis holds writes, key parsing."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from support import ALICE, CREATE, call
+
+from sidecar.store import parse_secret_key
 
 if TYPE_CHECKING:
     import redis
@@ -30,3 +33,22 @@ async def test_batched_reads_run_while_writes_are_paused(
         raw_redis.execute_command("CLIENT", "UNPAUSE")
     assert stored is not None
     assert sidecar.keyring.open(stored.envelope, did=ALICE, name="orders") == created["token"]
+
+
+@pytest.mark.parametrize(
+    ("key", "ref"),
+    [
+        ("wsc:{did:plc:abc}:s:orders", ("did:plc:abc", "orders")),
+        ("wsc:{did:web:a.example:s:x}:s:b.c", ("did:web:a.example:s:x", "b.c")),
+        ("wsc:{did:plc:abc}:idx", None),
+        ("wsc:{did:plc:abc}:log", None),
+        ("wsc:{did:plc:abc}:jti:00ff", None),
+        ("wsc:{did:plc:abc}:s:", None),
+        ("wsc:{did:plc:abc}:s:a b", None),
+        ("wsc:{not-a-did}:s:orders", None),
+        ("other:{did:plc:abc}:s:orders", None),
+    ],
+)
+def test_parse_secret_key_names_only_secret_hashes(key: str, ref: tuple[str, str] | None) -> None:
+    """A secret's key parses back to its (did, name); the index, log, jti and strays do not."""
+    assert parse_secret_key(key) == ref
