@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from typing import TYPE_CHECKING, Any
 
 import redis
-from support import CREATE, DELETE, LIST, ROTATE, call
+from support import CREATE, DELETE, LIST, ROTATE, call, sign_body
 
-from sidecar.app import create_xrpc_app
+from sidecar.app import create_sign_app, create_xrpc_app
 from sidecar.store import index_key, secret_key
 
 if TYPE_CHECKING:
@@ -107,6 +110,37 @@ async def test_a_batch_read_across_slots_returns_each_envelope_in_order(
         assert (
             cluster_sidecar.keyring.open(stored.envelope, did=did, name=name) == tokens[did, name]
         )
+
+
+async def test_a_sign_batch_across_slots_signs_each_item_with_its_current_token(
+    aiohttp_client: AiohttpClient, cluster_sidecar: Sidecar, owners: Owners
+) -> None:
+    """/v1/sign/batch over owners on every node signs each item with that secret's token."""
+    xrpc = await aiohttp_client(create_xrpc_app(cluster_sidecar))
+    sign = await aiohttp_client(create_sign_app(cluster_sidecar))
+    tokens = await create_everywhere(xrpc, owners, ("hooks",))
+    for did in owners.dids[1::2]:
+        _, body = await call(xrpc, ROTATE, owners.keys[did], {"name": "hooks"})
+        tokens[did, "hooks"] = body["token"]
+    payload = b'{"event":"push"}'
+    encoded = base64.b64encode(payload).decode()
+    items = [{"did": did, "name": "hooks", "body_b64": encoded} for did in owners.dids]
+    items.insert(3, {"did": owners.dids[0], "name": "absent", "body_b64": encoded})
+
+    before = cluster_sidecar.signer._reader.batches_sent
+    async with sign.post("/v1/sign/batch", json={"items": items}) as response:
+        assert response.status == 200
+        results = (await response.json())["results"]
+
+    # One coalesced read served the whole batch, across every node.
+    assert cluster_sidecar.signer._reader.batches_sent == before + 1
+    assert results.pop(3)["error"] == "NotFound"
+    for did, result in zip(owners.dids, results, strict=True):
+        mac = hmac.new(tokens[did, "hooks"].encode(), payload, hashlib.sha256).hexdigest()
+        assert result["headers"] == {"X-Webhook-Signature": f"sha256={mac}"}
+        assert result["version"] == (2 if did in owners.dids[1::2] else 1)
+    status, single = await sign_body(sign, owners.dids[-1], "hooks", payload)
+    assert (status, single["headers"]) == (200, results[-1]["headers"])
 
 
 async def test_scripts_reload_on_every_node_after_noscript(

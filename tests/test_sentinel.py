@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from support import ALICE, CREATE, DELETE, LIST, ROTATE, call
+from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, sign_body
 from topologies import DATA_PASSWORD, SentinelGroup, wait_for
 
-from sidecar.app import create_xrpc_app
+from sidecar.app import create_sign_app, create_xrpc_app
 from sidecar.errors import StorageUnavailable
 from sidecar.store import secret_key
 
@@ -73,6 +75,23 @@ async def test_get_envelopes_through_sentinel_returns_current_envelopes(
         assert (
             sentinel_sidecar.keyring.open(stored.envelope, did=did, name=name) == tokens[did, name]
         )
+
+
+async def test_signing_through_sentinel_uses_the_current_token(
+    aiohttp_client: AiohttpClient, sentinel_sidecar: Sidecar, owners: Owners
+) -> None:
+    """/v1/sign through Sentinel signs with the secret's token, and with the new one at once."""
+    xrpc = await aiohttp_client(create_xrpc_app(sentinel_sidecar))
+    sign = await aiohttp_client(create_sign_app(sentinel_sidecar))
+    key = owners.keys[ALICE]
+    payload = b'{"event":"push"}'
+    for procedure, version in ((CREATE, 1), (ROTATE, 2)):
+        _, body = await call(xrpc, procedure, key, {"name": "hooks"})
+        status, answer = await sign_body(sign, ALICE, "hooks", payload)
+        assert status == 200, answer
+        mac = hmac.new(body["token"].encode(), payload, hashlib.sha256).hexdigest()
+        assert answer["headers"] == {"X-Webhook-Signature": f"sha256={mac}"}
+        assert answer["version"] == version
 
 
 async def test_a_wrong_data_password_is_refused_without_falling_back(
