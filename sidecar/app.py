@@ -34,7 +34,7 @@ from sidecar.methods import SecretMethods, metrics_observer
 from sidecar.metrics import Metrics
 from sidecar.redis_url import scrub
 from sidecar.service_auth import ServiceAuthVerifier
-from sidecar.store import SecretStore, connect
+from sidecar.store import ErrorHook, SecretStore, connect
 from sidecar.wire import http_middleware
 from sidecar.xrpc import XrpcServer
 
@@ -72,6 +72,24 @@ class Sidecar:
 SIDECAR_KEY: Final = web.AppKey("sidecar", Sidecar)
 
 
+def store_for(settings: Settings, *, on_error: ErrorHook | None = None) -> SecretStore:
+    """The store on the Redis that ``settings`` name; it connects on first use."""
+    if settings.redis_url is None:
+        raise ConfigError("REDIS_URL", "is not set")
+    connection = connect(
+        settings.redis_url.reveal(),
+        timeout_s=settings.redis_timeout_s,
+        cluster=settings.redis_cluster,
+        ca_file=settings.redis_ca_file,
+    )
+    return SecretStore(
+        connection,
+        timeout_s=settings.redis_timeout_s,
+        audit_max_len=settings.audit_log_max_len,
+        on_error=on_error,
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_sidecar(
     settings: Settings,
@@ -87,18 +105,7 @@ async def open_sidecar(
     entries = load_api_keys(settings.api_keys_file) if settings.api_keys_file else []
     _warn_about_credentials(settings, entries)
     async with contextlib.AsyncExitStack() as resources:
-        connection = connect(
-            settings.redis_url.reveal(),
-            timeout_s=settings.redis_timeout_s,
-            cluster=settings.redis_cluster,
-            ca_file=settings.redis_ca_file,
-        )
-        store = SecretStore(
-            connection,
-            timeout_s=settings.redis_timeout_s,
-            audit_max_len=settings.audit_log_max_len,
-            on_error=metrics.redis_error,
-        )
+        store = store_for(settings, on_error=metrics.redis_error)
         resources.push_async_callback(store.close)
         verifiers: list[BearerVerifier] = []
         if settings.service_did is not None:

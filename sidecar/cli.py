@@ -106,9 +106,9 @@ def _serve(settings: Settings) -> int:
 
 def _rewrap(settings: Settings, *, audit: bool) -> int:
     """Exit 0 when every secret is current or was re-wrapped, 1 otherwise."""
+    from sidecar.app import store_for
     from sidecar.crypto import Keyring
     from sidecar.rewrap import Rewrap
-    from sidecar.store import SecretStore, connect
 
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set: rewrap works on the Redis your sidecars use")
@@ -120,16 +120,7 @@ def _rewrap(settings: Settings, *, audit: bool) -> int:
         print(f"rewrap: cannot open {name!r} of {did}: {reason}", file=sys.stderr)
 
     async def run() -> int:
-        assert settings.redis_url is not None
-        connection = connect(
-            settings.redis_url.reveal(),
-            timeout_s=settings.redis_timeout_s,
-            cluster=settings.redis_cluster,
-            ca_file=settings.redis_ca_file,
-        )
-        store = SecretStore(
-            connection, timeout_s=settings.redis_timeout_s, audit_max_len=settings.audit_log_max_len
-        )
+        store = store_for(settings)
         job = Rewrap(store, keyring, actor="rewrap" if audit else None, on_failure=failed)
         try:
             await job.run()

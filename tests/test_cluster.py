@@ -8,9 +8,9 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 import redis
-from support import CREATE, DELETE, LIST, ROTATE, call, sign_body
+from support import DELETE, LIST, ROTATE, call, create_secrets, opened, sign_body
 
-from sidecar.app import create_sign_app, create_xrpc_app
+from sidecar.app import create_sign_app
 from sidecar.store import index_key, secret_key
 
 if TYPE_CHECKING:
@@ -20,23 +20,12 @@ if TYPE_CHECKING:
 
     from sidecar.app import Sidecar
 
+    Client = TestClient[Any, Any]
+
 
 def ports_by_owner(cluster: ValkeyCluster, owners: Owners) -> dict[str, int]:
     """The node each owner's keys live on, from the cluster's own slot table."""
     return {did: cluster.port_of_slot(cluster.slot_of(secret_key(did, "x"))) for did in owners.dids}
-
-
-async def create_everywhere(
-    xrpc: TestClient[Any, Any], owners: Owners, names: tuple[str, ...]
-) -> dict[tuple[str, str], str]:
-    """Create ``names`` for every owner; the token of each (did, name)."""
-    tokens: dict[tuple[str, str], str] = {}
-    for did in owners.dids:
-        for name in names:
-            status, body = await call(xrpc, CREATE, owners.keys[did], {"name": name})
-            assert status == 200, body
-            tokens[did, name] = body["token"]
-    return tokens
 
 
 def test_owners_spread_over_every_node(valkey_cluster: ValkeyCluster, owners: Owners) -> None:
@@ -55,14 +44,11 @@ def test_keys_of_one_owner_share_a_slot(valkey_cluster: ValkeyCluster, owners: O
 
 
 async def test_all_four_procedures_work_for_owners_on_every_node(
-    aiohttp_client: AiohttpClient,
-    cluster_sidecar: Sidecar,
-    valkey_cluster: ValkeyCluster,
-    owners: Owners,
+    cluster_xrpc: Client, cluster_sidecar: Sidecar, valkey_cluster: ValkeyCluster, owners: Owners
 ) -> None:
     """create, list, rotate and delete work for every owner, wherever its slot lives."""
-    xrpc = await aiohttp_client(create_xrpc_app(cluster_sidecar))
-    tokens = await create_everywhere(xrpc, owners, ("orders", "billing"))
+    xrpc = cluster_xrpc
+    tokens = await create_secrets(xrpc, owners.keys, ["orders", "billing"])
     where = ports_by_owner(valkey_cluster, owners)
     for did in owners.dids:
         key = owners.keys[did]
@@ -70,28 +56,27 @@ async def test_all_four_procedures_work_for_owners_on_every_node(
         assert status == 200, rotated
         assert rotated["token"] != tokens[did, "orders"]
         status, listed = await call(xrpc, LIST, key, method="GET")
-        # Sorted: two creates in one millisecond tie on score, and ties list by name.
-        assert sorted(item["name"] for item in listed["secrets"]) == ["billing", "orders"]
+        assert [item["name"] for item in listed["secrets"]] == ["orders", "billing"]
         assert await call(xrpc, DELETE, key, {"name": "billing"}) == (200, {})
         # The write went to the node that owns the slot, and only there.
         with redis.Redis(port=where[did]) as node:
             stored = node.hgetall(secret_key(did, "orders"))
             assert node.exists(secret_key(did, "billing")) == 0
         assert stored[b"ver"] == b"2"
-        opened = cluster_sidecar.keyring.open(stored[b"env"].decode(), did=did, name="orders")
-        assert opened == rotated["token"]
+        token = cluster_sidecar.keyring.open(stored[b"env"].decode(), did=did, name="orders")
+        assert token == rotated["token"]
     assert await cluster_sidecar.redis_ok()
 
 
 async def test_a_batch_read_across_slots_returns_each_envelope_in_order(
-    aiohttp_client: AiohttpClient, cluster_sidecar: Sidecar, owners: Owners
+    cluster_xrpc: Client, cluster_sidecar: Sidecar, owners: Owners
 ) -> None:
     """get_envelopes over owners on all three nodes returns each current envelope, in order."""
-    xrpc = await aiohttp_client(create_xrpc_app(cluster_sidecar))
-    tokens = await create_everywhere(xrpc, owners, ("a", "b"))
+    tokens = await create_secrets(cluster_xrpc, owners.keys, ["a", "b"])
+    versions = dict.fromkeys(tokens, 1)
     for did in owners.dids[::2]:
-        _, body = await call(xrpc, ROTATE, owners.keys[did], {"name": "b"})
-        tokens[did, "b"] = body["token"]
+        _, body = await call(cluster_xrpc, ROTATE, owners.keys[did], {"name": "b"})
+        tokens[did, "b"], versions[did, "b"] = body["token"], 2
     # Interleave owners and slip in absent secrets, so order cannot come from grouping.
     refs: list[tuple[str, str]] = []
     for did in reversed(owners.dids):
@@ -99,28 +84,19 @@ async def test_a_batch_read_across_slots_returns_each_envelope_in_order(
 
     envelopes = await cluster_sidecar.store.get_envelopes(refs)
 
-    assert len(envelopes) == len(refs)
-    for (did, name), stored in zip(refs, envelopes, strict=True):
-        if name == "absent":
-            assert stored is None
-            continue
-        assert stored is not None
-        rotated = name == "b" and did in owners.dids[::2]
-        assert stored.version == (2 if rotated else 1)
-        assert (
-            cluster_sidecar.keyring.open(stored.envelope, did=did, name=name) == tokens[did, name]
-        )
+    assert opened(cluster_sidecar.keyring, refs, envelopes) == [
+        (tokens[ref], versions[ref]) if ref in tokens else None for ref in refs
+    ]
 
 
 async def test_a_sign_batch_across_slots_signs_each_item_with_its_current_token(
-    aiohttp_client: AiohttpClient, cluster_sidecar: Sidecar, owners: Owners
+    aiohttp_client: AiohttpClient, cluster_xrpc: Client, cluster_sidecar: Sidecar, owners: Owners
 ) -> None:
     """/v1/sign/batch over owners on every node signs each item with that secret's token."""
-    xrpc = await aiohttp_client(create_xrpc_app(cluster_sidecar))
     sign = await aiohttp_client(create_sign_app(cluster_sidecar))
-    tokens = await create_everywhere(xrpc, owners, ("hooks",))
+    tokens = await create_secrets(cluster_xrpc, owners.keys, ["hooks"])
     for did in owners.dids[1::2]:
-        _, body = await call(xrpc, ROTATE, owners.keys[did], {"name": "hooks"})
+        _, body = await call(cluster_xrpc, ROTATE, owners.keys[did], {"name": "hooks"})
         tokens[did, "hooks"] = body["token"]
     payload = b'{"event":"push"}'
     encoded = base64.b64encode(payload).decode()
@@ -144,32 +120,25 @@ async def test_a_sign_batch_across_slots_signs_each_item_with_its_current_token(
 
 
 async def test_scripts_reload_on_every_node_after_noscript(
-    aiohttp_client: AiohttpClient,
-    cluster_sidecar: Sidecar,
-    valkey_cluster: ValkeyCluster,
-    owners: Owners,
+    cluster_xrpc: Client, valkey_cluster: ValkeyCluster, owners: Owners
 ) -> None:
     """After every node's script cache is flushed, rotate and delete still work on every node."""
-    xrpc = await aiohttp_client(create_xrpc_app(cluster_sidecar))
-    await create_everywhere(xrpc, owners, ("orders",))
+    await create_secrets(cluster_xrpc, owners.keys, ["orders"])
     for port in valkey_cluster.ports:
         with redis.Redis(port=port) as node:
             node.script_flush()
     for did in owners.dids:
-        status, body = await call(xrpc, ROTATE, owners.keys[did], {"name": "orders"})
+        status, body = await call(cluster_xrpc, ROTATE, owners.keys[did], {"name": "orders"})
         assert status == 200, body
-        assert await call(xrpc, DELETE, owners.keys[did], {"name": "orders"}) == (200, {})
+        assert await call(cluster_xrpc, DELETE, owners.keys[did], {"name": "orders"}) == (200, {})
 
 
 async def test_procedures_and_batch_reads_follow_a_moved_slot(
-    aiohttp_client: AiohttpClient,
-    cluster_sidecar: Sidecar,
-    valkey_cluster: ValkeyCluster,
-    owners: Owners,
+    cluster_xrpc: Client, cluster_sidecar: Sidecar, valkey_cluster: ValkeyCluster, owners: Owners
 ) -> None:
     """When a slot is resharded to another node, reads and scripts follow the MOVED answer."""
-    xrpc = await aiohttp_client(create_xrpc_app(cluster_sidecar))
-    tokens = await create_everywhere(xrpc, owners, ("orders",))
+    xrpc = cluster_xrpc
+    tokens = await create_secrets(xrpc, owners.keys, ["orders"])
     # The client has now learnt the slot table; move one owner's slot under it.
     mover = owners.dids[0]
     slot = valkey_cluster.slot_of(secret_key(mover, "orders"))
@@ -177,13 +146,9 @@ async def test_procedures_and_batch_reads_follow_a_moved_slot(
     after = next(port for port in valkey_cluster.ports if port != before)
     valkey_cluster.move_slot(slot, after)
     try:
-        envelopes = await cluster_sidecar.store.get_envelopes(
-            [(did, "orders") for did in owners.dids]
-        )
-        for did, stored in zip(owners.dids, envelopes, strict=True):
-            assert stored is not None
-            opened = cluster_sidecar.keyring.open(stored.envelope, did=did, name="orders")
-            assert opened == tokens[did, "orders"]
+        refs = list(tokens)
+        envelopes = await cluster_sidecar.store.get_envelopes(refs)
+        assert opened(cluster_sidecar.keyring, refs, envelopes) == [(tokens[r], 1) for r in refs]
         status, rotated = await call(xrpc, ROTATE, owners.keys[mover], {"name": "orders"})
         assert status == 200, rotated
         status, listed = await call(xrpc, LIST, owners.keys[mover], method="GET")

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from support import ALICE, CREATE, ROTATE, call
+from support import ALICE, CREATE, ROTATE, call, opened
 
 from sidecar.app import create_xrpc_app
 from sidecar.embedded import EmbeddedValkey
@@ -120,9 +120,9 @@ async def test_rediss_with_the_ca_file_verifies_and_works(
     assert (await call(xrpc, CREATE, keys.alice, {"name": "orders"}))[0] == 200
     status, rotated = await call(xrpc, ROTATE, keys.alice, {"name": "orders"})
     assert status == 200, rotated
-    stored = await sidecar.store.get_envelope(ALICE, "orders")
-    assert stored is not None
-    assert sidecar.keyring.open(stored.envelope, did=ALICE, name="orders") == rotated["token"]
+    refs = [(ALICE, "orders")]
+    stored = await sidecar.store.get_envelopes(refs)
+    assert opened(sidecar.keyring, refs, stored) == [(rotated["token"], 2)]
 
 
 async def test_rediss_without_the_ca_refuses_the_unknown_certificate(
@@ -159,8 +159,8 @@ async def test_unix_socket_url_works(
     xrpc = await aiohttp_client(create_xrpc_app(sidecar))
     status, created = await call(xrpc, CREATE, keys.alice, {"name": "orders"})
     assert status == 200, created
-    stored = await sidecar.store.get_envelope(ALICE, "orders")
-    assert stored is not None
-    assert sidecar.keyring.open(stored.envelope, did=ALICE, name="orders") == created["token"]
+    refs = [(ALICE, "orders")]
+    stored = await sidecar.store.get_envelopes(refs)
+    assert opened(sidecar.keyring, refs, stored) == [(created["token"], 1)]
     with redis.Redis(unix_socket_path=str(socket_server), db=3) as client:
         assert client.exists(secret_key(ALICE, "orders")) == 1

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from support import ALICE, BOB, CREATE, ROTATE, call
+from support import ALICE, BOB, ROTATE, call, create_secrets, opened
 
 from sidecar.app import create_xrpc_app
 from sidecar.cli import main
@@ -24,91 +25,86 @@ from sidecar.store import log_key, secret_key
 
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient
-    from conftest import AiohttpClient, SidecarFactory
+    from conftest import AiohttpClient, Keys, SidecarFactory
     from topologies import Owners, ValkeyCluster
 
     from sidecar.app import Sidecar
 
+    Client = TestClient[Any, Any]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Sidecars mid-rotation: one still on the old key, one with the new key active."""
+
+    old_xrpc: Client
+    new: Sidecar
+    new_xrpc: Client
+
+
+@dataclass(frozen=True)
+class KekRotation:
+    """An old and a new KEK, and the rings a re-wrap is checked with."""
+
+    old: str
+    new: str
+    aiohttp_client: AiohttpClient
+    make_sidecar: SidecarFactory
+
+    @property
+    def ring(self) -> Keyring:
+        """What rewrap runs with: the new key active, the old one previous."""
+        return Keyring(parse_kek(self.new, setting="new"), [parse_kek(self.old, setting="old")])
+
+    @property
+    def new_alone(self) -> Keyring:
+        """What opens everything once the old key is retired."""
+        return Keyring(parse_kek(self.new, setting="new"))
+
+    async def rollout(self, **overrides: str) -> Rollout:
+        old: Sidecar = await self.make_sidecar(SIDECAR_KEK=self.old, **overrides)
+        new: Sidecar = await self.make_sidecar(
+            SIDECAR_KEK=self.new, SIDECAR_KEK_PREVIOUS=self.old, **overrides
+        )
+        return Rollout(
+            old_xrpc=await self.aiohttp_client(create_xrpc_app(old)),
+            new=new,
+            new_xrpc=await self.aiohttp_client(create_xrpc_app(new)),
+        )
+
+    async def assert_under_new_key_alone(
+        self, sidecar: Sidecar, tokens: dict[tuple[str, str], str], versions: dict[Any, int]
+    ) -> None:
+        """Each secret holds its token, at its version, and opens with the new key alone."""
+        refs = list(tokens)
+        envelopes = await sidecar.store.get_envelopes(refs)
+        assert opened(self.new_alone, refs, envelopes) == [(tokens[r], versions[r]) for r in refs]
+
 
 @pytest.fixture
-def old_kek() -> str:
-    return encode_kek(generate_kek())
-
-
-@pytest.fixture
-def new_kek() -> str:
-    return encode_kek(generate_kek())
-
-
-@pytest.fixture
-def new_keyring(new_kek: str, old_kek: str) -> Keyring:
-    """The ring a rewrap runs with: the new key active, the old one previous."""
-    return Keyring(parse_kek(new_kek, setting="new"), [parse_kek(old_kek, setting="old")])
-
-
-@pytest.fixture
-def new_key_alone(new_kek: str) -> Keyring:
-    """The new key with no previous key: what opens everything once the old key is retired."""
-    return Keyring(parse_kek(new_kek, setting="new"))
-
-
-async def make_pair(
-    make_sidecar: SidecarFactory, old_kek: str, new_kek: str, **overrides: str
-) -> tuple[Sidecar, Sidecar]:
-    """A sidecar still on the old key, and one rolled out with the new key active."""
-    old: Sidecar = await make_sidecar(SIDECAR_KEK=old_kek, **overrides)
-    new: Sidecar = await make_sidecar(
-        SIDECAR_KEK=new_kek, SIDECAR_KEK_PREVIOUS=old_kek, **overrides
+def rotation(aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory) -> KekRotation:
+    """A fresh pair of KEKs, and sidecars to roll out with them."""
+    return KekRotation(
+        old=encode_kek(generate_kek()),
+        new=encode_kek(generate_kek()),
+        aiohttp_client=aiohttp_client,
+        make_sidecar=make_sidecar,
     )
-    return old, new
-
-
-async def create_secrets(
-    xrpc: TestClient[Any, Any], keys_by_did: dict[str, str], names: list[str]
-) -> dict[tuple[str, str], str]:
-    tokens: dict[tuple[str, str], str] = {}
-    for did, key in keys_by_did.items():
-        for name in names:
-            status, body = await call(xrpc, CREATE, key, {"name": name})
-            assert status == 200, body
-            tokens[did, name] = body["token"]
-    return tokens
-
-
-async def assert_all_open_under_new_key_alone(
-    sidecar: Sidecar, keyring: Keyring, tokens: dict[tuple[str, str], str], version: int
-) -> None:
-    refs = list(tokens)
-    for (did, name), stored in zip(refs, await sidecar.store.get_envelopes(refs), strict=True):
-        assert stored is not None
-        assert keyring.open(stored.envelope, did=did, name=name) == tokens[did, name]
-        assert stored.version == version
 
 
 @pytest.mark.parametrize("actor", ["rewrap", None])
 async def test_rewrap_moves_every_secret_to_the_active_key(
-    aiohttp_client: AiohttpClient,
-    make_sidecar: SidecarFactory,
-    old_kek: str,
-    new_kek: str,
-    new_keyring: Keyring,
-    new_key_alone: Keyring,
-    owners: Owners,
-    raw_redis: redis.Redis,
-    actor: str | None,
+    rotation: KekRotation, owners: Owners, raw_redis: redis.Redis, actor: str | None
 ) -> None:
     """Every envelope is re-sealed under the new key, same token and ver, audited on request."""
-    old, new = await make_pair(
-        make_sidecar, old_kek, new_kek, SIDECAR_API_KEYS_FILE=str(owners.path)
-    )
-    xrpc = await aiohttp_client(create_xrpc_app(old))
-    tokens = await create_secrets(xrpc, owners.keys, ["a", "b"])
+    rollout = await rotation.rollout(SIDECAR_API_KEYS_FILE=str(owners.path))
+    tokens = await create_secrets(rollout.old_xrpc, owners.keys, ["a", "b"])
 
-    report = await Rewrap(new.store, new_keyring, actor=actor).run()
+    report = await Rewrap(rollout.new.store, rotation.ring, actor=actor).run()
 
     assert (report.scanned, report.rewrapped) == (len(tokens), len(tokens))
     assert report.already_current == report.skipped_changed == report.failed_to_open == 0
-    await assert_all_open_under_new_key_alone(new, new_key_alone, tokens, version=1)
+    await rotation.assert_under_new_key_alone(rollout.new, tokens, dict.fromkeys(tokens, 1))
     entries = [fields for _, fields in raw_redis.xrange(log_key(ALICE))]
     rewraps = [entry for entry in entries if entry[b"op"] == b"rewrap"]
     if actor is None:
@@ -118,41 +114,27 @@ async def test_rewrap_moves_every_secret_to_the_active_key(
         assert {(entry[b"ver"], entry[b"actor"]) for entry in rewraps} == {(b"1", b"rewrap")}
 
 
-async def test_a_second_run_finds_everything_current(
-    aiohttp_client: AiohttpClient,
-    make_sidecar: SidecarFactory,
-    old_kek: str,
-    new_kek: str,
-    new_keyring: Keyring,
-    keys: Any,
-) -> None:
+async def test_a_second_run_finds_everything_current(rotation: KekRotation, keys: Keys) -> None:
     """Run again (or after an interruption), rewrap re-seals nothing and reports it current."""
-    old, new = await make_pair(make_sidecar, old_kek, new_kek)
-    xrpc = await aiohttp_client(create_xrpc_app(old))
-    await create_secrets(xrpc, {ALICE: keys.alice, BOB: keys.bob}, ["a", "b", "c"])
-    first = await Rewrap(new.store, new_keyring).run()
+    rollout = await rotation.rollout()
+    store = rollout.new.store
+    await create_secrets(rollout.old_xrpc, {ALICE: keys.alice, BOB: keys.bob}, ["a", "b", "c"])
+    first = await Rewrap(store, rotation.ring).run()
     assert first.rewrapped == 6
-    before = await new.store.get_envelopes([(ALICE, "a"), (BOB, "c")])
+    before = await store.get_envelopes([(ALICE, "a"), (BOB, "c")])
 
-    second = await Rewrap(new.store, new_keyring).run()
+    second = await Rewrap(store, rotation.ring).run()
 
     assert (second.scanned, second.already_current, second.rewrapped) == (6, 6, 0)
-    assert await new.store.get_envelopes([(ALICE, "a"), (BOB, "c")]) == before
+    assert await store.get_envelopes([(ALICE, "a"), (BOB, "c")]) == before
 
 
 async def test_envelopes_that_do_not_open_are_counted_and_left_alone(
-    aiohttp_client: AiohttpClient,
-    make_sidecar: SidecarFactory,
-    old_kek: str,
-    new_kek: str,
-    new_keyring: Keyring,
-    keys: Any,
-    raw_redis: redis.Redis,
+    rotation: KekRotation, keys: Keys, raw_redis: redis.Redis
 ) -> None:
     """A secret under an unknown key and a malformed one are counted, kept, and reported."""
-    old, new = await make_pair(make_sidecar, old_kek, new_kek)
-    xrpc = await aiohttp_client(create_xrpc_app(old))
-    await create_secrets(xrpc, {ALICE: keys.alice}, ["good", "foreign", "garbled"])
+    rollout = await rotation.rollout()
+    await create_secrets(rollout.old_xrpc, {ALICE: keys.alice}, ["good", "foreign", "garbled"])
     foreign = Keyring(parse_kek(encode_kek(generate_kek()), setting="other"))
     foreign_envelope = foreign.seal("wsk_" + "x" * 32, did=ALICE, name="foreign")
     raw_redis.hset(secret_key(ALICE, "foreign"), "env", foreign_envelope)
@@ -160,7 +142,7 @@ async def test_envelopes_that_do_not_open_are_counted_and_left_alone(
     failures: list[tuple[str, str, str]] = []
 
     report = await Rewrap(
-        new.store, new_keyring, on_failure=lambda *failure: failures.append(failure)
+        rollout.new.store, rotation.ring, on_failure=lambda *failure: failures.append(failure)
     ).run()
 
     assert (report.scanned, report.rewrapped, report.failed_to_open) == (3, 1, 2)
@@ -173,14 +155,7 @@ async def test_envelopes_that_do_not_open_are_counted_and_left_alone(
 
 
 async def test_a_rotation_between_read_and_write_wins(
-    aiohttp_client: AiohttpClient,
-    make_sidecar: SidecarFactory,
-    old_kek: str,
-    new_kek: str,
-    new_keyring: Keyring,
-    new_key_alone: Keyring,
-    keys: Any,
-    raw_redis: redis.Redis,
+    rotation: KekRotation, keys: Keys, raw_redis: redis.Redis
 ) -> None:
     """When rotations land after rewrap read the envelopes, every compare-and-set loses to them.
 
@@ -189,11 +164,10 @@ async def test_a_rotation_between_read_and_write_wins(
     runs paused clients in arrival order, so each rotation lands between a read
     and its compare-and-set.
     """
-    old, new = await make_pair(make_sidecar, old_kek, new_kek)
-    old_xrpc = await aiohttp_client(create_xrpc_app(old))
-    new_xrpc = await aiohttp_client(create_xrpc_app(new))
+    rollout = await rotation.rollout()
+    new, new_xrpc = rollout.new, rollout.new_xrpc
     names = [f"hook-{i}" for i in range(5)]
-    await create_secrets(old_xrpc, {ALICE: keys.alice}, [*names, "warm"])
+    await create_secrets(rollout.old_xrpc, {ALICE: keys.alice}, [*names, "warm"])
     # Load every script now: Redis holds an unknown script as a possible write,
     # and a NOSCRIPT retry would reorder the queue.
     assert (await call(new_xrpc, ROTATE, keys.alice, {"name": "warm"}))[0] == 200
@@ -208,38 +182,25 @@ async def test_a_rotation_between_read_and_write_wins(
             for name in names
         ]
         await asyncio.to_thread(wait_for_blocked, raw_redis, len(names))
-        job = asyncio.create_task(Rewrap(new.store, new_keyring).run())
+        job = asyncio.create_task(Rewrap(new.store, rotation.ring).run())
         await asyncio.to_thread(wait_for_blocked, raw_redis, 2 * len(names))
     finally:
         raw_redis.execute_command("CLIENT", "UNPAUSE")
     rotated = {
-        name: body["token"]
+        (ALICE, name): body["token"]
         for name, (_, body) in zip(names, await asyncio.gather(*rotations), strict=True)
     }
     report = await job
 
     assert (report.scanned, report.skipped_changed, report.rewrapped) == (5, 5, 0)
-    await assert_all_open_under_new_key_alone(
-        new, new_key_alone, {(ALICE, name): token for name, token in rotated.items()}, version=2
-    )
+    await rotation.assert_under_new_key_alone(new, rotated, dict.fromkeys(rotated, 2))
 
 
-async def test_no_rotation_is_lost_while_rewrap_runs(
-    aiohttp_client: AiohttpClient,
-    make_sidecar: SidecarFactory,
-    old_kek: str,
-    new_kek: str,
-    new_keyring: Keyring,
-    new_key_alone: Keyring,
-    owners: Owners,
-) -> None:
+async def test_no_rotation_is_lost_while_rewrap_runs(rotation: KekRotation, owners: Owners) -> None:
     """Racing rotations: rotated secrets end at their last rotation, the rest are re-wrapped."""
-    old, new = await make_pair(
-        make_sidecar, old_kek, new_kek, SIDECAR_API_KEYS_FILE=str(owners.path)
-    )
-    old_xrpc = await aiohttp_client(create_xrpc_app(old))
-    new_xrpc = await aiohttp_client(create_xrpc_app(new))
-    tokens = await create_secrets(old_xrpc, owners.keys, ["busy", "quiet"])
+    rollout = await rotation.rollout(SIDECAR_API_KEYS_FILE=str(owners.path))
+    new_xrpc = rollout.new_xrpc
+    tokens = await create_secrets(rollout.old_xrpc, owners.keys, ["busy", "quiet"])
     rounds = 3
 
     async def rotate_in_turn(did: str) -> None:
@@ -249,7 +210,8 @@ async def test_no_rotation_is_lost_while_rewrap_runs(
             tokens[did, "busy"] = body["token"]
 
     report, *_ = await asyncio.gather(
-        Rewrap(new.store, new_keyring).run(), *(rotate_in_turn(did) for did in owners.dids)
+        Rewrap(rollout.new.store, rotation.ring).run(),
+        *(rotate_in_turn(did) for did in owners.dids),
     )
 
     assert report.scanned == len(tokens)
@@ -257,54 +219,35 @@ async def test_no_rotation_is_lost_while_rewrap_runs(
     assert report.failed_to_open == 0
     # Nobody else writes the quiet secrets, so their compare-and-set cannot lose.
     assert report.rewrapped >= len(owners.dids)
-    busy = {ref: token for ref, token in tokens.items() if ref[1] == "busy"}
-    quiet = {ref: token for ref, token in tokens.items() if ref[1] == "quiet"}
-    await assert_all_open_under_new_key_alone(new, new_key_alone, busy, version=1 + rounds)
-    await assert_all_open_under_new_key_alone(new, new_key_alone, quiet, version=1)
+    versions = {ref: 1 + rounds if ref[1] == "busy" else 1 for ref in tokens}
+    await rotation.assert_under_new_key_alone(rollout.new, tokens, versions)
 
 
 async def test_rewrap_scans_every_cluster_primary(
-    aiohttp_client: AiohttpClient,
-    make_sidecar: SidecarFactory,
-    cluster_url: str,
-    valkey_cluster: ValkeyCluster,
-    old_kek: str,
-    new_kek: str,
-    new_keyring: Keyring,
-    new_key_alone: Keyring,
-    owners: Owners,
+    rotation: KekRotation, cluster_url: str, valkey_cluster: ValkeyCluster, owners: Owners
 ) -> None:
     """On a cluster, rewrap finds and re-seals the secrets held by each of the three nodes."""
-    old, new = await make_pair(
-        make_sidecar,
-        old_kek,
-        new_kek,
-        REDIS_URL=cluster_url,
-        SIDECAR_REDIS_CLUSTER="1",
-        SIDECAR_API_KEYS_FILE=str(owners.path),
+    rollout = await rotation.rollout(
+        REDIS_URL=cluster_url, SIDECAR_REDIS_CLUSTER="1", SIDECAR_API_KEYS_FILE=str(owners.path)
     )
-    xrpc = await aiohttp_client(create_xrpc_app(old))
-    tokens = await create_secrets(xrpc, owners.keys, ["a", "b"])
+    tokens = await create_secrets(rollout.old_xrpc, owners.keys, ["a", "b"])
     per_node = []
     for port in valkey_cluster.ports:
         with redis.Redis(port=port) as node:
             per_node.append(node.dbsize())
     assert all(count > 0 for count in per_node)
 
-    report = await Rewrap(new.store, new_keyring).run()
+    report = await Rewrap(rollout.new.store, rotation.ring).run()
 
     assert (report.scanned, report.rewrapped) == (len(tokens), len(tokens))
-    await assert_all_open_under_new_key_alone(new, new_key_alone, tokens, version=1)
+    await rotation.assert_under_new_key_alone(rollout.new, tokens, dict.fromkeys(tokens, 1))
 
 
 def test_rewrap_command_reports_counts_and_exit_code(
-    redis_url: str,
-    raw_redis: redis.Redis,
-    old_kek: str,
-    new_kek: str,
-    capsys: pytest.CaptureFixture[str],
+    redis_url: str, raw_redis: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The command prints the counts, exits 1 while a secret fails to open, and 0 once none do."""
+    old_kek, new_kek = encode_kek(generate_kek()), encode_kek(generate_kek())
     old = Keyring(parse_kek(old_kek, setting="old"))
     for name in ("a", "b"):
         envelope = old.seal("wsk_" + name * 32, did=ALICE, name=name)
@@ -333,20 +276,20 @@ def test_rewrap_command_reports_counts_and_exit_code(
     [({"SIDECAR_KEK": "k"}, "REDIS_URL"), ({"REDIS_URL": "redis://127.0.0.1:1"}, "SIDECAR_KEK")],
 )
 def test_rewrap_needs_redis_and_an_active_key(
-    environ: dict[str, str], setting: str, new_kek: str, capsys: pytest.CaptureFixture[str]
+    environ: dict[str, str], setting: str, kek_text: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without REDIS_URL or an active KEK, rewrap exits 2 naming the missing setting."""
     if "SIDECAR_KEK" in environ:
-        environ = {**environ, "SIDECAR_KEK": new_kek}
+        environ = {**environ, "SIDECAR_KEK": kek_text}
     assert main(["rewrap"], environ=environ) == 2
     assert f"configuration error: {setting}: is not set" in capsys.readouterr().err
 
 
 def test_rewrap_stops_with_1_when_redis_does_not_answer(
-    new_kek: str, capsys: pytest.CaptureFixture[str]
+    kek_text: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """When Redis does not answer, rewrap prints the counts so far, says so, and exits 1."""
-    environ = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "SIDECAR_KEK": new_kek}
+    environ = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "SIDECAR_KEK": kek_text}
     assert main(["rewrap"], environ=environ) == 1
     out, err = capsys.readouterr()
     assert out.startswith("rewrap: scanned=0 ")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, sign_body
+from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, create_secrets, opened, sign_body
 from topologies import DATA_PASSWORD, SentinelGroup, wait_for
 
 from sidecar.app import create_sign_app, create_xrpc_app
@@ -18,20 +18,20 @@ from sidecar.store import secret_key
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from aiohttp.test_utils import TestClient
     from conftest import AiohttpClient, SidecarFactory
     from topologies import Owners
 
     from sidecar.app import Sidecar
 
+    Client = TestClient[Any, Any]
+
 
 async def test_secret_operations_work_through_sentinel(
-    aiohttp_client: AiohttpClient,
-    sentinel_sidecar: Sidecar,
-    sentinel_group: SentinelGroup,
-    owners: Owners,
+    sentinel_xrpc: Client, sentinel_sidecar: Sidecar, sentinel_group: SentinelGroup, owners: Owners
 ) -> None:
     """Through sentinel addresses only, all four procedures work and write to the primary."""
-    xrpc = await aiohttp_client(create_xrpc_app(sentinel_sidecar))
+    xrpc = sentinel_xrpc
     key = owners.keys[ALICE]
     status, created = await call(xrpc, CREATE, key, {"name": "orders"})
     assert status == 200, created
@@ -54,34 +54,28 @@ async def test_secret_operations_work_through_sentinel(
 
 
 async def test_get_envelopes_through_sentinel_returns_current_envelopes(
-    aiohttp_client: AiohttpClient, sentinel_sidecar: Sidecar, owners: Owners
+    sentinel_xrpc: Client, sentinel_sidecar: Sidecar, owners: Owners
 ) -> None:
     """A batch read through Sentinel returns each secret's newest envelope and version, in order."""
-    xrpc = await aiohttp_client(create_xrpc_app(sentinel_sidecar))
-    tokens: dict[tuple[str, str], str] = {}
-    for did in owners.dids[:4]:
-        for name in ("a", "b"):
-            _, body = await call(xrpc, CREATE, owners.keys[did], {"name": name})
-            tokens[did, name] = body["token"]
-        _, body = await call(xrpc, ROTATE, owners.keys[did], {"name": "b"})
-        tokens[did, "b"] = body["token"]
+    some = {did: owners.keys[did] for did in owners.dids[:4]}
+    tokens = await create_secrets(sentinel_xrpc, some, ["a", "b"])
+    versions = dict.fromkeys(tokens, 1)
+    for did, key in some.items():
+        _, body = await call(sentinel_xrpc, ROTATE, key, {"name": "b"})
+        tokens[did, "b"], versions[did, "b"] = body["token"], 2
 
     refs = [*tokens, (owners.dids[0], "missing")]
     envelopes = await sentinel_sidecar.store.get_envelopes(refs)
-    assert envelopes[-1] is None
-    for (did, name), stored in zip(refs, envelopes[:-1], strict=False):
-        assert stored is not None
-        assert stored.version == (2 if name == "b" else 1)
-        assert (
-            sentinel_sidecar.keyring.open(stored.envelope, did=did, name=name) == tokens[did, name]
-        )
+    assert opened(sentinel_sidecar.keyring, refs, envelopes) == [
+        (tokens[ref], versions[ref]) if ref in tokens else None for ref in refs
+    ]
 
 
 async def test_signing_through_sentinel_uses_the_current_token(
-    aiohttp_client: AiohttpClient, sentinel_sidecar: Sidecar, owners: Owners
+    aiohttp_client: AiohttpClient, sentinel_xrpc: Client, sentinel_sidecar: Sidecar, owners: Owners
 ) -> None:
     """/v1/sign through Sentinel signs with the secret's token, and with the new one at once."""
-    xrpc = await aiohttp_client(create_xrpc_app(sentinel_sidecar))
+    xrpc = sentinel_xrpc
     sign = await aiohttp_client(create_sign_app(sentinel_sidecar))
     key = owners.keys[ALICE]
     payload = b'{"event":"push"}'

@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from support import ALICE, CREATE, call
+from support import ALICE, CREATE, call, opened
 
 from sidecar.store import parse_secret_key
 
@@ -25,14 +25,14 @@ async def test_batched_reads_run_while_writes_are_paused(
     _, created = await call(xrpc, CREATE, keys.alice, {"name": "orders"})
     # Signing traffic keeps the read script loaded; an unknown script's flags
     # cannot be known, so Redis would hold its first run as a possible write.
-    await sidecar.store.get_envelopes([(ALICE, "orders")])
+    refs = [(ALICE, "orders")]
+    await sidecar.store.get_envelopes(refs)
     raw_redis.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
     try:
-        (stored,) = await asyncio.wait_for(sidecar.store.get_envelopes([(ALICE, "orders")]), 10)
+        stored = await asyncio.wait_for(sidecar.store.get_envelopes(refs), 10)
     finally:
         raw_redis.execute_command("CLIENT", "UNPAUSE")
-    assert stored is not None
-    assert sidecar.keyring.open(stored.envelope, did=ALICE, name="orders") == created["token"]
+    assert opened(sidecar.keyring, refs, stored) == [(created["token"], 1)]
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,13 @@
 - ``ValkeyCluster``: three primaries with the slots split between them.
 
 Both start once per session (``sentinel_group``, ``valkey_cluster``); the
-function-scoped ``sentinel_url`` and ``cluster_url`` empty them for each test,
-and ``sentinel_sidecar`` / ``cluster_sidecar`` open a sidecar on them through
-the real factory, so later checks (say, of the sign listener) only need to ask
-for one of those. Waiting is always for a state the servers report (a role, a
-master address, ``cluster_state:ok``), polled, never a fixed sleep.
+function-scoped ``sentinel_url`` and ``cluster_url`` empty them for each test.
+``sentinel_sidecar`` / ``cluster_sidecar`` open a sidecar on them through the
+real factory, admitting the ``owners`` (18 DIDs whose hash tags fall on every
+cluster node), and ``sentinel_xrpc`` / ``cluster_xrpc`` are clients of their
+XRPC listeners; a new check of any listener only needs to ask for these.
+Waiting is always for a state the servers report (a role, a master address,
+``cluster_state:ok``), polled, never a fixed sleep.
 
 This module is a pytest plugin, loaded by ``conftest.py``.
 """
@@ -20,22 +22,26 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import pytest
 import redis
 from support import ALICE, BOB
 
+from sidecar.app import create_xrpc_app
 from sidecar.auth import generate_api_key, keys_file_line
-from sidecar.embedded import EmbeddedValkey, free_port, server_binary
+from sidecar.embedded import EmbeddedValkey, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
-    from conftest import Keys, SidecarFactory
+    from aiohttp.test_utils import TestClient
+    from conftest import AiohttpClient, Keys, SidecarFactory
 
     from sidecar.app import Sidecar
+
+    Client = TestClient[Any, Any]
 
 MASTER_NAME: Final = "wisp-primary"
 DATA_PASSWORD: Final = "topology-data-pw"
@@ -69,26 +75,36 @@ class SentinelServer(EmbeddedValkey):
             f"sentinel down-after-milliseconds {MASTER_NAME} 500\n"
             f"sentinel failover-timeout {MASTER_NAME} 5000\n"
         )
-        return [
-            str(server_binary()),
-            str(config.resolve()),
-            "--sentinel",
-            "--bind",
-            self.host,
-            "--port",
-            str(self.port),
-            "--dir",
-            str(self.data_dir.resolve()),
-            "--logfile",
-            str(self.log_path.resolve()),
-        ]
+        # The config file comes first, then the usual options (sentinel
+        # accepts and ignores the persistence ones).
+        binary, *options = super().argv()
+        return [binary, str(config.resolve()), "--sentinel", *options]
 
 
 def _data_client(port: int) -> redis.Redis:
     return redis.Redis(port=port, password=DATA_PASSWORD, socket_timeout=5)
 
 
-class SentinelGroup:
+class _Servers:
+    """Server processes that start together, and stop together in reverse order."""
+
+    _stack: ExitStack
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class SentinelGroup(_Servers):
     """A primary, a replica and three sentinels that monitor them as ``MASTER_NAME``."""
 
     def __init__(self, base: Path) -> None:
@@ -123,9 +139,6 @@ class SentinelGroup:
                 stack.enter_context(sentinel)
             wait_for("the replica to sync", self._replica_synced)
             self._stack = stack.pop_all()
-
-    def stop(self) -> None:
-        self._stack.close()
 
     @property
     def url(self) -> str:
@@ -173,7 +186,7 @@ class SentinelGroup:
         return bool(info.get("master_link_status") == "up")
 
 
-class ValkeyCluster:
+class ValkeyCluster(_Servers):
     """Three primaries, each with a third of the slots, met and agreeing on the layout."""
 
     def __init__(self, base: Path) -> None:
@@ -215,9 +228,6 @@ class ValkeyCluster:
                     client.execute_command("CLUSTER", "MEET", "127.0.0.1", port, bus)
             wait_for("cluster_state:ok on every node", self._agreed, timeout=60)
             self._stack = stack.pop_all()
-
-    def stop(self) -> None:
-        self._stack.close()
 
     @property
     def ports(self) -> list[int]:
@@ -302,12 +312,8 @@ def owners(keys: Keys, tmp_path: Path) -> Owners:
 @pytest.fixture(scope="session")
 def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
     """One Sentinel-managed primary and replica for the session."""
-    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"))
-    group.start()
-    try:
+    with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as group:
         yield group
-    finally:
-        group.stop()
 
 
 @pytest.fixture
@@ -320,12 +326,8 @@ def sentinel_url(sentinel_group: SentinelGroup) -> str:
 @pytest.fixture(scope="session")
 def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
     """One three-node cluster for the session."""
-    cluster = ValkeyCluster(tmp_path_factory.mktemp("cluster"))
-    cluster.start()
-    try:
+    with ValkeyCluster(tmp_path_factory.mktemp("cluster")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
@@ -347,6 +349,13 @@ async def sentinel_sidecar(
 
 
 @pytest.fixture
+async def sentinel_xrpc(aiohttp_client: AiohttpClient, sentinel_sidecar: Sidecar) -> Client:
+    """A client of the XRPC listener of ``sentinel_sidecar``."""
+    client: Client = await aiohttp_client(create_xrpc_app(sentinel_sidecar))
+    return client
+
+
+@pytest.fixture
 async def cluster_sidecar(
     make_sidecar: SidecarFactory, cluster_url: str, owners: Owners
 ) -> Sidecar:
@@ -355,3 +364,10 @@ async def cluster_sidecar(
         REDIS_URL=cluster_url, SIDECAR_REDIS_CLUSTER="1", SIDECAR_API_KEYS_FILE=str(owners.path)
     )
     return sidecar
+
+
+@pytest.fixture
+async def cluster_xrpc(aiohttp_client: AiohttpClient, cluster_sidecar: Sidecar) -> Client:
+    """A client of the XRPC listener of ``cluster_sidecar``."""
+    client: Client = await aiohttp_client(create_xrpc_app(cluster_sidecar))
+    return client
