@@ -3,6 +3,10 @@
 ``open_sidecar(settings)`` opens the shared resources (Redis, keyring, auth,
 metrics) once; ``create_*_app(sidecar)`` builds each listener's aiohttp app on
 them. Tests build several sidecars on one Redis to act as replicas.
+
+``serve`` owns the process lifecycle: wait for Redis at start (or start unready
+with ``SIDECAR_START_WITHOUT_REDIS``), then on SIGTERM turn unready at once and
+drain the traffic listeners within ``SIDECAR_SHUTDOWN_GRACE_S``.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from sidecar.auth import ApiKeyEntry, ApiKeys, Authenticator, BearerVerifier, lo
 from sidecar.crypto import Keyring, OpenedTokenCache
 from sidecar.did_resolver import DidResolver
 from sidecar.envelopes import CoalescingReader
-from sidecar.errors import ConfigError, StorageUnavailable
+from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
 from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
 from sidecar.methods import SecretMethods, metrics_observer
 from sidecar.metrics import Metrics
+from sidecar.redis_url import scrub
 from sidecar.service_auth import ServiceAuthVerifier
-from sidecar.store import SecretStore, connect
+from sidecar.store import ErrorHook, SecretStore, connect
 from sidecar.wire import http_middleware
 from sidecar.xrpc import XrpcServer
 
@@ -67,6 +72,24 @@ class Sidecar:
 SIDECAR_KEY: Final = web.AppKey("sidecar", Sidecar)
 
 
+def store_for(settings: Settings, *, on_error: ErrorHook | None = None) -> SecretStore:
+    """The store on the Redis that ``settings`` name; it connects on first use."""
+    if settings.redis_url is None:
+        raise ConfigError("REDIS_URL", "is not set")
+    connection = connect(
+        settings.redis_url.reveal(),
+        timeout_s=settings.redis_timeout_s,
+        cluster=settings.redis_cluster,
+        ca_file=settings.redis_ca_file,
+    )
+    return SecretStore(
+        connection,
+        timeout_s=settings.redis_timeout_s,
+        audit_max_len=settings.audit_log_max_len,
+        on_error=on_error,
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_sidecar(
     settings: Settings,
@@ -82,13 +105,7 @@ async def open_sidecar(
     entries = load_api_keys(settings.api_keys_file) if settings.api_keys_file else []
     _warn_about_credentials(settings, entries)
     async with contextlib.AsyncExitStack() as resources:
-        client = connect(settings.redis_url.reveal(), timeout_s=settings.redis_timeout_s)
-        store = SecretStore(
-            client,
-            timeout_s=settings.redis_timeout_s,
-            audit_max_len=settings.audit_log_max_len,
-            on_error=metrics.redis_error,
-        )
+        store = store_for(settings, on_error=metrics.redis_error)
         resources.push_async_callback(store.close)
         verifiers: list[BearerVerifier] = []
         if settings.service_did is not None:
@@ -197,29 +214,131 @@ def create_ops_app(sidecar: Sidecar) -> web.Application:
     return app
 
 
+# Pauses between Redis probes while waiting for it: quick at first, then gentle.
+_PROBE_DELAYS_S: Final = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+async def _probe_redis(
+    sidecar: Sidecar, deadline: float | None, *, url: str
+) -> StorageUnavailable | None:
+    """Ping until Redis answers (None) or ``deadline`` passes (the last failure).
+
+    The first failure is logged once, so an operator sees what is awaited.
+    """
+    loop = asyncio.get_running_loop()
+    attempt = 0
+    while True:
+        try:
+            await sidecar.store.ping()
+        except StorageUnavailable as exc:
+            failure = exc
+        else:
+            return None
+        if attempt == 0:
+            log.warning("redis_unavailable", reason=_reason(failure, url))
+        delay = _PROBE_DELAYS_S[min(attempt, len(_PROBE_DELAYS_S) - 1)]
+        attempt += 1
+        if deadline is not None:
+            if loop.time() >= deadline:
+                return failure
+            delay = min(delay, deadline - loop.time())
+        # Redis offers nothing to wait on while it is away, so probing is the event.
+        await asyncio.sleep(delay)
+
+
+def _reason(failure: StorageUnavailable, url: str) -> str:
+    """One line about why Redis did not answer, without the URL or its password."""
+    cause = failure.__cause__
+    text = (str(cause) or type(cause).__name__) if cause is not None else str(failure)
+    return " ".join(scrub(text, url).split())
+
+
+async def _until_redis_answers(sidecar: Sidecar, url: str) -> None:
+    await _probe_redis(sidecar, deadline=None, url=url)
+    log.info("redis_available")
+
+
 async def serve(settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
-    """Run the three listeners until SIGTERM or SIGINT, then drain and close."""
+    """Run the listeners until SIGTERM or SIGINT, then drain and close.
+
+    At start, Redis must answer within ``SIDECAR_REDIS_CONNECT_TIMEOUT_S``, or
+    ``StartupFailed`` is raised; with ``SIDECAR_START_WITHOUT_REDIS`` the
+    listeners start at once and ``/readyz`` says 503 until Redis answers.
+
+    On the signal, ``/readyz`` answers 503 at once. The XRPC and sign listeners
+    stop accepting connections and let in-flight requests finish for up to
+    ``SIDECAR_SHUTDOWN_GRACE_S`` (aiohttp cancels what is left after that).
+    The ops listener stays open meanwhile, so probes see the 503 and metrics
+    stay scrapable; then it closes, Redis closes, and this returns.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with open_sidecar(settings, registry=registry) as sidecar:
+        url = settings.redis_url.reveal() if settings.redis_url else ""
+        watcher: asyncio.Task[None] | None = None
+        if settings.start_without_redis:
+            watcher = asyncio.create_task(_until_redis_answers(sidecar, url))
+        else:
+            deadline = loop.time() + settings.redis_connect_timeout_s
+            probe = asyncio.create_task(_probe_redis(sidecar, deadline, url=url))
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({probe, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not probe.done():
+                # Asked to stop while still waiting for Redis: nothing to drain.
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probe
+                return
+            failure = probe.result()
+            if failure is not None:
+                raise StartupFailed(
+                    "REDIS_URL",
+                    f"Redis did not answer within {settings.redis_connect_timeout_s}s "
+                    f"({_reason(failure, url)})",
+                )
+        # Traffic listeners first and ops last, so nothing reports ready before
+        # the XRPC and sign ports accept connections.
         listeners = [
             ("xrpc", create_xrpc_app(sidecar), settings.xrpc_host, settings.xrpc_port),
             ("sign", create_sign_app(sidecar), settings.sign_host, settings.sign_port),
             ("ops", create_ops_app(sidecar), settings.ops_host, settings.ops_port),
         ]
-        runners: list[web.AppRunner] = []
+        runners: dict[str, web.AppRunner] = {}
+        sites: dict[str, web.TCPSite] = {}
         try:
             for name, app, host, port in listeners:
-                runner = web.AppRunner(app, access_log=None, shutdown_timeout=20)
+                runner = web.AppRunner(
+                    app, access_log=None, shutdown_timeout=settings.shutdown_grace_s
+                )
                 await runner.setup()
-                runners.append(runner)
-                await web.TCPSite(runner, host, port).start()
+                runners[name] = runner
+                sites[name] = web.TCPSite(runner, host, port)
+                await sites[name].start()
                 log.info("listening", listener=name, host=host, port=port)
             await stop.wait()
-            log.info("shutting_down")
             sidecar.draining.set()
+            # New connections are refused from here on; requests already in
+            # flight carry on while the runners drain below.
+            for name, site in sites.items():
+                if name != "ops":
+                    await site.stop()
+            log.info("shutting_down", grace_s=settings.shutdown_grace_s)
         finally:
-            for runner in reversed(runners):
-                await runner.cleanup()
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            ops = runners.pop("ops", None)
+            # Together, so that the grace is shared rather than summed.
+            results = await asyncio.gather(
+                *(runner.cleanup() for runner in runners.values()), return_exceptions=True
+            )
+            for name, result in zip(runners, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("listener_close_failed", listener=name, error=repr(result))
+            if ops is not None:
+                await ops.cleanup()
+    log.info("stopped")

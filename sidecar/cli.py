@@ -1,4 +1,4 @@
-"""The ``wisp-sidecar`` command: ``serve``, ``keygen`` and ``apikey``.
+"""The ``wisp-sidecar`` command: ``serve``, ``rewrap``, ``keygen`` and ``apikey``.
 
 The only reader of ``os.environ``. A bad setting ends the process with exit
 code 2 and one line that names it.
@@ -11,17 +11,19 @@ import asyncio
 import os
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sidecar.auth import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek
 from sidecar.embedded import EmbeddedServerError, EmbeddedValkey
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
 from sidecar.names import is_valid_did
 from sidecar.settings import Secret, Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Coroutine, Mapping, Sequence
+
+T = TypeVar("T")
 
 EXIT_CONFIG = 2
 
@@ -30,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wisp-sidecar", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the sidecar in the foreground")
+    rewrap = commands.add_parser(
+        "rewrap", help="re-seal every stored token under the active KEK (after a KEK rotation)"
+    )
+    rewrap.add_argument(
+        "--no-audit", action="store_true", help="do not add an op=rewrap entry to the audit logs"
+    )
     commands.add_parser("keygen", help="print a new key-encryption key (KEK)")
     apikey = commands.add_parser("apikey", help="print a new API key and its keys-file line")
     apikey.add_argument("--did", required=True, help="the owner DID the key acts as")
@@ -46,9 +54,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return 0
         if args.command == "apikey":
             return _apikey(args.did, args.label)
+        if args.command == "rewrap":
+            return _rewrap(Settings.from_env(env), audit=not args.no_audit)
         return _serve(Settings.from_env(env))
     except ConfigError as exc:
         print(f"wisp-sidecar: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupFailed as exc:
+        print(f"wisp-sidecar: cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
 
@@ -91,10 +104,51 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
-def _run(coro: object) -> None:
+def _rewrap(settings: Settings, *, audit: bool) -> int:
+    """Exit 0 when every secret is current or was re-wrapped, 1 otherwise."""
+    from sidecar.app import store_for
+    from sidecar.crypto import Keyring
+    from sidecar.rewrap import Rewrap
+
+    if settings.redis_url is None:
+        raise ConfigError("REDIS_URL", "is not set: rewrap works on the Redis your sidecars use")
+    keyring = Keyring(settings.kek, settings.kek_previous)
+    if not keyring.can_seal:
+        raise ConfigError("SIDECAR_KEK", "is not set: rewrap seals under the active key")
+
+    def failed(did: str, name: str, reason: str) -> None:
+        print(f"rewrap: cannot open {name!r} of {did}: {reason}", file=sys.stderr)
+
+    async def run() -> int:
+        store = store_for(settings)
+        job = Rewrap(store, keyring, actor="rewrap" if audit else None, on_failure=failed)
+        try:
+            await job.run()
+        except StorageUnavailable:
+            print(f"rewrap: {job.report.summary()}")
+            print(
+                "rewrap: Redis did not answer in time; stopped with nothing half-done, "
+                "run it again",
+                file=sys.stderr,
+            )
+            return 1
+        finally:
+            await store.close()
+        print(f"rewrap: {job.report.summary()}")
+        if job.report.skipped_changed:
+            print(
+                "rewrap: some secrets changed during the run and were left to their writers; "
+                "run it again to check that they are current",
+                file=sys.stderr,
+            )
+        return 1 if job.report.failed_to_open else 0
+
+    return _run(run())
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
-        asyncio.run(coro)  # type: ignore[arg-type]
-    else:
-        uvloop.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
+    return uvloop.run(coro)

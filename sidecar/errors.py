@@ -7,6 +7,7 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
 
     SidecarError
     ├── ConfigError                 a setting is missing or malformed (exit 2 at start)
+    ├── StartupFailed               something needed at start is not there (exit 2)
     ├── InvalidInput                the caller's input breaks a rule (400 InvalidRequest)
     │   └── PayloadTooLarge         the body is over the limit (413)
     ├── AuthenticationFailed        no or bad credentials (401); ``reason`` is private
@@ -35,6 +36,17 @@ class SidecarError(Exception):
 
 class ConfigError(SidecarError):
     """A setting is missing or malformed; the process must not start."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+
+
+class StartupFailed(SidecarError):
+    """A well-formed setting points at something that is not there, so the process stops.
+
+    Raised at start only, for example when ``REDIS_URL`` does not answer in time.
+    """
 
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(f"{setting}: {message}")

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from sidecar.crypto import Kek, Keyring, parse_kek
 from sidecar.errors import ConfigError
 from sidecar.names import is_valid_did
+from sidecar.redis_url import RedisTarget, parse_redis_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -71,6 +72,11 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     redis_timeout_ms: int = 500
+    redis_cluster: bool = False
+    redis_ca_file: Path | None = None
+    redis_connect_timeout_s: int = 10
+    start_without_redis: bool = False
+    shutdown_grace_s: int = 20
     sign_max_bytes: int = 1024 * 1024
     sign_token: Secret | None = None
     sign_batch_max_bytes: int = 16 * 1024 * 1024
@@ -120,6 +126,11 @@ _VARIABLES: Final = (
     "SIDECAR_LOG_LEVEL",
     "SIDECAR_LOG_FORMAT",
     "SIDECAR_REDIS_TIMEOUT_MS",
+    "SIDECAR_REDIS_CLUSTER",
+    "SIDECAR_REDIS_CA_FILE",
+    "SIDECAR_REDIS_CONNECT_TIMEOUT_S",
+    "SIDECAR_START_WITHOUT_REDIS",
+    "SIDECAR_SHUTDOWN_GRACE_S",
     "SIDECAR_SIGN_MAX_BYTES",
     "SIDECAR_SIGN_TOKEN",
     "SIDECAR_SIGN_BATCH_MAX_BYTES",
@@ -208,8 +219,18 @@ def _parse(raw: Mapping[str, str]) -> Settings:
             "SIDECAR_KEK_PREVIOUS", f"at most {Keyring.MAX_PREVIOUS} previous keys are allowed"
         )
 
+    redis_cluster = get("SIDECAR_REDIS_CLUSTER", _flag, defaults.redis_cluster)
+    redis_url = get("REDIS_URL", _redis_url, None)
+    target = _redis_target(redis_url, cluster=redis_cluster)
+    redis_ca_file = get("SIDECAR_REDIS_CA_FILE", _existing_file, None)
+    if redis_ca_file is not None and (target is None or not target.tls):
+        raise ConfigError(
+            "SIDECAR_REDIS_CA_FILE",
+            "is set, but REDIS_URL does not use TLS (rediss:// or rediss+sentinel://)",
+        )
+
     return Settings(
-        redis_url=get("REDIS_URL", _redis_url, None),
+        redis_url=redis_url,
         xrpc_host=get("SIDECAR_XRPC_HOST", _host, defaults.xrpc_host),
         xrpc_port=get("SIDECAR_XRPC_PORT", _port, defaults.xrpc_port),
         sign_host=get("SIDECAR_SIGN_HOST", _host, defaults.sign_host),
@@ -224,6 +245,18 @@ def _parse(raw: Mapping[str, str]) -> Settings:
         log_format=get("SIDECAR_LOG_FORMAT", _choice(LOG_FORMATS), defaults.log_format),
         redis_timeout_ms=get(
             "SIDECAR_REDIS_TIMEOUT_MS", _int_between(1, 60_000), defaults.redis_timeout_ms
+        ),
+        redis_cluster=redis_cluster,
+        redis_ca_file=redis_ca_file,
+        redis_connect_timeout_s=get(
+            "SIDECAR_REDIS_CONNECT_TIMEOUT_S",
+            _int_between(1, 3600),
+            defaults.redis_connect_timeout_s,
+        ),
+        start_without_redis=get("SIDECAR_START_WITHOUT_REDIS", _flag, defaults.start_without_redis),
+        # At least 1: aiohttp reads a shutdown timeout of 0 as "wait for ever".
+        shutdown_grace_s=get(
+            "SIDECAR_SHUTDOWN_GRACE_S", _int_between(1, 3600), defaults.shutdown_grace_s
         ),
         sign_max_bytes=get(
             "SIDECAR_SIGN_MAX_BYTES", _int_between(1, 64 * 1024 * 1024), defaults.sign_max_bytes
@@ -264,11 +297,22 @@ def _read_secret_file(variable: str, value: str) -> str:
 
 
 def _redis_url(variable: str, value: str) -> Secret:
-    schemes = ("redis://", "rediss://", "unix://")
-    if not value.startswith(schemes):
-        # The URL may hold a password, so the message names only the schemes.
-        raise ConfigError(variable, "must start with redis://, rediss:// or unix://")
+    # Checked whole in _redis_target, once SIDECAR_REDIS_CLUSTER is known too.
     return Secret(value)
+
+
+def _redis_target(url: Secret | None, *, cluster: bool) -> RedisTarget | None:
+    if url is None:
+        if cluster:
+            raise ConfigError(
+                "SIDECAR_REDIS_CLUSTER", "needs REDIS_URL: the embedded Valkey is one server"
+            )
+        return None
+    try:
+        return parse_redis_url(url.reveal(), cluster=cluster)
+    except ValueError as exc:
+        # The messages of parse_redis_url never repeat the URL, which may hold a password.
+        raise ConfigError("REDIS_URL", str(exc)) from None
 
 
 def _host(variable: str, value: str) -> str:

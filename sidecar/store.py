@@ -4,6 +4,10 @@ This is the only module that imports ``redis``. Every Redis failure leaves it as
 ``StorageUnavailable`` (the caller answers 503), and every call runs under one
 deadline, so a Redis that stops answering fails as fast as one that refuses.
 
+``connect`` reaches the three topologies ``REDIS_URL`` can name (see
+``sidecar.redis_url``): one server, a primary found through Sentinel, or a
+Redis Cluster. The store reads and writes them the same way.
+
 Keys of one owner share the hash tag ``{<did>}`` (DESIGN.md §5), so each Lua
 script touches one cluster slot:
 
@@ -18,41 +22,59 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
+    ClusterError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
 )
 from redis.exceptions import (
-    ReadOnlyError,
-    RedisError,
+    ConnectionError as RedisConnectionError,
 )
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
 from sidecar.errors import SecretExists, SecretNotFound, StorageUnavailable
-from sidecar.names import validate_did, validate_name
+from sidecar.names import is_valid_did, is_valid_name, validate_did, validate_name
+from sidecar.redis_url import SentinelTarget, parse_redis_url
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 T = TypeVar("T")
 
 EVENTS_CHANNEL: Final = "wsc:events"
 
 # Redis errors that mean "not available now, try again", as opposed to a bug.
+# ClusterError covers CLUSTERDOWN and redirections that never settle; redis-py
+# raises RedisClusterException (not a RedisError) when no node answers or the
+# slots are not all covered, which is the cluster's way of being down.
 _UNAVAILABLE: Final = (
     RedisConnectionError,
     RedisTimeoutError,
     ReadOnlyError,
+    ClusterError,
+    RedisClusterException,
     TimeoutError,
     OSError,
 )
+
+# Connections per cluster node. redis-py's async cluster client raises at the
+# limit instead of queueing, so it is set well above what coalesced reads need.
+_CLUSTER_MAX_CONNECTIONS: Final = 1024
 
 # Server time keeps every replica's timestamps on one clock.
 _NOW_MS: Final = """
@@ -109,7 +131,10 @@ return {'ok', tonumber(ver), now}
 # Reads many secrets' env and ver in one command. A pipeline of HMGETs costs
 # the client far more per key (each command is packed, parsed and dispatched
 # on its own), and this is the sign hot path. KEYS: secret hashes, in order.
-_READ_ENVELOPES: Final = """
+# Declared no-writes (Redis 7+, Valkey), so Redis runs it like a read: also
+# while writes are paused (CLIENT PAUSE WRITE, which a coordinated FAILOVER
+# uses), where an undeclared script would wait with the writes.
+_READ_ENVELOPES: Final = """#!lua flags=no-writes
 local out = {}
 for i, key in ipairs(KEYS) do
   local row = redis.call('HMGET', key, 'env', 'ver')
@@ -118,6 +143,28 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+
+# The re-wrap compare-and-set: replace the envelope only if it is still the one
+# that was read and re-sealed, so a rotation in between always wins. `ver` is
+# left alone, because the token did not change. An empty actor means no audit.
+# KEYS: secret hash, audit log. ARGV: expected envelope, new envelope, name,
+# actor, log cap.
+_REPLACE_ENVELOPE: Final = (
+    _NOW_MS
+    + """
+if redis.call('HGET', KEYS[1], 'env') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'env', ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'op', 'rewrap', 'name', ARGV[3],
+    'ver', redis.call('HGET', KEYS[1], 'ver'), 'at', now, 'actor', ARGV[4])
+end
+return 1
+"""
+)
+
+# SCAN pattern for secret hashes; TYPE hash leaves out the index, the log and
+# the jti records, and parse_secret_key checks each key it lets through.
+_KEY_PATTERN: Final = "wsc:{*}:s:*"
 
 
 def secret_key(did: str, name: str) -> str:
@@ -136,6 +183,20 @@ def jti_key(iss: str, jti: str) -> str:
     # Hashed: a jti is caller-chosen text of any length and alphabet.
     digest = hashlib.sha256(jti.encode("utf-8", "surrogateescape")).hexdigest()
     return f"wsc:{{{iss}}}:jti:{digest}"
+
+
+def parse_secret_key(key: str) -> tuple[str, str] | None:
+    """The ``(did, name)`` a secret's key stands for, or None for any other key."""
+    if not key.startswith("wsc:{"):
+        return None
+    # A DID never holds "}" (see sidecar.names), so the first one ends the tag.
+    did, brace, rest = key[len("wsc:{") :].partition("}")
+    if not brace or not rest.startswith(":s:"):
+        return None
+    name = rest[len(":s:") :]
+    if not (is_valid_did(did) and is_valid_name(name)):
+        return None
+    return did, name
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,22 +227,87 @@ class StoredEnvelope:
 
 
 ErrorHook = Callable[[str], None]
+Client: TypeAlias = aioredis.Redis | RedisCluster
 
 
-def connect(url: str, *, timeout_s: float) -> aioredis.Redis:
+class RedisConnection:
+    """A client of one Redis deployment, and whatever else must close with it."""
+
+    def __init__(self, client: Client, *, sentinel: Sentinel | None = None) -> None:
+        self.client = client
+        self._sentinel = sentinel
+
+    async def aclose(self) -> None:
+        try:
+            await self.client.aclose()
+        finally:
+            # master_for() clients do not own the sentinels' own connections.
+            if self._sentinel is not None:
+                await self._sentinel.aclose()
+
+
+def _no_retry() -> Retry:
+    return Retry(NoBackoff(), 0)
+
+
+def connect(
+    url: str,
+    *,
+    timeout_s: float,
+    cluster: bool = False,
+    ca_file: Path | None = None,
+) -> RedisConnection:
     """A client whose every connect and socket read gives up after ``timeout_s``.
 
     It does not retry on its own: a retried write after a lost reply could
-    apply twice, and reads are retried, where that is safe, by the store.
+    apply twice, and reads are retried, where that is safe, by the store. That
+    holds for each topology: the cluster client's retry count is zero too (it
+    still follows MOVED and ASK, which are refusals, not lost replies), and so
+    is every sentinel's. Connections are made on first use, so this never
+    blocks and never fails for an unreachable server.
     """
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=False,
-        health_check_interval=30,
-    )
+    target = parse_redis_url(url, cluster=cluster)
+    timeouts: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": _no_retry(),
+    }
+    common: dict[str, Any] = {
+        **timeouts,
+        "decode_responses": False,
+        "health_check_interval": 30,
+    }
+    tls: dict[str, Any] = {}
+    if target.tls:
+        tls = {"ssl_cert_reqs": "required"}
+        if ca_file is not None:
+            tls["ssl_ca_certs"] = str(ca_file)
+    if isinstance(target, SentinelTarget):
+        # redis-py leaves Sentinel.__init__ unannotated.
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels),
+            sentinel_kwargs={**timeouts, **({"ssl": True, **tls} if target.tls else {})},
+        )
+        client = sentinel.master_for(
+            target.service_name,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            ssl=target.tls,
+            **common,
+            **tls,
+        )
+        return RedisConnection(client, sentinel=sentinel)
+    if target.cluster:
+        return RedisConnection(
+            RedisCluster.from_url(
+                target.url,
+                max_connections=_CLUSTER_MAX_CONNECTIONS,
+                **common,
+                **tls,
+            )
+        )
+    return RedisConnection(aioredis.Redis.from_url(target.url, **common, **tls))
 
 
 class SecretStore:
@@ -189,27 +315,33 @@ class SecretStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        connection: RedisConnection,
         *,
         timeout_s: float,
         audit_max_len: int = 1000,
         on_error: ErrorHook | None = None,
     ) -> None:
-        self._redis = client
+        self._connection = connection
+        self._redis = connection.client
         self._timeout_s = timeout_s
         self._audit_max_len = audit_max_len
         self._on_error = on_error
-        self._create = client.register_script(_CREATE)
-        self._rotate = client.register_script(_ROTATE)
-        self._delete = client.register_script(_DELETE)
-        self._read_envelopes = client.register_script(_READ_ENVELOPES)
+        # A registered script runs as EVALSHA and, on NOSCRIPT (a server that
+        # restarted or failed over, or a cluster node that never saw it), loads
+        # itself (on every primary of a cluster) and runs again. That second
+        # run is safe: NOSCRIPT means the first one never ran.
+        self._create = self._redis.register_script(_CREATE)
+        self._rotate = self._redis.register_script(_ROTATE)
+        self._delete = self._redis.register_script(_DELETE)
+        self._read_envelopes = self._redis.register_script(_READ_ENVELOPES)
+        self._replace = self._redis.register_script(_REPLACE_ENVELOPE)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Client:
         return self._redis
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._connection.aclose()
 
     async def ping(self) -> None:
         await self._run("ping", lambda: self._redis.ping())
@@ -277,13 +409,26 @@ class SecretStore:
         return metas
 
     async def get_envelopes(self, refs: Sequence[tuple[str, str]]) -> list[StoredEnvelope | None]:
-        """The current envelope of each ``(did, name)``, in order, in one round trip."""
+        """The current envelope of each ``(did, name)``, in order, in one round trip.
+
+        On one server that is one script call. A cluster refuses a script whose
+        keys span slots, and a batch of many owners spans many, so there the
+        reads go as a cluster pipeline: one round trip to every node at once,
+        each node answering for its own keys, and MOVED followed key by key.
+        """
         if not refs:
             return []
 
         keys = [secret_key(did, name) for did, name in refs]
+        client = self._redis
 
         async def read() -> list[Any]:
+            if isinstance(client, RedisCluster):
+                async with client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.hmget(key, "env", "ver")
+                    rows: list[Any] = await pipe.execute()
+                return [field for row in rows for field in row]
             flat: list[Any] = await self._read_envelopes(keys=keys)
             return flat
 
@@ -313,6 +458,66 @@ class SecretStore:
             return bool(claimed)
 
         return await self._run("claim_jti", claim)
+
+    async def replace_envelope(
+        self, did: str, name: str, expected: str, envelope: str, *, actor: str | None
+    ) -> bool:
+        """Swap the envelope for ``envelope`` if it is still ``expected``; ``ver`` stays.
+
+        False when the secret changed (or went) since ``expected`` was read.
+        With an ``actor``, an ``op=rewrap`` entry goes to the audit log.
+        """
+        validate_did(did)
+        validate_name(name)
+        keys = [secret_key(did, name), log_key(did)]
+        args: list[str | int] = [expected, envelope, name, actor or "", self._audit_max_len]
+        reply = await self._run("rewrap", lambda: self._replace(keys=keys, args=args))
+        return bool(reply)
+
+    async def scan_secrets(self, *, page_size: int = 500) -> AsyncIterator[list[tuple[str, str]]]:
+        """Every secret's ``(did, name)``, a page at a time, from every primary.
+
+        SCAN returns each key that exists for the whole scan at least once; it
+        may return one twice, and may or may not return keys made or deleted
+        meanwhile, so whatever a caller does with a page must be idempotent.
+        """
+        client = self._redis
+        if isinstance(client, RedisCluster):
+            # A cluster's keys are spread over its primaries; each has its own cursor.
+            await self._run("scan", client.initialize)
+            for node in client.get_primaries():
+                async for page in self._scan_node(page_size, node):
+                    yield page
+        else:
+            async for page in self._scan_node(page_size, None):
+                yield page
+
+    async def _scan_node(
+        self, page_size: int, node: ClusterNode | None
+    ) -> AsyncIterator[list[tuple[str, str]]]:
+        cursor = 0
+        while True:
+            page = functools.partial(self._scan_page, cursor, page_size, node)
+            cursor, keys = await self._run("scan", page)
+            refs = [ref for key in keys if (ref := parse_secret_key(key.decode())) is not None]
+            if refs:
+                yield refs
+            if cursor == 0:
+                return
+
+    async def _scan_page(
+        self, cursor: int, page_size: int, node: ClusterNode | None
+    ) -> tuple[int, list[bytes]]:
+        client = self._redis
+        if isinstance(client, RedisCluster):
+            assert node is not None
+            # Aimed at one node, the cluster client answers ({node name: cursor}, keys).
+            reply: Any = await client.scan(
+                cursor, match=_KEY_PATTERN, count=page_size, _type="hash", target_nodes=node
+            )
+            return int(reply[0][node.name]), list(reply[1])
+        reply = await client.scan(cursor, match=_KEY_PATTERN, count=page_size, _type="hash")
+        return int(reply[0]), list(reply[1])
 
     async def _script(
         self,

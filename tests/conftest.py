@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
     from aiohttp.test_utils import TestClient
 
+# Sentinel and Cluster topologies, and the fixtures that open sidecars on them.
+pytest_plugins = ("topologies",)
+
 AiohttpClient = Callable[[web.Application], Any]
 
 

@@ -6,10 +6,14 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     import redis
     from aiohttp.test_utils import TestClient
+
+    from sidecar.crypto import Keyring
+    from sidecar.store import StoredEnvelope
 
 ALICE = "did:plc:alice000000000000000000"
 BOB = "did:web:bob.example.com"
@@ -84,3 +88,28 @@ def read_env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             values[key] = value
     return values
+
+
+def opened(
+    keyring: Keyring, refs: Sequence[tuple[str, str]], envelopes: Sequence[StoredEnvelope | None]
+) -> list[tuple[str, int] | None]:
+    """Each stored envelope opened with ``keyring``: (token, version), or None where absent."""
+    return [
+        None
+        if stored is None
+        else (keyring.open(stored.envelope, did=did, name=name), stored.version)
+        for (did, name), stored in zip(refs, envelopes, strict=True)
+    ]
+
+
+async def create_secrets(
+    xrpc: TestClient[Any, Any], keys_by_did: dict[str, str], names: Sequence[str]
+) -> dict[tuple[str, str], str]:
+    """Create each of ``names`` for every owner; the token of each (did, name)."""
+    tokens: dict[tuple[str, str], str] = {}
+    for did, key in keys_by_did.items():
+        for name in names:
+            status, body = await call(xrpc, CREATE, key, {"name": name})
+            assert status == 200, body
+            tokens[did, name] = body["token"]
+    return tokens

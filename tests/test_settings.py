@@ -66,6 +66,11 @@ def test_defaults() -> None:
     assert settings.xrpc_max_bytes == 64 * 1024
     assert settings.audit_log_max_len == 1000
     assert settings.dev_did == "did:web:localhost"
+    assert settings.redis_cluster is False
+    assert settings.redis_ca_file is None
+    assert settings.redis_connect_timeout_s == 10
+    assert settings.start_without_redis is False
+    assert settings.shutdown_grace_s == 20
     assert settings.explicit == frozenset()
 
 
@@ -201,6 +206,10 @@ def test_data_dir_is_parsed(tmp_path: Path) -> None:
         ("SIDECAR_SIGN_MAX_BYTES", "sign_max_bytes", "2048", 2048),
         ("SIDECAR_SIGN_MAX_BYTES", "sign_max_bytes", str(64 * 1024 * 1024), 64 * 1024 * 1024),
         ("SIDECAR_AUDIT_LOG_MAX_LEN", "audit_log_max_len", "5", 5),
+        ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "redis_connect_timeout_s", "1", 1),
+        ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "redis_connect_timeout_s", "3600", 3600),
+        ("SIDECAR_SHUTDOWN_GRACE_S", "shutdown_grace_s", "1", 1),
+        ("SIDECAR_SHUTDOWN_GRACE_S", "shutdown_grace_s", "3600", 3600),
     ],
 )
 def test_bounded_integer_is_parsed(variable: str, attribute: str, text: str, value: int) -> None:
@@ -219,6 +228,11 @@ def test_bounded_integer_is_parsed(variable: str, attribute: str, text: str, val
         ("SIDECAR_SIGN_MAX_BYTES", "1MiB"),
         ("SIDECAR_AUDIT_LOG_MAX_LEN", "0"),
         ("SIDECAR_AUDIT_LOG_MAX_LEN", "10000001"),
+        ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "0"),
+        ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "3601"),
+        ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "1.5"),
+        ("SIDECAR_SHUTDOWN_GRACE_S", "0"),
+        ("SIDECAR_SHUTDOWN_GRACE_S", "3601"),
     ],
 )
 def test_bounded_integer_out_of_range_is_rejected(variable: str, text: str) -> None:
@@ -273,10 +287,12 @@ def test_short_sign_token_is_rejected_without_echo() -> None:
         REDIS_URL,
         "rediss://user:pw@redis.example:6380",
         "unix:///run/redis.sock",
+        f"redis+sentinel://:{REDIS_PASSWORD}@s1:26379,s2:26379/mymaster",
+        "rediss+sentinel://s1,s2,s3/mymaster/2",
     ],
 )
 def test_redis_url_schemes_are_accepted(url: str) -> None:
-    """REDIS_URL accepts redis://, rediss:// and unix:// URLs and keeps them exactly."""
+    """REDIS_URL accepts each documented scheme and keeps the URL exactly."""
     settings = Settings.from_env({"REDIS_URL": url})
     assert settings.redis_url is not None
     assert settings.redis_url.reveal() == url
@@ -289,16 +305,147 @@ def test_redis_url_schemes_are_accepted(url: str) -> None:
         f"redis:/:{REDIS_PASSWORD}@h",
         f"valkey://:{REDIS_PASSWORD}@h",
         f":{REDIS_PASSWORD}@h:6379",
+        f"sentinel://:{REDIS_PASSWORD}@h:26379/mymaster",
     ],
 )
-def test_bad_redis_url_is_rejected_without_echo(url: str) -> None:
+def test_redis_url_of_another_scheme_is_rejected_without_echo(url: str) -> None:
     """A REDIS_URL of another scheme raises ConfigError that repeats neither URL nor password."""
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"REDIS_URL": url})
     assert info.value.setting == "REDIS_URL"
     assert REDIS_PASSWORD not in str(info.value)
     assert REDIS_PASSWORD not in repr(info.value)
-    assert str(info.value) == "REDIS_URL: must start with redis://, rediss:// or unix://"
+    assert str(info.value) == (
+        "REDIS_URL: must start with redis://, rediss://, unix://, redis+sentinel:// "
+        "or rediss+sentinel://"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{REDIS_PASSWORD}@h:99999/0",
+        f"redis://:{REDIS_PASSWORD}@h:6379/zero",
+        f"redis://:{REDIS_PASSWORD}@h:6379/0?socket_timeout=60",
+        f"redis://:{REDIS_PASSWORD}@:6379/0",
+        f"unix://:{REDIS_PASSWORD}@",
+        f"redis+sentinel://:{REDIS_PASSWORD}@s1:26379",
+        f"redis+sentinel://:{REDIS_PASSWORD}@s1:port/mymaster",
+        f"redis+sentinel://:{REDIS_PASSWORD}@s1,,s2/mymaster",
+        f"redis+sentinel://:{REDIS_PASSWORD}@s1/mymaster/0/extra",
+    ],
+)
+def test_malformed_redis_url_is_rejected_without_echo(url: str) -> None:
+    """A REDIS_URL of a known scheme but a bad shape raises ConfigError without the password."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"REDIS_URL": url})
+    assert info.value.setting == "REDIS_URL"
+    assert REDIS_PASSWORD not in str(info.value)
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__
+
+
+# Redis topology and lifecycle switches
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1", True),
+        ("true", True),
+        (" True ", True),
+        ("0", False),
+        ("false", False),
+        ("FALSE", False),
+    ],
+)
+@pytest.mark.parametrize(
+    ("variable", "attribute"),
+    [
+        ("SIDECAR_REDIS_CLUSTER", "redis_cluster"),
+        ("SIDECAR_START_WITHOUT_REDIS", "start_without_redis"),
+    ],
+)
+def test_boolean_settings_accept_1_0_true_false(
+    variable: str, attribute: str, text: str, value: bool
+) -> None:
+    """Boolean settings accept 1, 0, true and false in any case."""
+    settings = Settings.from_env({"REDIS_URL": "redis://h:6379", variable: text})
+    assert getattr(settings, attribute) is value
+
+
+@pytest.mark.parametrize("text", ["yes", "no", "2", "on", "t"])
+@pytest.mark.parametrize("variable", ["SIDECAR_REDIS_CLUSTER", "SIDECAR_START_WITHOUT_REDIS"])
+def test_bad_boolean_is_rejected(variable: str, text: str) -> None:
+    """A boolean setting that is not 1, 0, true or false raises ConfigError naming it."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"REDIS_URL": "redis://h:6379", variable: text})
+    assert str(info.value) == f"{variable}: must be 0, 1, true or false"
+
+
+def test_toml_booleans_set_boolean_settings(tmp_path: Path) -> None:
+    """TOML true and false set boolean settings (they reach the parser as "true"/"false")."""
+    environ = write_toml(
+        tmp_path,
+        'redis_url = "redis://h:6379"\nredis_cluster = true\nstart_without_redis = false\n',
+    )
+    settings = Settings.from_env(environ)
+    assert settings.redis_cluster is True
+    assert settings.start_without_redis is False
+
+
+def test_cluster_needs_a_redis_url() -> None:
+    """SIDECAR_REDIS_CLUSTER without REDIS_URL is refused: the embedded Valkey is one server."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SIDECAR_REDIS_CLUSTER": "1"})
+    assert info.value.setting == "SIDECAR_REDIS_CLUSTER"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "unix:///run/redis.sock",
+        "redis+sentinel://s1:26379/mymaster",
+        f"redis://:{REDIS_PASSWORD}@h:6379/3",
+    ],
+)
+def test_cluster_needs_a_tcp_seed_on_database_0(url: str) -> None:
+    """With SIDECAR_REDIS_CLUSTER, a unix, Sentinel or non-zero-database URL is refused."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"REDIS_URL": url, "SIDECAR_REDIS_CLUSTER": "true"})
+    assert info.value.setting == "REDIS_URL"
+    assert REDIS_PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["rediss://h:6380", "rediss+sentinel://s1/mymaster"])
+def test_ca_file_is_taken_with_a_tls_url(tmp_path: Path, url: str) -> None:
+    """SIDECAR_REDIS_CA_FILE names an existing file and goes with a TLS URL."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = Settings.from_env({"REDIS_URL": url, "SIDECAR_REDIS_CA_FILE": str(ca)})
+    assert settings.redis_ca_file == ca
+
+
+@pytest.mark.parametrize("url", [None, "redis://h:6379", "redis+sentinel://s1/mymaster"])
+def test_ca_file_without_tls_is_refused(tmp_path: Path, url: str | None) -> None:
+    """A CA file with a URL that does not use TLS is refused: the operator expects TLS."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    environ = {"SIDECAR_REDIS_CA_FILE": str(ca)}
+    if url is not None:
+        environ["REDIS_URL"] = url
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(environ)
+    assert info.value.setting == "SIDECAR_REDIS_CA_FILE"
+
+
+def test_missing_ca_file_is_refused(tmp_path: Path) -> None:
+    """SIDECAR_REDIS_CA_FILE that names no file raises ConfigError naming it."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(
+            {"REDIS_URL": "rediss://h:6380", "SIDECAR_REDIS_CA_FILE": str(tmp_path / "absent")}
+        )
+    assert info.value.setting == "SIDECAR_REDIS_CA_FILE"
 
 
 # KEKs

@@ -1,0 +1,307 @@
+"""The lifecycle of a real ``python -m sidecar serve``: startup with and without Redis, and
+a graceful SIGTERM while requests are in flight.
+
+Requests are held in flight honestly: the test Redis is told ``CLIENT PAUSE
+WRITE``, so each create waits inside the sidecar for its script to run, and
+Redis itself reports how many clients it holds (``blocked_clients``). The
+sidecar reports its own progress as log lines, which the tests wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Self
+
+import aiohttp
+import pytest
+import redis
+from support import ALICE, CREATE, bearer
+
+from sidecar.embedded import EmbeddedValkey, free_port
+from sidecar.store import index_key
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+    from types import TracebackType
+
+    from conftest import Keys
+
+# Long enough that nothing in these tests times out by accident; the tests
+# that need a deadline say so.
+EVENT_TIMEOUT_S = 30
+
+
+class ServeProcess:
+    """A ``python -m sidecar serve`` child, its JSON log lines, and its ports."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.xrpc_port = free_port()
+        self.sign_port = free_port()
+        self.ops_port = free_port()
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "SIDECAR_XRPC_HOST": "127.0.0.1",
+            "SIDECAR_XRPC_PORT": str(self.xrpc_port),
+            "SIDECAR_SIGN_PORT": str(self.sign_port),
+            "SIDECAR_OPS_HOST": "127.0.0.1",
+            "SIDECAR_OPS_PORT": str(self.ops_port),
+            "SIDECAR_LOG_FORMAT": "json",
+            **env,
+        }
+        self.events: list[dict[str, Any]] = []
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def process(self) -> asyncio.subprocess.Process:
+        assert self._process is not None
+        return self._process
+
+    @property
+    def xrpc(self) -> str:
+        return f"http://127.0.0.1:{self.xrpc_port}"
+
+    @property
+    def sign(self) -> str:
+        return f"http://127.0.0.1:{self.sign_port}"
+
+    @property
+    def ops(self) -> str:
+        return f"http://127.0.0.1:{self.ops_port}"
+
+    async def __aenter__(self) -> Self:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sidecar",
+            "serve",
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+    async def event(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Read log lines until one is ``name`` with ``fields``; that line."""
+
+        async def read() -> dict[str, Any]:
+            assert self.process.stdout is not None
+            while line := await self.process.stdout.readline():
+                event: dict[str, Any] = json.loads(line)
+                self.events.append(event)
+                if event.get("event") == name and fields.items() <= event.items():
+                    return event
+            raise AssertionError(f"serve exited before logging {name}: {self.events}")
+
+        return await asyncio.wait_for(read(), EVENT_TIMEOUT_S)
+
+    async def until_listening(self) -> None:
+        # The ops listener starts last.
+        await self.event("listening", listener="ops")
+
+    async def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), EVENT_TIMEOUT_S)
+
+    async def finish(self) -> tuple[int, str, list[dict[str, Any]]]:
+        """Wait for exit; the code, stderr, and the log lines not read yet."""
+        out, err = await asyncio.wait_for(self.process.communicate(), EVENT_TIMEOUT_S)
+        rest = [json.loads(line) for line in out.splitlines() if line.strip()]
+        self.events += rest
+        assert self.process.returncode is not None
+        return self.process.returncode, err.decode(), rest
+
+
+async def status_of(url: str) -> int:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status
+
+
+def wait_for(what: str, check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
+    """A server of this test's own, because pausing it must not stall any other test."""
+    with EmbeddedValkey(tmp_path / "valkey", persist=False) as server:
+        yield server
+
+
+@pytest.fixture
+def serve_env(keys: Keys, kek_text: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        "SIDECAR_KEK": kek_text,
+        "SIDECAR_API_KEYS_FILE": str(keys.path),
+        "SIDECAR_DATA_DIR": str(tmp_path / "data"),
+    }
+
+
+async def test_sigterm_drains_in_flight_requests_and_exits_0(
+    valkey: EmbeddedValkey, serve_env: dict[str, str], keys: Keys
+) -> None:
+    """On SIGTERM /readyz says 503, XRPC and sign refuse connections, in-flight requests finish."""
+    in_flight = 5
+    env = {**serve_env, "REDIS_URL": valkey.url, "SIDECAR_REDIS_TIMEOUT_MS": "30000"}
+    async with (
+        ServeProcess(env) as served,
+        aiohttp.ClientSession(headers=bearer(keys.alice)) as http,
+    ):
+        await served.until_listening()
+        assert await status_of(f"{served.ops}/readyz") == 200
+        with redis.Redis.from_url(valkey.url) as admin:
+            admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+            try:
+
+                async def create(name: str) -> tuple[int, Any]:
+                    url = f"{served.xrpc}/xrpc/{CREATE}"
+                    async with http.post(url, json={"name": name}) as response:
+                        return response.status, await response.json()
+
+                requests = [asyncio.create_task(create(f"hook-{i}")) for i in range(in_flight)]
+                # Each create is now inside the sidecar, waiting for Redis.
+                await asyncio.to_thread(
+                    wait_for,
+                    "the creates to reach Redis",
+                    lambda: admin.info("clients")["blocked_clients"] == in_flight,
+                )
+                served.process.send_signal(signal.SIGTERM)
+                await served.event("shutting_down")
+
+                assert await status_of(f"{served.ops}/readyz") == 503
+                for refused in (f"{served.xrpc}/xrpc/_health", f"{served.sign}/v1/sign"):
+                    with pytest.raises(aiohttp.ClientConnectionError):
+                        await status_of(refused)
+                assert not any(task.done() for task in requests)
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+            results = await asyncio.gather(*requests)
+            assert [status for status, _ in results] == [200] * in_flight, results
+            assert all(body["token"].startswith("wsk_") for _, body in results)
+            code, _err, _rest = await served.finish()
+            assert code == 0
+            assert {"event": "stopped"}.items() <= served.events[-1].items()
+            assert admin.zcard(index_key(ALICE)) == in_flight
+
+
+async def test_requests_past_the_grace_are_cut_off_and_the_exit_is_still_0(
+    valkey: EmbeddedValkey, serve_env: dict[str, str], keys: Keys
+) -> None:
+    """A request still stuck when SIDECAR_SHUTDOWN_GRACE_S runs out is dropped; exit is 0."""
+    env = {
+        **serve_env,
+        "REDIS_URL": valkey.url,
+        "SIDECAR_REDIS_TIMEOUT_MS": "30000",
+        "SIDECAR_SHUTDOWN_GRACE_S": "1",
+    }
+    async with (
+        ServeProcess(env) as served,
+        aiohttp.ClientSession(headers=bearer(keys.alice)) as http,
+    ):
+        await served.until_listening()
+        with redis.Redis.from_url(valkey.url) as admin:
+            admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+            try:
+                request = asyncio.create_task(
+                    http.post(f"{served.xrpc}/xrpc/{CREATE}", json={"name": "stuck"})
+                )
+                await asyncio.to_thread(
+                    wait_for,
+                    "the create to reach Redis",
+                    lambda: admin.info("clients")["blocked_clients"] == 1,
+                )
+                started = time.monotonic()
+                assert await served.terminate() == 0
+                elapsed = time.monotonic() - started
+                with pytest.raises(aiohttp.ServerDisconnectedError):
+                    await request
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+    # aiohttp waits out the grace, then cancels the handler and waits for that.
+    assert 1 <= elapsed < 10
+
+
+async def test_startup_fails_fast_when_redis_does_not_answer(
+    serve_env: dict[str, str],
+) -> None:
+    """With REDIS_URL unreachable, serve exits 2 after the connect timeout with one clear line."""
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    env = {**serve_env, "REDIS_URL": url, "SIDECAR_REDIS_CONNECT_TIMEOUT_S": "1"}
+    started = time.monotonic()
+    async with ServeProcess(env) as served:
+        code, err, events = await served.finish()
+    elapsed = time.monotonic() - started
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("wisp-sidecar: cannot start: REDIS_URL: ")
+    assert "did not answer within 1s" in lines[0]
+    assert "Connection refused" in lines[0]
+    assert "hunter2" not in err + json.dumps(events)
+    assert not any(event.get("event") == "listening" for event in events)
+    assert 1 <= elapsed < 15
+
+
+async def test_sigterm_while_waiting_for_redis_exits_0_at_once(
+    serve_env: dict[str, str],
+) -> None:
+    """SIGTERM during the startup wait for Redis ends the process with 0, not after the wait."""
+    env = {
+        **serve_env,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "SIDECAR_REDIS_CONNECT_TIMEOUT_S": "600",
+    }
+    async with ServeProcess(env) as served:
+        await served.event("redis_unavailable")
+        served.process.send_signal(signal.SIGTERM)
+        code, _err, _rest = await served.finish()
+    assert code == 0
+    assert not any(event.get("event") == "listening" for event in served.events)
+
+
+async def test_start_without_redis_is_unready_until_redis_appears(
+    serve_env: dict[str, str], keys: Keys, tmp_path: Path
+) -> None:
+    """With SIDECAR_START_WITHOUT_REDIS=1 serve starts unready, then is ready once Redis is up."""
+    port = free_port()
+    env = {
+        **serve_env,
+        "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "SIDECAR_START_WITHOUT_REDIS": "1",
+        "SIDECAR_REDIS_CONNECT_TIMEOUT_S": "1",
+    }
+    async with (
+        ServeProcess(env) as served,
+        aiohttp.ClientSession(headers=bearer(keys.alice)) as http,
+    ):
+        await served.until_listening()
+        assert await status_of(f"{served.ops}/healthz") == 200
+        assert await status_of(f"{served.ops}/readyz") == 503
+        async with http.post(f"{served.xrpc}/xrpc/{CREATE}", json={"name": "early"}) as response:
+            assert response.status == 503
+            assert (await response.json())["error"] == "StorageUnavailable"
+
+        with EmbeddedValkey(tmp_path / "late", port=port, persist=False):
+            await served.event("redis_available")
+            assert await status_of(f"{served.ops}/readyz") == 200
+            async with http.post(f"{served.xrpc}/xrpc/{CREATE}", json={"name": "late"}) as response:
+                assert response.status == 200
+            assert await served.terminate() == 0
