@@ -172,7 +172,6 @@ def create_sign_app(sidecar: Sidecar) -> web.Application:
     """The sign listener: the dispatcher's pod-local signing oracle."""
     settings = sidecar.settings
     app = web.Application(
-        middlewares=[http_middleware("sign", log_successes=settings.sign_access_log == "all")],
         client_max_size=max(settings.sign_max_bytes, settings.sign_batch_max_bytes) + 1,
     )
     app[SIDECAR_KEY] = sidecar
@@ -182,6 +181,7 @@ def create_sign_app(sidecar: Sidecar) -> web.Application:
         max_body_bytes=settings.sign_max_bytes,
         max_batch_bytes=settings.sign_batch_max_bytes,
         sign_token=settings.sign_token,
+        log_successes=settings.sign_access_log == "all",
     ).add_routes(app)
     return app
 

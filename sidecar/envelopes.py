@@ -49,7 +49,7 @@ class CoalescingReader:
     def _future(self, ref: Ref) -> asyncio.Future[StoredEnvelope | None]:
         loop = asyncio.get_running_loop()
         if not self._pending:
-            loop.call_soon(self._flush)
+            loop.call_soon(loop.call_soon, self._flush)
         future: asyncio.Future[StoredEnvelope | None] = loop.create_future()
         self._pending.append((ref, future))
         return future

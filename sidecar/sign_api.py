@@ -24,7 +24,7 @@ from sidecar import signing
 from sidecar.auth import bearer_credential
 from sidecar.errors import AuthenticationFailed, InvalidInput, SecretNotFound, XrpcError
 from sidecar.names import validate_did, validate_name
-from sidecar.wire import error_response, read_body, to_wire
+from sidecar.wire import error_response, log_request, read_body, request_id, to_wire
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -191,6 +191,7 @@ class SignApi:
         max_body_bytes: int,
         max_batch_bytes: int,
         sign_token: Secret | None,
+        log_successes: bool = False,
     ) -> None:
         self._signer = signer
         self._metrics = metrics
@@ -204,11 +205,42 @@ class SignApi:
             for scheme in signing.SCHEMES
         }
         self._sign_duration = metrics.sign_duration
+        self._log_successes = log_successes
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/sign", self.sign)
-        app.router.add_post("/v1/sign/batch", self.sign_batch)
-        app.router.add_post("/v1/verify", self.verify)
+        """The three endpoints, plus JSON answers for wrong verbs and unknown paths.
+
+        This listener has no middleware: on the hot path each one costs a
+        coroutine per request, so each handler does its own error answers and
+        request line (``_finish``) instead.
+        """
+        for path, handler in (
+            ("/v1/sign", self.sign),
+            ("/v1/sign/batch", self.sign_batch),
+            ("/v1/verify", self.verify),
+        ):
+            app.router.add_post(path, handler)
+            app.router.add_route("*", path, self._wrong_method)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+
+    def _finish(self, request: web.Request, response: web.Response, started: float) -> web.Response:
+        """Echo or make the request id, and log the request line when it is due."""
+        status = response.status
+        if status >= 400 or self._log_successes:
+            rid = request_id(request)
+            response.headers["X-Request-Id"] = rid
+            log_request("sign", request, status, started, request_id=rid)
+        elif "X-Request-Id" in request.headers:
+            response.headers["X-Request-Id"] = request_id(request)
+        return response
+
+    async def _wrong_method(self, request: web.Request) -> web.Response:
+        error = XrpcError(405, "InvalidRequest", "Use POST", {"Allow": "POST"})
+        return self._finish(request, error_response(error), time.perf_counter())
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        error = XrpcError(404, "NotFound", "Not Found")
+        return self._finish(request, error_response(error), time.perf_counter())
 
     def _authenticate(self, request: web.Request) -> None:
         if self._sign_token is None:
@@ -252,11 +284,11 @@ class SignApi:
         except Exception as exc:
             error = self._failure(exc)
             self._count(_scheme_label(query.get("scheme") or signing.DEFAULT_SCHEME), error)
-            return error_response(error)
+            return self._finish(request, error_response(error), started)
         finally:
             self._sign_duration.observe(time.perf_counter() - started)
         self._signed_ok[parsed.scheme].inc()
-        return web.json_response(answer)
+        return self._finish(request, web.json_response(answer), started)
 
     async def sign_batch(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -273,7 +305,7 @@ class SignApi:
             valid = [p for p in parsed if isinstance(p, SignRequest)]
             signed = iter(await self._signer.sign_many(valid))
         except Exception as exc:
-            return error_response(self._failure(exc))
+            return self._finish(request, error_response(self._failure(exc)), started)
         finally:
             self._metrics.sign_duration.observe(time.perf_counter() - started)
         results: list[dict[str, Any]] = []
@@ -288,7 +320,7 @@ class SignApi:
             else:
                 self._count(scheme, None)
                 results.append(outcome)
-        return web.json_response({"results": results})
+        return self._finish(request, web.json_response({"results": results}), started)
 
     def _batch_request(self, item: Any) -> SignRequest:
         if not isinstance(item, dict):
@@ -308,6 +340,7 @@ class SignApi:
         return _sign_request(item, body)
 
     async def verify(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
         scheme = _scheme_label(request.query.get("scheme") or signing.DEFAULT_SCHEME)
         try:
             self._authenticate(request)
@@ -321,9 +354,9 @@ class SignApi:
                 result = signing.verify(parsed.scheme, token, parsed.body, request.headers)
                 verdict = {"valid": result.valid, "reason": result.reason}
         except Exception as exc:
-            return error_response(self._failure(exc))
+            return self._finish(request, error_response(self._failure(exc)), started)
         self._metrics.verifications.labels(scheme=scheme, reason=verdict["reason"]).inc()
-        return web.json_response(verdict)
+        return self._finish(request, web.json_response(verdict), started)
 
 
 def _batch_items(raw: bytes) -> list[Any]:

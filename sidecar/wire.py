@@ -144,19 +144,15 @@ def log_request(
     )
 
 
-def http_middleware(listener: str, *, log_successes: bool = True) -> Any:
-    """The one middleware of every listener: request id, canonical log line, JSON errors.
-
-    ``log_successes=False`` logs only requests that did not succeed (status
-    400 and up): for the sign hot path, where a line per signature costs more
-    than the signature (bench/RESULTS.md); metrics count every request.
-    One middleware rather than two, because each costs a coroutine per request.
+def http_middleware(listener: str) -> Any:
+    """The one middleware of the XRPC and ops listeners: request id, canonical
+    log line, JSON errors. One rather than two, because each costs a coroutine
+    per request. (The sign listener does the same in its handlers, with no
+    middleware at all: see ``SignApi``.)
     """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not log_successes:
-            return await _quiet(request, handler)
         rid = request_id(request)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=rid)
@@ -167,22 +163,6 @@ def http_middleware(listener: str, *, log_successes: bool = True) -> Any:
             response = _error_response(exc, request)
         response.headers["X-Request-Id"] = rid
         log_request(listener, request, response.status, started)
-        return response
-
-    async def _quiet(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # The sign hot path: a success gets no line, so an id is made only
-        # for a failure, which is logged; a caller's own id is always echoed.
-        started = time.perf_counter()
-        try:
-            response = await handler(request)
-        except Exception as exc:
-            response = _error_response(exc, request)
-        if response.status >= 400:
-            rid = request_id(request)
-            response.headers["X-Request-Id"] = rid
-            log_request(listener, request, response.status, started, request_id=rid)
-        elif "X-Request-Id" in request.headers:
-            response.headers["X-Request-Id"] = request_id(request)
         return response
 
     return middleware
