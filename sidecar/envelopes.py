@@ -5,9 +5,13 @@ request arrived (DESIGN.md §7): that is what makes a rotation effective at
 once on every replica. To keep that from costing a round trip per request,
 reads that arrive in the same loop turn share one pipelined round trip.
 
+The batch is sent two loop turns after its first read: the extra turn takes
+in the requests whose bytes arrive in the next I/O poll, which roughly
+tripled the reads per round trip under load (bench/RESULTS.md).
+
 Why this stays fresh: a read joins only a batch that has not been sent yet.
-The batch is sent in a later loop turn than every read that joined it, so
-each read is served by a Redis round trip that started after it was asked.
+The batch is sent after every read that joined it was asked, so each read is
+served by a Redis round trip that started after the request arrived.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class CoalescingReader:
     def _future(self, ref: Ref) -> asyncio.Future[StoredEnvelope | None]:
         loop = asyncio.get_running_loop()
         if not self._pending:
+            # Two hops: see the module docstring.
             loop.call_soon(loop.call_soon, self._flush)
         future: asyncio.Future[StoredEnvelope | None] = loop.create_future()
         self._pending.append((ref, future))

@@ -24,7 +24,7 @@ from sidecar import signing
 from sidecar.auth import bearer_credential
 from sidecar.errors import AuthenticationFailed, InvalidInput, SecretNotFound, XrpcError
 from sidecar.names import validate_did, validate_name
-from sidecar.wire import error_response, log_request, read_body, request_id, to_wire
+from sidecar.wire import INTERNAL, error_response, log_request, read_body, request_id, to_wire
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -258,7 +258,7 @@ class SignApi:
         wire = to_wire(exc)
         if wire is None:
             log.exception("sign_failed")
-            return XrpcError(500, "InternalServerError", "Internal Server Error")
+            return INTERNAL
         if wire.name == "WebhookSecretEncryptionUnavailable":
             # An envelope the ring cannot open means a missing previous KEK:
             # an operator must act, so say it loudly (without the envelope).
