@@ -257,7 +257,10 @@ def connect(
     cluster: bool = False,
     ca_file: Path | None = None,
 ) -> RedisConnection:
-    """A client whose every connect and socket read gives up after ``timeout_s``.
+    """A client whose every connect gives up after ``timeout_s``.
+
+    Its commands have no socket timeout of their own: the store bounds each
+    one, connecting included, by its deadline.
 
     It does not retry on its own: a retried write after a lost reply could
     apply twice, and reads are retried, where that is safe, by the store. That
@@ -274,6 +277,13 @@ def connect(
     }
     common: dict[str, Any] = {
         **timeouts,
+        # Every command the store sends runs under its own deadline
+        # (``SecretStore._run``), which also covers connecting and the retry.
+        # A socket timeout on top would only duplicate it, and redis-py pays
+        # for one with an extra task per command: about 15% of the CPU of a
+        # coalesced sign read (bench/RESULTS.md). A command cancelled by the
+        # deadline closes its connection, so no half-read reply is reused.
+        "socket_timeout": None,
         "decode_responses": False,
         "health_check_interval": 30,
     }

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import AiohttpClient, Keys, SidecarFactory
-from support import ALICE, CREATE, ROTATE, call, sign_body
+from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, sign_body
 
 from sidecar.app import create_sign_app, create_xrpc_app
 from sidecar.embedded import EmbeddedValkey
@@ -177,3 +177,39 @@ async def test_sign_fails_closed_when_redis_stops_answering(
     ]
     assert 200 in statuses
     assert statuses[-1] == 200
+
+
+async def test_every_xrpc_procedure_gives_up_on_a_frozen_redis_in_time(
+    aiohttp_client: AiohttpClient,
+    make_sidecar: SidecarFactory,
+    keys: Keys,
+    own_server: EmbeddedValkey,
+) -> None:
+    """Not only signing: reads and writes alike are bounded by the Redis deadline.
+
+    The client has no socket timeout of its own (the store's deadline is the
+    only one), so this is what proves no command can wait forever.
+    """
+    (replica,) = await replicas(aiohttp_client, make_sidecar, 1, REDIS_URL=own_server.url)
+    await call(replica.xrpc, CREATE, keys.alice, {"name": "orders"})
+
+    assert own_server.pid is not None
+    os.kill(own_server.pid, signal.SIGSTOP)
+    try:
+        for nsid, body, method in (
+            (LIST, None, "GET"),
+            (ROTATE, {"name": "orders"}, "POST"),
+            (CREATE, {"name": "invoices"}, "POST"),
+            (DELETE, {"name": "orders"}, "POST"),
+        ):
+            started = time.monotonic()
+            async with asyncio.timeout(10):  # a hang fails here instead of stalling the suite
+                status, answer = await call(replica.xrpc, nsid, keys.alice, body, method=method)
+            assert (status, answer["error"]) == (503, "StorageUnavailable"), nsid
+            assert time.monotonic() - started < 0.5 + 2.0, nsid
+    finally:
+        os.kill(own_server.pid, signal.SIGCONT)
+    # And it recovers by itself once Redis answers again.
+    status, listed = await call(replica.xrpc, LIST, keys.alice, method="GET")
+    assert status == 200
+    assert "orders" in [s["name"] for s in listed["secrets"]]
