@@ -18,16 +18,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
-from aiohttp import web
+from yarl import URL
 
 from sidecar import signing
 from sidecar.auth import bearer_credential
 from sidecar.errors import AuthenticationFailed, InvalidInput, SecretNotFound, XrpcError
 from sidecar.names import validate_did, validate_name
-from sidecar.wire import INTERNAL, error_response, log_request, read_body, request_id, to_wire
+from sidecar.wire import (
+    INTERNAL,
+    arrived_body,
+    error_response,
+    json_answer,
+    log_request,
+    read_body,
+    request_id,
+    to_wire,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from aiohttp import web
 
     from sidecar.crypto import OpenedTokenCache
     from sidecar.envelopes import CoalescingReader
@@ -53,20 +64,20 @@ _OUTCOMES: Final = {
 }
 
 
-@dataclass(slots=True)
-class SignRequest:
-    """One validated thing to sign. Never changed once built.
-
-    Not ``frozen``: a frozen dataclass sets each field through
-    ``object.__setattr__``, a cost paid on every sign request.
-    """
+@dataclass(frozen=True, slots=True)
+class SignTarget:
+    """The checked parameters of one signature: whose secret, which scheme, and
+    the message id and timestamp when the caller fixed them."""
 
     did: str
     name: str
     scheme: str
     msg_id: str | None
     timestamp: int | None
-    body: bytes
+
+
+# A batch item: what to sign with, and the body to sign.
+SignItem = tuple[SignTarget, bytes]
 
 
 class Signer:
@@ -93,44 +104,42 @@ class Signer:
         assert stored is not None  # _token raised otherwise
         return token, stored.version
 
-    def sign(self, request: SignRequest, stored: StoredEnvelope | None) -> dict[str, Any]:
+    def sign(
+        self, target: SignTarget, body: bytes, stored: StoredEnvelope | None
+    ) -> dict[str, Any]:
         """The answer to one sign request: headers to send, name and version."""
-        token = self._token(request.did, request.name, stored)
+        token = self._token(target.did, target.name, stored)
         assert stored is not None  # _token raised otherwise
         headers = signing.sign(
-            request.scheme,
-            token,
-            request.body,
-            msg_id=request.msg_id,
-            timestamp=request.timestamp,
+            target.scheme, token, body, msg_id=target.msg_id, timestamp=target.timestamp
         )
-        return {"headers": headers, "name": request.name, "version": stored.version}
+        return {"headers": headers, "name": target.name, "version": stored.version}
 
-    async def sign_many(self, requests: list[SignRequest]) -> list[dict[str, Any] | Exception]:
-        """Sign each request; a per-item failure is returned in its place, not raised.
+    async def sign_many(self, items: list[SignItem]) -> list[dict[str, Any] | Exception]:
+        """Sign each item; a per-item failure is returned in its place, not raised.
 
         Storage failures are raised: every item would fail the same way.
         """
-        stored = await self._reader.get_many([(r.did, r.name) for r in requests])
+        stored = await self._reader.get_many([(t.did, t.name) for t, _ in items])
         results: list[dict[str, Any] | Exception] = []
-        for request, envelope in zip(requests, stored, strict=True):
+        for (target, body), envelope in zip(items, stored, strict=True):
             try:
-                results.append(self.sign(request, envelope))
+                results.append(self.sign(target, body, envelope))
             except Exception as exc:
                 results.append(exc)
         return results
 
 
 def _check_params(query: Any, allowed: frozenset[str]) -> None:
-    keys = list(query.keys())
-    if allowed.issuperset(keys) and len(set(keys)) == len(keys):
-        return  # the hot path: nothing unknown, nothing repeated
-    for key in query:
+    seen: set[str] = set()
+    # items(), not keys(): multidict 7 lists a repeated key only once in keys().
+    for key, _ in query.items():
         if key not in allowed:
             # Not echoed: a caller's stray value may be a credential.
             raise InvalidInput(f"unknown parameter; expected only {', '.join(sorted(allowed))}")
-        if len(query.getall(key)) > 1:
+        if key in seen:
             raise InvalidInput(f"parameter {key!r} is given more than once")
+        seen.add(key)
 
 
 _OPTIONAL_TEXT: Final = (str, type(None))
@@ -144,11 +153,8 @@ def _checked_ref(did: str, name: str) -> tuple[str, str]:
     return validate_did(did), validate_name(name)
 
 
-def _sign_request(fields: Mapping[str, Any], body: bytes) -> SignRequest:
-    """Validate the fields of one sign request (query or batch item).
-
-    Written for the hot path: each field is looked up once.
-    """
+def _sign_target(fields: Mapping[str, Any]) -> SignTarget:
+    """Validate the fields of one sign request (query or batch item)."""
     did = fields.get("did")
     name = fields.get("name")
     scheme = fields.get("scheme")
@@ -166,14 +172,27 @@ def _sign_request(fields: Mapping[str, Any], body: bytes) -> SignRequest:
     ):
         raise InvalidInput("timestamp must be unix seconds")
     did, name = _checked_ref(did, name)
-    return SignRequest(
+    return SignTarget(
         did=did,
         name=name,
         scheme=signing.parse_scheme(scheme),
         msg_id=None if msg_id is None else signing.check_msg_id(msg_id),
         timestamp=None if timestamp is None else signing.parse_timestamp(timestamp),
-        body=body,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _query_target(raw_query: str, allowed: frozenset[str]) -> SignTarget:
+    """The target a raw query string names, checked against ``allowed`` parameters.
+
+    Cached by the raw string: a dispatcher asks with the same few query strings
+    again and again, and parsing and checking one is a visible share of a
+    signature. Failures raise and so are never cached; a query that is never
+    repeated (a ``standard`` id) only takes a slot the LRU hands back.
+    """
+    query = URL.build(query_string=raw_query, encoded=True).query
+    _check_params(query, allowed)
+    return _sign_target(query)
 
 
 def _scheme_label(value: object) -> str:
@@ -274,21 +293,24 @@ class SignApi:
 
     async def sign(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        query = request.query
         try:
             if self._sign_token is not None:
                 self._authenticate(request)
-            _check_params(query, _SIGN_PARAMS)
-            parsed = _sign_request(query, await read_body(request, self._max_body))
-            answer = self._signer.sign(parsed, await self._signer.read(parsed.did, parsed.name))
+            target = _query_target(request.rel_url.raw_query_string, _SIGN_PARAMS)
+            body = arrived_body(request, self._max_body)
+            if body is None:
+                body = await read_body(request, self._max_body)
+            stored = await self._signer.read(target.did, target.name)
+            answer = self._signer.sign(target, body, stored)
         except Exception as exc:
             error = self._failure(exc)
-            self._count(_scheme_label(query.get("scheme") or signing.DEFAULT_SCHEME), error)
+            scheme = request.query.get("scheme") or signing.DEFAULT_SCHEME
+            self._count(_scheme_label(scheme), error)
             return self._finish(request, error_response(error), started)
         finally:
             self._sign_duration.observe(time.perf_counter() - started)
-        self._signed_ok[parsed.scheme].inc()
-        return self._finish(request, web.json_response(answer), started)
+        self._signed_ok[target.scheme].inc()
+        return self._finish(request, json_answer(answer), started)
 
     async def sign_batch(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -296,13 +318,13 @@ class SignApi:
             self._authenticate(request)
             _check_params(request.query, frozenset())
             items = _batch_items(await read_body(request, self._max_batch))
-            parsed: list[SignRequest | Exception] = []
+            parsed: list[SignItem | Exception] = []
             for item in items:
                 try:
-                    parsed.append(self._batch_request(item))
+                    parsed.append(self._batch_item(item))
                 except Exception as exc:
                     parsed.append(exc)
-            valid = [p for p in parsed if isinstance(p, SignRequest)]
+            valid = [p for p in parsed if not isinstance(p, Exception)]
             signed = iter(await self._signer.sign_many(valid))
         except Exception as exc:
             return self._finish(request, error_response(self._failure(exc)), started)
@@ -310,7 +332,7 @@ class SignApi:
             self._metrics.sign_duration.observe(time.perf_counter() - started)
         results: list[dict[str, Any]] = []
         for item, entry in zip(items, parsed, strict=True):
-            outcome = next(signed) if isinstance(entry, SignRequest) else entry
+            outcome = entry if isinstance(entry, Exception) else next(signed)
             asked = item.get("scheme") if isinstance(item, dict) else None
             scheme = _scheme_label(asked or signing.DEFAULT_SCHEME)
             if isinstance(outcome, Exception):
@@ -320,9 +342,9 @@ class SignApi:
             else:
                 self._count(scheme, None)
                 results.append(outcome)
-        return self._finish(request, web.json_response({"results": results}), started)
+        return self._finish(request, json_answer({"results": results}), started)
 
-    def _batch_request(self, item: Any) -> SignRequest:
+    def _batch_item(self, item: Any) -> SignItem:
         if not isinstance(item, dict):
             raise InvalidInput("each item must be an object")
         unknown = set(item) - _ITEM_FIELDS
@@ -337,26 +359,26 @@ class SignApi:
             body = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidInput("body_b64 is not valid base64") from None
-        return _sign_request(item, body)
+        return _sign_target(item), body
 
     async def verify(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         scheme = _scheme_label(request.query.get("scheme") or signing.DEFAULT_SCHEME)
         try:
             self._authenticate(request)
-            _check_params(request.query, _VERIFY_PARAMS)
-            parsed = _sign_request(request.query, await read_body(request, self._max_body))
+            target = _query_target(request.rel_url.raw_query_string, _VERIFY_PARAMS)
+            body = await read_body(request, self._max_body)
             try:
-                token, _ = await self._signer.current(parsed.did, parsed.name)
+                token, _ = await self._signer.current(target.did, target.name)
             except SecretNotFound:
                 verdict: dict[str, Any] = {"valid": False, "reason": "unknown_secret"}
             else:
-                result = signing.verify(parsed.scheme, token, parsed.body, request.headers)
+                result = signing.verify(target.scheme, token, body, request.headers)
                 verdict = {"valid": result.valid, "reason": result.reason}
         except Exception as exc:
             return self._finish(request, error_response(self._failure(exc)), started)
         self._metrics.verifications.labels(scheme=scheme, reason=verdict["reason"]).inc()
-        return self._finish(request, web.json_response(verdict), started)
+        return self._finish(request, json_answer(verdict), started)
 
 
 def _batch_items(raw: bytes) -> list[Any]:

@@ -145,7 +145,7 @@ class XrpcServer:
             )
         caller = await self._auth.authenticate(request.headers.get("Authorization"), nsid=nsid)
         structlog.contextvars.bind_contextvars(did=caller.did, nsid=nsid)
-        params = method.validate_params(dict(request.query))
+        params = method.validate_params(request.query)
         payload = await self._input(request, method)
         output = await handler(XrpcCall(nsid=nsid, caller=caller, params=params, input=payload))
         # An output that breaks its lexicon is our bug: it becomes a 500.

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from conftest import AiohttpClient, Keys, SidecarFactory
 from standardwebhooks.webhooks import Webhook
 from support import ALICE, BOB, CREATE, ROTATE, call, sign_body
+from yarl import URL
 
 from sidecar.app import create_sign_app
 
@@ -127,6 +129,24 @@ async def test_bad_parameters_are_400(
     assert fragment in answer["message"]
 
 
+async def test_a_query_means_the_same_however_it_is_encoded_and_repeated(
+    sign: Client, token: str
+) -> None:
+    """Parameters are read percent-decoded, and a refused query is refused every time."""
+    encoded = "did=" + ALICE.replace(":", "%3A") + "&n%61me=orde%72s&scheme=github"
+    for _ in range(2):
+        async with sign.post(URL("/v1/sign?" + encoded, encoded=True), data=BODY) as response:
+            assert response.status == 200
+            answer = await response.json()
+        assert answer["headers"] == {"X-Hub-Signature-256": "sha256=" + hex_hmac(token, BODY)}
+    for _ in range(2):
+        async with sign.post(
+            URL("/v1/sign?" + encoded + "&did=x", encoded=True), data=BODY
+        ) as response:
+            assert response.status == 400
+            assert "more than once" in (await response.json())["message"]
+
+
 @pytest.mark.parametrize(("did", "name"), [(ALICE, "missing"), (BOB, "orders")])
 async def test_unknown_secret_is_404(sign: Client, token: str, did: str, name: str) -> None:
     """A name the owner does not have (including another owner's) is 404 and signs nothing."""
@@ -147,6 +167,38 @@ async def test_body_over_the_limit_is_413(
     assert (await sign_body(client, ALICE, "orders", b"x" * 1024))[0] == 200
     status, answer = await sign_body(client, ALICE, "orders", b"x" * 1025)
     assert (status, answer["error"]) == (413, "PayloadTooLarge")
+
+
+async def pieces(body: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+@pytest.mark.parametrize(("length", "status"), [(1024, 200), (1025, 413)])
+async def test_a_chunked_body_is_signed_whole_or_refused_over_the_limit(
+    aiohttp_client: AiohttpClient,
+    make_sidecar: SidecarFactory,
+    xrpc: Client,
+    keys: Keys,
+    length: int,
+    status: int,
+) -> None:
+    """Without a Content-Length the limit holds on what arrives, and all of it is signed."""
+    _, created = await call(xrpc, CREATE, keys.alice, {"name": "orders"})
+    client = await aiohttp_client(
+        create_sign_app(await make_sidecar(SIDECAR_SIGN_MAX_BYTES="1024"))
+    )
+    body = bytes(range(256)) * 5
+    params = {"did": ALICE, "name": "orders"}
+    async with client.post("/v1/sign", params=params, data=pieces(body[:length], 300)) as response:
+        assert response.request_info.headers.get("Transfer-Encoding") == "chunked"
+        answer = await response.json()
+        assert response.status == status
+    if status == 200:
+        expected = "sha256=" + hex_hmac(created["token"], body[:length])
+        assert answer["headers"]["X-Webhook-Signature"] == expected
+    else:
+        assert answer["error"] == "PayloadTooLarge"
 
 
 async def test_sign_token_is_required_when_configured(
