@@ -217,12 +217,7 @@ class SignApi:
         self._max_body = max_body_bytes
         self._max_batch = max_batch_bytes
         self._sign_token = sign_token.reveal().encode() if sign_token is not None else None
-        # Labelled children resolved once: .labels() on every request is a
-        # measurable share of the hot path.
-        self._signed_ok = {
-            scheme: metrics.signatures.labels(scheme=scheme, outcome="ok")
-            for scheme in signing.SCHEMES
-        }
+        self._signatures = metrics.signatures
         self._sign_duration = metrics.sign_duration
         self._log_successes = log_successes
 
@@ -285,11 +280,8 @@ class SignApi:
         return wire
 
     def _count(self, scheme: str, error: XrpcError | None) -> None:
-        if error is None:
-            self._signed_ok[scheme].inc()
-            return
-        outcome = _OUTCOMES.get(error.name, "error")
-        self._metrics.signatures.labels(scheme=scheme, outcome=outcome).inc()
+        outcome = "ok" if error is None else _OUTCOMES.get(error.name, "error")
+        self._signatures.inc(scheme, outcome)
 
     async def sign(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -309,7 +301,7 @@ class SignApi:
             return self._finish(request, error_response(error), started)
         finally:
             self._sign_duration.observe(time.perf_counter() - started)
-        self._signed_ok[target.scheme].inc()
+        self._signatures.inc(target.scheme, "ok")
         return self._finish(request, json_answer(answer), started)
 
     async def sign_batch(self, request: web.Request) -> web.Response:
@@ -329,7 +321,7 @@ class SignApi:
         except Exception as exc:
             return self._finish(request, error_response(self._failure(exc)), started)
         finally:
-            self._metrics.sign_duration.observe(time.perf_counter() - started)
+            self._sign_duration.observe(time.perf_counter() - started)
         results: list[dict[str, Any]] = []
         for item, entry in zip(items, parsed, strict=True):
             outcome = entry if isinstance(entry, Exception) else next(signed)
