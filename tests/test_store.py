@@ -6,8 +6,11 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from support import ALICE, CREATE, call, opened
 
+from sidecar.app import open_sidecar
+from sidecar.settings import Settings
 from sidecar.store import parse_secret_key
 
 if TYPE_CHECKING:
@@ -16,6 +19,7 @@ if TYPE_CHECKING:
     from conftest import Keys
 
     from sidecar.app import Sidecar
+    from sidecar.lexicon import LexiconRegistry
 
 
 async def test_batched_reads_run_while_writes_are_paused(
@@ -33,6 +37,39 @@ async def test_batched_reads_run_while_writes_are_paused(
     finally:
         raw_redis.execute_command("CLIENT", "UNPAUSE")
     assert opened(sidecar.keyring, refs, stored) == [(created["token"], 1)]
+
+
+async def test_batched_reads_reload_their_script_after_the_server_lost_it(
+    sidecar: Sidecar, xrpc: TestClient[Any, Any], keys: Keys, raw_redis: redis.Redis
+) -> None:
+    """After SCRIPT FLUSH (as after a restart or failover), the next read still answers."""
+    _, created = await call(xrpc, CREATE, keys.alice, {"name": "orders"})
+    refs = [(ALICE, "orders")]
+    await sidecar.store.get_envelopes(refs)
+    raw_redis.script_flush()
+    stored = await sidecar.store.get_envelopes(refs)
+    assert opened(sidecar.keyring, refs, stored) == [(created["token"], 1)]
+
+
+async def test_closing_the_store_closes_its_read_connections(
+    env: dict[str, str], lexicons: LexiconRegistry, raw_redis: redis.Redis
+) -> None:
+    """The sign path's own connections go when the sidecar closes, not with the process."""
+
+    def clients() -> int:
+        return len(raw_redis.client_list())
+
+    before = clients()
+    settings = Settings.from_env(env)
+    async with open_sidecar(settings, registry=CollectorRegistry(), lexicons=lexicons) as sidecar:
+        # Concurrent batches each take a connection of their own.
+        await asyncio.gather(*(sidecar.store.get_envelopes([(ALICE, "x")]) for _ in range(3)))
+        assert clients() >= before + 2
+    # The sockets are closed, so the server has their end-of-file queued before
+    # this PING. It may handle the PING in the same event-loop pass as the
+    # closes; a command sent after its reply comes in a later pass.
+    raw_redis.ping()
+    assert clients() == before
 
 
 @pytest.mark.parametrize(
