@@ -1,7 +1,7 @@
 """Sign throughput of the sidecar against a bare aiohttp baseline, in one run.
 
-    make bench                                # 3 rounds of 5 s per measurement
-    BENCH_SECONDS=10 BENCH_ROUNDS=5 make bench
+    make bench                                # 5 rounds of 5 s per measurement
+    BENCH_SECONDS=10 BENCH_ROUNDS=9 make bench
 
 Starts an embedded Valkey, the real sidecar (``python -m sidecar serve``) and
 the baseline (``bench/baseline.py``) as separate processes, then loads each
@@ -112,7 +112,7 @@ def batch_totals(ops_port: int) -> tuple[float, float]:
 
 def main() -> int:
     seconds = int(os.environ.get("BENCH_SECONDS", "5"))
-    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
     generator = "wrk -t1" if have_wrk() else "aiohttp client (install wrk for a lighter one)"
     print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} load generator: {generator}")
     with tempfile.TemporaryDirectory() as tmp, EmbeddedValkey(Path(tmp) / "v", persist=False) as v:
