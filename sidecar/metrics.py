@@ -61,18 +61,18 @@ class LoopCounter(Collector):
         self._labelnames = list(labelnames)
         # Label values (in labelnames order) -> count. Series listed in
         # ``initial`` show as 0 before their first increment.
-        self.counts: dict[tuple[str, ...], int] = {tuple(values): 0 for values in initial}
+        self._counts: dict[tuple[str, ...], int] = {tuple(values): 0 for values in initial}
         registry.register(self)
 
     def inc(self, *labelvalues: str, amount: int = 1) -> None:
-        self.counts[labelvalues] = self.counts.get(labelvalues, 0) + amount
+        self._counts[labelvalues] = self._counts.get(labelvalues, 0) + amount
 
     def describe(self) -> Iterator[Metric]:
         yield CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        for labelvalues, count in sorted(self.counts.items()):
+        for labelvalues, count in sorted(self._counts.items()):
             family.add_metric(list(labelvalues), count)
         yield family
 

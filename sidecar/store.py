@@ -283,9 +283,8 @@ def connect(
         # Every command the store sends runs under its own deadline
         # (``SecretStore._run``), which also covers connecting and the retry.
         # A socket timeout on top would only duplicate it, and redis-py pays
-        # for one with an extra task per command: about 15% of the CPU of a
-        # coalesced sign read (bench/RESULTS.md). A command cancelled by the
-        # deadline closes its connection, so no half-read reply is reused.
+        # for one with an extra task per command sent. A command cancelled by
+        # the deadline closes its connection, so no half-read reply is reused.
         "socket_timeout": None,
         "decode_responses": False,
         "health_check_interval": 30,
@@ -327,8 +326,8 @@ class _ReadConnections:
     """The sign path's own connections, outside the client's pool.
 
     The sign path sends one script call per loop turn. Through the client
-    that call cost about twice the CPU of the round trip itself (its retry
-    wrapper, the pool's lock and observability hooks: 120 against 65 us in
+    that read cost about twice the CPU it does here (its retry wrapper, the
+    pool's lock and observability hooks: 137-174 against 72 us per read in
     process on the bench machine), a few per cent of every signature. These
     connections are made by the client's own pool, so TLS, credentials, the
     database and Sentinel discovery stay redis-py's; only the per-call

@@ -100,13 +100,13 @@ def arrived_body(request: web.Request, limit: int) -> bytes | None:
     """
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+        raise _too_large(limit)
     content = request.content
     if not content.is_eof():
         return None
     body = content.read_nowait()
     if len(body) > limit:
-        raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+        raise _too_large(limit)
     return body
 
 
@@ -122,8 +122,11 @@ def read_body(request: web.Request, limit: int) -> Awaitable[bytes]:
     if declared is not None and declared <= limit:
         # The common case, and the cheapest read: the length is known and fits.
         return request.read()
-    too_large = PayloadTooLarge(f"Request body is larger than {limit} bytes")
-    return read_limited(request.content, declared, limit, too_large)
+    return read_limited(request.content, declared, limit, _too_large(limit))
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body is larger than {limit} bytes")
 
 
 async def read_limited(
