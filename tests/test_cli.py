@@ -106,6 +106,8 @@ async def start_serve(data_dir: Path) -> Served:
         "SIDECAR_XRPC_PORT": str(port),
         "SIDECAR_OPS_HOST": "127.0.0.1",
         "SIDECAR_OPS_PORT": str(free_port()),
+        # Not the default 8081: two test runs on one host must not collide.
+        "SIDECAR_SIGN_PORT": str(free_port()),
         "SIDECAR_LOG_FORMAT": "json",
     }
     process = await asyncio.create_subprocess_exec(
