@@ -8,15 +8,14 @@ turn), and fails closed: no answer from Redis, no signature.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import hmac
-import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
 import structlog
 from yarl import URL
 
@@ -348,7 +347,9 @@ class SignApi:
         if len(encoded) > (self._max_body + 2) // 3 * 4:
             raise InvalidInput(f"body is larger than {self._max_body} bytes")
         try:
-            body = base64.b64decode(encoded, validate=True)
+            # strict_mode: what b64decode(validate=True) refuses, without its
+            # regex pass over the text (half the cost of decoding a 1 KiB body).
+            body = binascii.a2b_base64(encoded, strict_mode=True)
         except (binascii.Error, ValueError):
             raise InvalidInput("body_b64 is not valid base64") from None
         return _sign_target(item), body
@@ -375,8 +376,11 @@ class SignApi:
 
 def _batch_items(raw: bytes) -> list[Any]:
     try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        # orjson: a batch is up to 1000 base64 bodies, and it parses them
+        # several times faster; it refuses invalid UTF-8, NaN and deep nesting
+        # as malformed JSON too.
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise InvalidInput("request body is not valid JSON") from None
     if not isinstance(document, dict) or not isinstance(document.get("items"), list):
         raise InvalidInput('request body must be {"items": [...]}')

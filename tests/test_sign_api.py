@@ -281,6 +281,27 @@ async def test_batch_answers_in_order_with_errors_per_item(
     assert results[6]["headers"] == {"Webhook-Signature": f"t=1700000000,v1={stripe}"}
 
 
+@pytest.mark.parametrize("encoded", ["YQ", "YQ==YQ==", "Y Q==", "YQ==\n", "é", "YQ=?", 5])
+async def test_a_batch_body_must_be_strict_base64(sign: Client, token: str, encoded: Any) -> None:
+    """Missing padding, data after padding, whitespace, non-ASCII, a non-string: the item is 400."""
+    item = {"did": ALICE, "name": "orders", "body_b64": encoded}
+    async with sign.post("/v1/sign/batch", json={"items": [item]}) as response:
+        assert response.status == 200
+        (result,) = (await response.json())["results"]
+    assert result["error"] == "InvalidRequest"
+    assert "body_b64" in result["message"]
+
+
+@pytest.mark.parametrize("raw", [b"not json", b'{"items": [\xff]}', b"[" * 5000, b'{"items": NaN}'])
+async def test_a_batch_that_is_not_json_is_400(sign: Client, raw: bytes) -> None:
+    """Not JSON, invalid UTF-8, nesting deeper than any batch, or NaN: 400 as a whole."""
+    headers = {"Content-Type": "application/json"}
+    async with sign.post("/v1/sign/batch", data=raw, headers=headers) as response:
+        assert response.status == 400
+        answer = await response.json()
+    assert answer == {"error": "InvalidRequest", "message": "request body is not valid JSON"}
+
+
 @pytest.mark.parametrize(
     "document",
     [[], {"items": "x"}, {"things": []}, {"items": [{}] * 1001}],
