@@ -153,11 +153,16 @@ def main() -> int:
                 round_ratios = []
                 # Alternate the two servers over several rounds, so a noisy
                 # neighbour on a shared machine hits both, and take the median.
+                # The order flips each round, so neither server always runs
+                # in the other's wake.
                 for round_ in range(1, rounds + 1):
-                    base = measure(baseline.pid, base_url, BODY, kind, conns, seconds)
+                    if round_ % 2 == 0:
+                        base = measure(baseline.pid, base_url, BODY, kind, conns, seconds)
                     reads, trips = batch_totals(ports["ops"])
                     ours = measure(sidecar.pid, sign_url, BODY, kind, conns, seconds)
                     reads_after, trips_after = batch_totals(ports["ops"])
+                    if round_ % 2 == 1:
+                        base = measure(baseline.pid, base_url, BODY, kind, conns, seconds)
                     coalesced = (reads_after - reads) / max(trips_after - trips, 1)
                     for label, m in (("baseline", base), ("sidecar", ours)):
                         r = m.run
