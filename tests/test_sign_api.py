@@ -201,6 +201,17 @@ async def test_a_chunked_body_is_signed_whole_or_refused_over_the_limit(
         assert answer["error"] == "PayloadTooLarge"
 
 
+async def test_a_body_sent_after_100_continue_is_signed_whole(sign: Client, token: str) -> None:
+    """With Expect: 100-continue the body comes only after the handler has started."""
+    body = bytes(range(256)) * 8
+    params = {"did": ALICE, "name": "orders"}
+    async with sign.post("/v1/sign", params=params, data=body, expect100=True) as response:
+        assert response.request_info.headers.get("Expect") == "100-continue"
+        assert response.status == 200
+        answer = await response.json()
+    assert answer["headers"]["X-Webhook-Signature"] == "sha256=" + hex_hmac(token, body)
+
+
 async def test_sign_token_is_required_when_configured(
     aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, xrpc: Client, keys: Keys
 ) -> None:
