@@ -81,6 +81,11 @@ def store_for(settings: Settings, *, on_error: ErrorHook | None = None) -> Secre
         timeout_s=settings.redis_timeout_s,
         cluster=settings.redis_cluster,
         ca_file=settings.redis_ca_file,
+        sentinel_password=(
+            settings.redis_sentinel_password.reveal()
+            if settings.redis_sentinel_password is not None
+            else None
+        ),
     )
     return SecretStore(
         connection,

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from sidecar.crypto import Kek, Keyring, parse_kek
 from sidecar.errors import ConfigError
 from sidecar.names import is_valid_did
-from sidecar.redis_url import RedisTarget, parse_redis_url
+from sidecar.redis_url import RedisTarget, SentinelTarget, parse_redis_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -74,6 +74,8 @@ class Settings:
     redis_timeout_ms: int = 500
     redis_cluster: bool = False
     redis_ca_file: Path | None = None
+    # The sentinels' own password (requirepass), when they have one.
+    redis_sentinel_password: Secret | None = None
     redis_connect_timeout_s: int = 10
     start_without_redis: bool = False
     shutdown_grace_s: int = 20
@@ -128,6 +130,7 @@ _VARIABLES: Final = (
     "SIDECAR_REDIS_TIMEOUT_MS",
     "SIDECAR_REDIS_CLUSTER",
     "SIDECAR_REDIS_CA_FILE",
+    "SIDECAR_REDIS_SENTINEL_PASSWORD",
     "SIDECAR_REDIS_CONNECT_TIMEOUT_S",
     "SIDECAR_START_WITHOUT_REDIS",
     "SIDECAR_SHUTDOWN_GRACE_S",
@@ -223,6 +226,12 @@ def _parse(raw: Mapping[str, str]) -> Settings:
     redis_url = get("REDIS_URL", _redis_url, None)
     target = _redis_target(redis_url, cluster=redis_cluster)
     redis_ca_file = get("SIDECAR_REDIS_CA_FILE", _existing_file, None)
+    sentinel_password = get("SIDECAR_REDIS_SENTINEL_PASSWORD", _password, None)
+    if sentinel_password is not None and not isinstance(target, SentinelTarget):
+        raise ConfigError(
+            "SIDECAR_REDIS_SENTINEL_PASSWORD",
+            "is set, but REDIS_URL does not name Sentinel (redis+sentinel:// or rediss+sentinel://)",
+        )
     if redis_ca_file is not None and (target is None or not target.tls):
         raise ConfigError(
             "SIDECAR_REDIS_CA_FILE",
@@ -248,6 +257,7 @@ def _parse(raw: Mapping[str, str]) -> Settings:
         ),
         redis_cluster=redis_cluster,
         redis_ca_file=redis_ca_file,
+        redis_sentinel_password=sentinel_password,
         redis_connect_timeout_s=get(
             "SIDECAR_REDIS_CONNECT_TIMEOUT_S",
             _int_between(1, 3600),
@@ -358,6 +368,11 @@ def _existing_file(variable: str, value: str) -> Path:
     if not path.is_file():
         raise ConfigError(variable, f"{value} is not a readable file")
     return path
+
+
+def _password(variable: str, value: str) -> Secret:
+    # Any text: a server's password is whatever its operator chose.
+    return Secret(value)
 
 
 def _secret_text(variable: str, value: str) -> Secret:

@@ -259,6 +259,7 @@ def connect(
     timeout_s: float,
     cluster: bool = False,
     ca_file: Path | None = None,
+    sentinel_password: str | None = None,
 ) -> RedisConnection:
     """A client whose every connect gives up after ``timeout_s``.
 
@@ -295,10 +296,14 @@ def connect(
         if ca_file is not None:
             tls["ssl_ca_certs"] = str(ca_file)
     if isinstance(target, SentinelTarget):
+        sentinel_kwargs: dict[str, Any] = {**timeouts}
+        if target.tls:
+            sentinel_kwargs.update(ssl=True, **tls)
+        if sentinel_password is not None:
+            sentinel_kwargs["password"] = sentinel_password
         # redis-py leaves Sentinel.__init__ unannotated.
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(target.sentinels),
-            sentinel_kwargs={**timeouts, **({"ssl": True, **tls} if target.tls else {})},
+            list(target.sentinels), sentinel_kwargs=sentinel_kwargs
         )
         client = sentinel.master_for(
             target.service_name,

@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, create_secrets, opened, sign_body
-from topologies import DATA_PASSWORD, SentinelGroup, wait_for
+from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, SentinelServer, wait_for
 
 from sidecar.app import create_sign_app, create_xrpc_app
+from sidecar.embedded import EmbeddedValkey
 from sidecar.errors import StorageUnavailable
 from sidecar.store import secret_key
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from aiohttp.test_utils import TestClient
@@ -156,3 +158,59 @@ def _is_primary(port: int) -> bool:
     with redis.Redis(port=port, password=DATA_PASSWORD, socket_timeout=5) as client:
         role: list[Any] = client.role()
     return bool(role[0] == b"master")
+
+
+SENTINEL_PASSWORD = "sentinel-own-pw-4821"
+
+
+@pytest.fixture
+def protected_sentinel_url(tmp_path: Path) -> Iterator[str]:
+    """A primary and one sentinel of its own that requires ``SENTINEL_PASSWORD``.
+
+    Apart from the session's group, so its password touches no other test; one
+    sentinel under a quorum of 2 never fails anything over.
+    """
+    with EmbeddedValkey(tmp_path / "primary", persist=False) as primary:
+        with redis.Redis(port=primary.port) as client:
+            client.config_set("requirepass", DATA_PASSWORD)
+        with SentinelServer(tmp_path / "sentinel", primary_port=primary.port) as sentinel:
+            # Set after start, because start() waits for an unauthenticated PING.
+            with redis.Redis(port=sentinel.port) as client:
+                client.execute_command(
+                    "ACL", "SETUSER", "default", "resetpass", f">{SENTINEL_PASSWORD}"
+                )
+            yield f"redis+sentinel://:{DATA_PASSWORD}@127.0.0.1:{sentinel.port}/{MASTER_NAME}/0"
+
+
+async def test_sentinels_with_a_password_of_their_own(
+    aiohttp_client: AiohttpClient,
+    make_sidecar: SidecarFactory,
+    protected_sentinel_url: str,
+    owners: Owners,
+) -> None:
+    """With SIDECAR_REDIS_SENTINEL_PASSWORD the sidecar finds the primary; without it, 503."""
+    key = owners.keys[ALICE]
+    refused = await make_sidecar(
+        REDIS_URL=protected_sentinel_url, SIDECAR_API_KEYS_FILE=str(owners.path)
+    )
+    status, answer = await call(
+        await aiohttp_client(create_xrpc_app(refused)), CREATE, key, {"name": "orders"}
+    )
+    assert (status, answer["error"]) == (503, "StorageUnavailable")
+    assert SENTINEL_PASSWORD not in answer["message"]
+
+    admitted = await make_sidecar(
+        REDIS_URL=protected_sentinel_url,
+        SIDECAR_API_KEYS_FILE=str(owners.path),
+        SIDECAR_REDIS_SENTINEL_PASSWORD=SENTINEL_PASSWORD,
+    )
+    status, created = await call(
+        await aiohttp_client(create_xrpc_app(admitted)), CREATE, key, {"name": "orders"}
+    )
+    assert status == 200, created
+    status, signed = await sign_body(
+        await aiohttp_client(create_sign_app(admitted)), ALICE, "orders", b"{}"
+    )
+    assert status == 200, signed
+    expected = hmac.new(created["token"].encode(), b"{}", hashlib.sha256).hexdigest()
+    assert signed["headers"]["X-Webhook-Signature"] == "sha256=" + expected

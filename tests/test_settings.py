@@ -439,6 +439,32 @@ def test_ca_file_without_tls_is_refused(tmp_path: Path, url: str | None) -> None
     assert info.value.setting == "SIDECAR_REDIS_CA_FILE"
 
 
+def test_sentinel_password_goes_with_a_sentinel_url_and_stays_masked() -> None:
+    """SIDECAR_REDIS_SENTINEL_PASSWORD is kept as a Secret; repr never shows it."""
+    password = "sentinel-only-pw"
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "redis+sentinel://s1,s2/mymaster",
+            "SIDECAR_REDIS_SENTINEL_PASSWORD": password,
+        }
+    )
+    assert settings.redis_sentinel_password is not None
+    assert settings.redis_sentinel_password.reveal() == password
+    assert password not in repr(settings)
+
+
+@pytest.mark.parametrize("url", [None, "redis://h:6379", "rediss://h:6380"])
+def test_sentinel_password_without_sentinel_is_refused(url: str | None) -> None:
+    """A sentinel password with a URL that names no sentinels is a mistake: say so."""
+    environ = {"SIDECAR_REDIS_SENTINEL_PASSWORD": "sentinel-only-pw"}
+    if url is not None:
+        environ["REDIS_URL"] = url
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(environ)
+    assert info.value.setting == "SIDECAR_REDIS_SENTINEL_PASSWORD"
+    assert "sentinel-only-pw" not in str(info.value)
+
+
 def test_missing_ca_file_is_refused(tmp_path: Path) -> None:
     """SIDECAR_REDIS_CA_FILE that names no file raises ConfigError naming it."""
     with pytest.raises(ConfigError) as info:
