@@ -146,6 +146,9 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+# Sent by hand on the sign path's own connections (see _ReadConnections).
+# SHA-1 because EVALSHA names scripts by it; nothing here relies on its strength.
+_READ_ENVELOPES_SHA: Final = hashlib.sha1(_READ_ENVELOPES.encode()).hexdigest()  # noqa: S324
 
 # The re-wrap compare-and-set: replace the envelope only if it is still the one
 # that was read and re-sealed, so a rotation in between always wins. `ver` is
@@ -400,7 +403,6 @@ class SecretStore:
         self._create = self._redis.register_script(_CREATE)
         self._rotate = self._redis.register_script(_ROTATE)
         self._delete = self._redis.register_script(_DELETE)
-        self._read_envelopes = self._redis.register_script(_READ_ENVELOPES)
         self._sign_reads = (
             None
             if isinstance(self._redis, RedisCluster)
@@ -498,7 +500,6 @@ class SecretStore:
         keys = [secret_key(did, name) for did, name in refs]
         client = self._redis
         sign_reads = self._sign_reads
-        script = self._read_envelopes
 
         async def read() -> list[Any]:
             if sign_reads is None:
@@ -509,12 +510,12 @@ class SecretStore:
                     rows: list[Any] = await pipe.execute()
                 return [field for row in rows for field in row]
             try:
-                return list(await sign_reads.call("EVALSHA", script.sha, len(keys), *keys))
+                return list(await sign_reads.call("EVALSHA", _READ_ENVELOPES_SHA, len(keys), *keys))
             except NoScriptError:
                 # A server that restarted or failed over has lost its scripts.
                 # NOSCRIPT means this call never ran, so loading and resending is safe.
                 await sign_reads.call("SCRIPT", "LOAD", _READ_ENVELOPES)
-                return list(await sign_reads.call("EVALSHA", script.sha, len(keys), *keys))
+                return list(await sign_reads.call("EVALSHA", _READ_ENVELOPES_SHA, len(keys), *keys))
 
         flat = await self._read("get_envelopes", read)
         return [
