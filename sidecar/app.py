@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import signal
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import structlog
@@ -27,6 +27,7 @@ from sidecar import __version__
 from sidecar.auth import ApiKeyEntry, ApiKeys, Authenticator, BearerVerifier, load_api_keys
 from sidecar.crypto import Keyring, OpenedTokenCache
 from sidecar.did_resolver import DidResolver
+from sidecar.durability import ReplicaCheck
 from sidecar.envelopes import CoalescingReader
 from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
 from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
@@ -68,11 +69,23 @@ class Sidecar:
             return False
         return True
 
+    async def replica_check(self) -> ReplicaCheck | None:
+        """The replicas the durability setting needs against those connected, if it needs any."""
+        durability = self.settings.durability
+        if durability.replicas == 0:
+            return None
+        return ReplicaCheck(durability, tuple(await self.store.replicas_per_primary()))
+
 
 SIDECAR_KEY: Final = web.AppKey("sidecar", Sidecar)
 
 
-def store_for(settings: Settings, *, on_error: ErrorHook | None = None) -> SecretStore:
+def store_for(
+    settings: Settings,
+    *,
+    on_error: ErrorHook | None = None,
+    on_not_durable: ErrorHook | None = None,
+) -> SecretStore:
     """The store on the Redis that ``settings`` name; it connects on first use."""
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")
@@ -90,8 +103,10 @@ def store_for(settings: Settings, *, on_error: ErrorHook | None = None) -> Secre
     return SecretStore(
         connection,
         timeout_s=settings.redis_timeout_s,
+        durability=settings.durability,
         audit_max_len=settings.audit_log_max_len,
         on_error=on_error,
+        on_not_durable=on_not_durable,
     )
 
 
@@ -110,7 +125,9 @@ async def open_sidecar(
     entries = load_api_keys(settings.api_keys_file) if settings.api_keys_file else []
     _warn_about_credentials(settings, entries)
     async with contextlib.AsyncExitStack() as resources:
-        store = store_for(settings, on_error=metrics.redis_error)
+        store = store_for(
+            settings, on_error=metrics.redis_error, on_not_durable=metrics.not_durable
+        )
         resources.push_async_callback(store.close)
         verifiers: list[BearerVerifier] = []
         if settings.service_did is not None:
@@ -211,7 +228,14 @@ def create_ops_app(sidecar: Sidecar) -> web.Application:
             return web.json_response(
                 {"status": "unready", "reason": "redis did not answer"}, status=503
             )
-        return web.json_response({"status": "ready"})
+        body: dict[str, Any] = {"status": "ready"}
+        # Too few replicas leave the pod ready: signing works, and only
+        # changes answer 503, which the detail explains.
+        with contextlib.suppress(StorageUnavailable):
+            check = await sidecar.replica_check()
+            if check is not None:
+                body["durability"] = check.detail()
+        return web.json_response(body)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -261,6 +285,39 @@ def _reason(failure: StorageUnavailable, url: str) -> str:
 async def _until_redis_answers(sidecar: Sidecar, url: str) -> None:
     await _probe_redis(sidecar, deadline=None, url=url)
     log.info("redis_available")
+    try:
+        await _check_durability(sidecar)
+    except StartupFailed as exc:
+        # Too late to refuse the start: every change answers 503 instead.
+        log.error("durability_unsupported", reason=str(exc))
+
+
+async def _check_durability(sidecar: Sidecar) -> None:
+    """Refuse an fsync setting the server cannot honour; say whether the replicas suffice.
+
+    Too few replicas do not stop the start: signing works without them, and
+    changes answer 503 until they are back.
+    """
+    durability = sidecar.settings.durability
+    if not durability.waits:
+        return
+    try:
+        refusal = await sidecar.store.fsync_refusal() if durability.fsync else None
+        check = await sidecar.replica_check()
+    except StorageUnavailable as exc:
+        log.warning("durability_unchecked", reason=str(exc))
+        return
+    if refusal is not None:
+        raise StartupFailed("SIDECAR_DURABLE_FSYNC", refusal)
+    if check is None or check.met:
+        log.info("durability", **(check.detail() if check else {"required": durability.describe()}))
+    else:
+        log.warning(
+            "durability_unmet",
+            **check.detail(),
+            hint="changes answer 503 until enough replicas are connected; "
+            "see SIDECAR_DURABLE_REPLICAS",
+        )
 
 
 async def serve(settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
@@ -304,6 +361,7 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
                     f"Redis did not answer within {settings.redis_connect_timeout_s}s "
                     f"({_reason(failure, url)})",
                 )
+            await _check_durability(sidecar)
         # Traffic listeners first and ops last, so nothing reports ready before
         # the XRPC and sign ports accept connections.
         listeners = [

@@ -19,6 +19,7 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
     ├── EncryptionUnavailable       no active KEK to seal with (503)
     ├── EnvelopeError               an envelope does not open under the keyring
     ├── StorageUnavailable          Redis did not answer in time (503 + Retry-After)
+    │   └── ChangeNotDurable        a change ran, but not as durably as configured (503)
     └── XrpcError                   a wire error with its status and name, as is
 """
 
@@ -107,6 +108,14 @@ class EnvelopeError(SidecarError):
 
 class StorageUnavailable(SidecarError):
     """Redis refused, failed, or did not answer within the timeout."""
+
+
+class ChangeNotDurable(StorageUnavailable):
+    """A change was not confirmed as durable as configured within the timeout.
+
+    It may or may not have been applied: the primary may keep it, or lose it
+    in a failover. The caller is told so and retries (see ``sidecar.durability``).
+    """
 
 
 class XrpcError(SidecarError):

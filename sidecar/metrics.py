@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 PREFIX = "wisp_sidecar"
 
+# Every change that waits for durability (sidecar.store), exported at 0 from start.
+DURABLE_OPERATIONS = ("create", "rotate", "delete", "rewrap", "claim_jti")
+
 # 1 ms to 5 s: a rotate is one script round trip; seconds mean Redis is in trouble.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Signing is sub-millisecond when healthy, so start finer.
@@ -178,6 +181,14 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+        self.durability_failures = Counter(
+            f"{PREFIX}_durability_failures",
+            "Changes answered 503 because they were not confirmed as durable as configured.",
+            ["operation"],
+            registry=registry,
+        )
+        for operation in DURABLE_OPERATIONS:
+            self.durability_failures.labels(operation=operation)
         self.auth_failures = Counter(
             f"{PREFIX}_auth_failures",
             "Refused credentials, by reason.",
@@ -193,3 +204,6 @@ class Metrics:
 
     def redis_error(self, operation: str) -> None:
         self.redis_errors.labels(operation=operation).inc()
+
+    def not_durable(self, operation: str) -> None:
+        self.durability_failures.labels(operation=operation).inc()

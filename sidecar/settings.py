@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import urlsplit
 
 from sidecar.crypto import Kek, Keyring, parse_kek
+from sidecar.durability import Durability
 from sidecar.errors import ConfigError
 from sidecar.names import is_valid_did
 from sidecar.redis_url import RedisTarget, SentinelTarget, parse_redis_url
@@ -77,6 +78,10 @@ class Settings:
     # The sentinels' own password (requirepass), when they have one.
     redis_sentinel_password: Secret | None = None
     redis_connect_timeout_s: int = 10
+    # What an acknowledged change must reach (see sidecar.durability).
+    durable_replicas: int = 0
+    durable_fsync: bool = False
+    durable_timeout_ms: int = 500
     start_without_redis: bool = False
     shutdown_grace_s: int = 20
     sign_max_bytes: int = 1024 * 1024
@@ -99,6 +104,14 @@ class Settings:
     @property
     def redis_timeout_s(self) -> float:
         return self.redis_timeout_ms / 1000
+
+    @property
+    def durability(self) -> Durability:
+        return Durability(
+            replicas=self.durable_replicas,
+            fsync=self.durable_fsync,
+            timeout_ms=self.durable_timeout_ms,
+        )
 
     @property
     def kek_configured(self) -> bool:
@@ -132,6 +145,9 @@ _VARIABLES: Final = (
     "SIDECAR_REDIS_CA_FILE",
     "SIDECAR_REDIS_SENTINEL_PASSWORD",
     "SIDECAR_REDIS_CONNECT_TIMEOUT_S",
+    "SIDECAR_DURABLE_REPLICAS",
+    "SIDECAR_DURABLE_FSYNC",
+    "SIDECAR_DURABLE_TIMEOUT_MS",
     "SIDECAR_START_WITHOUT_REDIS",
     "SIDECAR_SHUTDOWN_GRACE_S",
     "SIDECAR_SIGN_MAX_BYTES",
@@ -262,6 +278,13 @@ def _parse(raw: Mapping[str, str]) -> Settings:
             "SIDECAR_REDIS_CONNECT_TIMEOUT_S",
             _int_between(1, 3600),
             defaults.redis_connect_timeout_s,
+        ),
+        durable_replicas=get(
+            "SIDECAR_DURABLE_REPLICAS", _int_between(0, 100), defaults.durable_replicas
+        ),
+        durable_fsync=get("SIDECAR_DURABLE_FSYNC", _flag, defaults.durable_fsync),
+        durable_timeout_ms=get(
+            "SIDECAR_DURABLE_TIMEOUT_MS", _int_between(1, 60_000), defaults.durable_timeout_ms
         ),
         start_without_redis=get("SIDECAR_START_WITHOUT_REDIS", _flag, defaults.start_without_redis),
         # At least 1: aiohttp reads a shutdown timeout of 0 as "wait for ever".

@@ -36,6 +36,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     ClusterError,
+    MovedError,
     NoScriptError,
     ReadOnlyError,
     RedisClusterException,
@@ -48,7 +49,8 @@ from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
-from sidecar.errors import SecretExists, SecretNotFound, StorageUnavailable
+from sidecar.durability import Durability
+from sidecar.errors import ChangeNotDurable, SecretExists, SecretNotFound, StorageUnavailable
 from sidecar.names import is_valid_did, is_valid_name, validate_did, validate_name
 from sidecar.redis_url import SentinelTarget, parse_redis_url
 
@@ -79,6 +81,20 @@ _UNAVAILABLE: Final = (
 # limit instead of queueing, so it is set well above what coalesced reads need.
 _CLUSTER_MAX_CONNECTIONS: Final = 1024
 
+# Reads that decide a signature or answer a caller come from the current
+# primary only (DESIGN.md §5). A primary demoted by a failover keeps its
+# clients' connections and, as a replica, still answers reads and no-writes
+# scripts with whatever it had, so every script asks first (a write script
+# too: a replica with replica-read-only off would take it). READONLY is
+# what a replica answers a write with: redis-py's Sentinel connections take
+# it as "this is no longer the primary", drop the connection and ask the
+# sentinels again.
+_PRIMARY_ONLY: Final = """
+if not string.find(redis.call('INFO', 'replication'), 'role:master', 1, true) then
+  return redis.error_reply('READONLY this node is not the primary')
+end
+"""
+
 # Server time keeps every replica's timestamps on one clock.
 _NOW_MS: Final = """
 local t = redis.call('TIME')
@@ -87,7 +103,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # KEYS: secret hash, index, audit log. ARGV: name, envelope, actor, log cap.
 _CREATE: Final = (
-    _NOW_MS
+    _PRIMARY_ONLY
+    + _NOW_MS
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 redis.call('HSET', KEYS[1], 'env', ARGV[2], 'ver', 1, 'created', now)
@@ -106,7 +123,8 @@ return {'ok', 1, now}
 
 # rotate never creates: a missing hash is NotFound (DESIGN.md §5).
 _ROTATE: Final = (
-    _NOW_MS
+    _PRIMARY_ONLY
+    + _NOW_MS
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found'} end
 local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
@@ -118,7 +136,8 @@ return {'ok', ver, now}
 )
 
 _DELETE: Final = (
-    _NOW_MS
+    _PRIMARY_ONLY
+    + _NOW_MS
     + """
 local ver = redis.call('HGET', KEYS[1], 'ver')
 if not ver then return {'not_found'} end
@@ -137,7 +156,10 @@ return {'ok', tonumber(ver), now}
 # Declared no-writes (Redis 7+, Valkey), so Redis runs it like a read: also
 # while writes are paused (CLIENT PAUSE WRITE, which a coordinated FAILOVER
 # uses), where an undeclared script would wait with the writes.
-_READ_ENVELOPES: Final = """#!lua flags=no-writes
+_READ_ENVELOPES: Final = (
+    "#!lua flags=no-writes"
+    + _PRIMARY_ONLY
+    + """
 local out = {}
 for i, key in ipairs(KEYS) do
   local row = redis.call('HMGET', key, 'env', 'ver')
@@ -146,9 +168,28 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+)
 # Sent by hand on the sign path's own connections (see _ReadConnections).
 # SHA-1 because EVALSHA names scripts by it; nothing here relies on its strength.
 _READ_ENVELOPES_SHA: Final = hashlib.sha1(_READ_ENVELOPES.encode()).hexdigest()  # noqa: S324
+
+# One owner's secrets in list order, in one round trip: name, ver, created,
+# rotated for each (false, a nil reply, for a field that is absent). The
+# hashes share the index's hash tag, so on a cluster they are in its slot.
+# KEYS: index. ARGV: the owner's secret key prefix.
+_LIST: Final = (
+    "#!lua flags=no-writes"
+    + _PRIMARY_ONLY
+    + """
+local out = {}
+for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local row = redis.call('HMGET', ARGV[1] .. name, 'ver', 'created', 'rotated')
+  table.insert(out, name)
+  for i = 1, 3 do table.insert(out, row[i]) end
+end
+return out
+"""
+)
 
 # The re-wrap compare-and-set: replace the envelope only if it is still the one
 # that was read and re-sealed, so a rotation in between always wins. `ver` is
@@ -156,7 +197,8 @@ _READ_ENVELOPES_SHA: Final = hashlib.sha1(_READ_ENVELOPES.encode()).hexdigest() 
 # KEYS: secret hash, audit log. ARGV: expected envelope, new envelope, name,
 # actor, log cap.
 _REPLACE_ENVELOPE: Final = (
-    _NOW_MS
+    _PRIMARY_ONLY
+    + _NOW_MS
     + """
 if redis.call('HGET', KEYS[1], 'env') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'env', ARGV[2])
@@ -165,6 +207,15 @@ if ARGV[4] ~= '' then
     'ver', redis.call('HGET', KEYS[1], 'ver'), 'at', now, 'actor', ARGV[4])
 end
 return 1
+"""
+)
+
+# A service JWT's first use: OK, or false (a nil reply) when it was seen before.
+# KEYS: the jti record. ARGV: its expiry, in Unix seconds.
+_CLAIM_JTI: Final = (
+    _PRIMARY_ONLY
+    + """
+return redis.call('SET', KEYS[1], 1, 'NX', 'EXAT', ARGV[1])
 """
 )
 
@@ -388,31 +439,36 @@ class SecretStore:
         connection: RedisConnection,
         *,
         timeout_s: float,
+        durability: Durability | None = None,
         audit_max_len: int = 1000,
         on_error: ErrorHook | None = None,
+        on_not_durable: ErrorHook | None = None,
     ) -> None:
         self._connection = connection
         self._redis = connection.client
         self._timeout_s = timeout_s
+        self._durability = durability or Durability()
         self._audit_max_len = audit_max_len
         self._on_error = on_error
+        self._on_not_durable = on_not_durable
         # A registered script runs as EVALSHA and, on NOSCRIPT (a server that
         # restarted or failed over, or a cluster node that never saw it), loads
-        # itself (on every primary of a cluster) and runs again. That second
-        # run is safe: NOSCRIPT means the first one never ran.
-        self._create = self._redis.register_script(_CREATE)
-        self._rotate = self._redis.register_script(_ROTATE)
-        self._delete = self._redis.register_script(_DELETE)
+        # itself and runs again. That second run is safe: NOSCRIPT means the
+        # first one never ran. Changes are sent as EVAL instead (see _change).
+        self._list = self._redis.register_script(_LIST)
         self._sign_reads = (
             None
             if isinstance(self._redis, RedisCluster)
             else _ReadConnections(self._redis.connection_pool)
         )
-        self._replace = self._redis.register_script(_REPLACE_ENVELOPE)
 
     @property
     def client(self) -> Client:
         return self._redis
+
+    @property
+    def durability(self) -> Durability:
+        return self._durability
 
     async def close(self) -> None:
         try:
@@ -426,54 +482,47 @@ class SecretStore:
 
     async def create(self, did: str, name: str, envelope: str, *, actor: str) -> SecretChange:
         """Store a new secret; ``SecretExists`` if the owner has one of that name."""
-        reply = await self._script("create", self._create, did, name, envelope, actor)
+        reply, waited = await self._script("create", _CREATE, did, name, envelope, actor)
         if reply[0] == b"exists":
             raise SecretExists(f"a secret named {name!r} already exists")
-        change = SecretChange(name=name, version=int(reply[1]), at_ms=int(reply[2]))
-        await self._publish(did, "create", change)
-        return change
+        return await self._changed("create", did, name, reply, waited)
 
     async def rotate(self, did: str, name: str, envelope: str, *, actor: str) -> SecretChange:
         """Replace a secret's envelope and bump its version; ``SecretNotFound`` if absent."""
-        reply = await self._script("rotate", self._rotate, did, name, envelope, actor)
+        reply, waited = await self._script("rotate", _ROTATE, did, name, envelope, actor)
         if reply[0] == b"not_found":
             raise SecretNotFound(f"no secret named {name!r}")
-        change = SecretChange(name=name, version=int(reply[1]), at_ms=int(reply[2]))
-        await self._publish(did, "rotate", change)
-        return change
+        return await self._changed("rotate", did, name, reply, waited)
 
     async def delete(self, did: str, name: str, *, actor: str) -> SecretChange:
         """Remove a secret; ``SecretNotFound`` if absent."""
-        reply = await self._script("delete", self._delete, did, name, "", actor)
+        reply, waited = await self._script("delete", _DELETE, did, name, "", actor)
         if reply[0] == b"not_found":
             raise SecretNotFound(f"no secret named {name!r}")
+        return await self._changed("delete", did, name, reply, waited)
+
+    async def _changed(
+        self, operation: str, did: str, name: str, reply: list[Any], waited: Any
+    ) -> SecretChange:
+        self._require_durable(operation, waited)
         change = SecretChange(name=name, version=int(reply[1]), at_ms=int(reply[2]))
-        await self._publish(did, "delete", change)
+        await self._publish(did, operation, change)
         return change
 
     async def list_secrets(self, did: str) -> list[SecretMeta]:
-        """The owner's secrets, oldest first, read in one round trip after the index."""
+        """The owner's secrets, oldest first, in one round trip."""
         validate_did(did)
+        keys = [index_key(did)]
+        args = [secret_key(did, "")]
 
-        async def read_index() -> list[bytes]:
-            names: Any = await self._redis.zrange(index_key(did), 0, -1)
-            return list(names)
+        async def read() -> list[Any]:
+            flat: Any = await self._list(keys=keys, args=args)
+            return list(flat)
 
-        names = await self._read("list", read_index)
-        if not names:
-            return []
-
-        async def read_hashes() -> list[Any]:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for raw in names:
-                    pipe.hmget(secret_key(did, raw.decode()), "ver", "created", "rotated")
-                rows: list[Any] = await pipe.execute()
-                return rows
-
-        rows = await self._read("list", read_hashes)
+        flat = await self._read("list", read)
         metas = []
-        for raw, (ver, created, rotated) in zip(names, rows, strict=True):
-            # A name whose hash vanished between the two reads was just deleted.
+        for raw, ver, created, rotated in zip(*[iter(flat)] * 4, strict=True):
+            # A name whose hash vanished meanwhile was just being deleted.
             if ver is None or created is None:
                 continue
             metas.append(
@@ -493,6 +542,8 @@ class SecretStore:
         keys span slots, and a batch of many owners spans many, so there the
         reads go as a cluster pipeline: one round trip to every node at once,
         each node answering for its own keys, and MOVED followed key by key.
+        A cluster replica answers MOVED to every read, so there no node but
+        the slot's primary ever answers.
         """
         if not refs:
             return []
@@ -533,16 +584,19 @@ class SecretStore:
 
         The record expires at the Unix time ``until_s``, once the token could no
         longer pass its expiry check anyway. One ``SET NX`` on the shared Redis
-        makes the first use win on every replica. Not retried: a lost reply
-        would make the retry look like a replay.
+        (in a script that refuses to run on a replica) makes the first use win on
+        every replica. Not retried: a lost reply
+        would make the retry look like a replay. A first use is durable as
+        configured, or ``ChangeNotDurable``: a record a failover can lose would
+        let the token be replayed.
         """
         validate_did(iss)
-
-        async def claim() -> bool:
-            claimed: Any = await self._redis.set(jti_key(iss, jti), 1, nx=True, exat=until_s)
-            return bool(claimed)
-
-        return await self._run("claim_jti", claim)
+        key = jti_key(iss, jti)
+        reply, waited = await self._change("claim_jti", key, ("EVAL", _CLAIM_JTI, 1, key, until_s))
+        if reply is None:
+            return False
+        self._require_durable("claim_jti", waited)
+        return True
 
     async def replace_envelope(
         self, did: str, name: str, expected: str, envelope: str, *, actor: str | None
@@ -550,14 +604,61 @@ class SecretStore:
         """Swap the envelope for ``envelope`` if it is still ``expected``; ``ver`` stays.
 
         False when the secret changed (or went) since ``expected`` was read.
-        With an ``actor``, an ``op=rewrap`` entry goes to the audit log.
+        With an ``actor``, an ``op=rewrap`` entry goes to the audit log. A swap
+        is durable as configured, or ``ChangeNotDurable``.
         """
         validate_did(did)
         validate_name(name)
-        keys = [secret_key(did, name), log_key(did)]
-        args: list[str | int] = [expected, envelope, name, actor or "", self._audit_max_len]
-        reply = await self._run("rewrap", lambda: self._replace(keys=keys, args=args))
-        return bool(reply)
+        key = secret_key(did, name)
+        command = ("EVAL", _REPLACE_ENVELOPE, 2, key, log_key(did))
+        args = (expected, envelope, name, actor or "", self._audit_max_len)
+        reply, waited = await self._change("rewrap", key, (*command, *args))
+        if not reply:
+            return False
+        self._require_durable("rewrap", waited)
+        return True
+
+    async def replicas_per_primary(self) -> list[int]:
+        """How many replicas each primary has connected now: one number per primary."""
+        client = self._redis
+        if isinstance(client, RedisCluster):
+
+            async def per_node() -> list[int]:
+                await client.initialize()
+                infos: Any = await client.info("replication", target_nodes=RedisCluster.PRIMARIES)
+                # One primary answers bare; several answer by node name.
+                found = infos.values() if "role" not in infos else [infos]
+                return [int(info["connected_slaves"]) for info in found]
+
+            return await self._run("replication", per_node)
+        info: Any = await self._run("replication", lambda: client.info("replication"))
+        return [int(info["connected_slaves"])]
+
+    async def fsync_refusal(self) -> str | None:
+        """Why the primaries cannot confirm an fsync with WAITAOF, or None when they can."""
+        client = self._redis
+        probe = ("WAITAOF", 1, 0, 1)
+        try:
+            if isinstance(client, RedisCluster):
+                await self._run("replication", client.initialize)
+                await self._run(
+                    "replication",
+                    lambda: client.execute_command(*probe, target_nodes=RedisCluster.PRIMARIES),
+                )
+            else:
+                await self._run(
+                    "replication",
+                    # redis-py leaves Redis.execute_command unannotated.
+                    lambda: client.execute_command(*probe),  # type: ignore[no-untyped-call]
+                )
+        except RedisError as exc:
+            text = str(exc).lower()
+            if "unknown command" in text:
+                return "the Redis server has no WAITAOF (it needs Redis 7.2+ or Valkey 8+)"
+            if "appendonly" in text:
+                return "the Redis primary runs with appendonly no"
+            raise
+        return None
 
     async def scan_secrets(self, *, page_size: int = 500) -> AsyncIterator[list[tuple[str, str]]]:
         """Every secret's ``(did, name)``, a page at a time, from every primary.
@@ -605,20 +706,85 @@ class SecretStore:
         return int(reply[0]), list(reply[1])
 
     async def _script(
-        self,
-        operation: str,
-        script: Any,
-        did: str,
-        name: str,
-        envelope: str,
-        actor: str,
-    ) -> list[Any]:
+        self, operation: str, script: str, did: str, name: str, envelope: str, actor: str
+    ) -> tuple[list[Any], Any]:
         validate_did(did)
         validate_name(name)
-        keys = [secret_key(did, name), index_key(did), log_key(did)]
-        args = [name, envelope, actor, self._audit_max_len]
-        reply: list[Any] = await self._run(operation, lambda: script(keys=keys, args=args))
-        return reply
+        key = secret_key(did, name)
+        command = ("EVAL", script, 3, key, index_key(did), log_key(did))
+        args = (name, envelope, actor, self._audit_max_len)
+        reply, waited = await self._change(operation, key, (*command, *args))
+        return list(reply), waited
+
+    async def _change(
+        self, operation: str, key: str, command: tuple[str | int, ...]
+    ) -> tuple[Any, Any]:
+        """Send one change and, when durability is configured, its wait: ``(reply, wait reply)``.
+
+        Both go on one connection, the wait right behind the change (see
+        ``sidecar.durability``); on a cluster, to the primary that owns
+        ``key``'s slot. The deadline grows by the wait's own timeout. A change
+        is sent as EVAL, not EVALSHA: a NOSCRIPT retry would leave the wait
+        behind on the first connection. The wait reply is None when nothing
+        was waited for; whether it suffices is for ``_require_durable``.
+        """
+        durability = self._durability
+        commands = [command]
+        timeout_s = self._timeout_s
+        if durability.waits:
+            commands.append(durability.wait_command())
+            timeout_s += durability.timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        replies = await self._run(
+            operation, lambda: self._send_together(key, commands), deadline=deadline
+        )
+        reply = replies[0]
+        if isinstance(reply, Exception):
+            self._count(operation)
+            if isinstance(reply, _UNAVAILABLE) or str(reply).startswith("NOREPLICAS"):
+                # Refused before it ran: a replica, a cluster that is down or
+                # moving the slot, or too few replicas (min-replicas-to-write).
+                raise StorageUnavailable("storage refused the change") from reply
+            raise reply
+        return reply, replies[1] if durability.waits else None
+
+    async def _send_together(self, key: str, commands: list[tuple[str | int, ...]]) -> list[Any]:
+        """The replies to ``commands``, sent in one round trip on one connection.
+
+        Errors come back as exception objects in the list, not raised.
+        """
+        client = self._redis
+        if not isinstance(client, RedisCluster):
+            async with client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                return list(await pipe.execute(raise_on_error=False))
+        await client.initialize()
+        while True:
+            node = client.get_node_from_key(key)
+            # Every command aimed at one node goes on one of its connections.
+            # Redirections are not followed: a change resent elsewhere would
+            # leave its wait behind.
+            async with client.pipeline() as pipe:
+                for command in commands:
+                    pipe.execute_command(*command, target_nodes=node)
+                replies = list(await pipe.execute(raise_on_error=False, allow_redirections=False))
+            if not isinstance(replies[0], MovedError):
+                return replies
+            # The slot has a new owner (a failover or a reshard) and the change
+            # did not run: learn the owner and resend, within the deadline.
+            await client.nodes_manager.move_slot(replies[0])
+
+    def _require_durable(self, operation: str, waited: Any) -> None:
+        """Raise ``ChangeNotDurable`` unless the wait reply shows the durability was reached."""
+        durability = self._durability
+        if not durability.waits or (
+            not isinstance(waited, Exception) and durability.reached(waited)
+        ):
+            return
+        if self._on_not_durable is not None:
+            self._on_not_durable(operation)
+        raise ChangeNotDurable(f"the {operation} was not confirmed durable in time")
 
     async def _publish(self, did: str, op: str, change: SecretChange) -> None:
         # Dispatchers may react to this; correctness never depends on it

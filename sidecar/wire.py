@@ -20,6 +20,7 @@ from aiohttp import StreamReader, web
 
 from sidecar.errors import (
     AuthenticationFailed,
+    ChangeNotDurable,
     EncryptionUnavailable,
     EnvelopeError,
     Forbidden,
@@ -55,6 +56,10 @@ _MESSAGES: Final[dict[type[Exception], str]] = {
     EncryptionUnavailable: "No active key-encryption key is configured; cannot seal new tokens",
     EnvelopeError: "The secret cannot be opened with the configured key-encryption keys",
     StorageUnavailable: "Storage did not answer in time; retry shortly",
+    ChangeNotDurable: (
+        "Storage could not confirm the change as durable in time; it may or may not "
+        "have been applied. Retry the request"
+    ),
 }
 
 INTERNAL: Final = XrpcError(500, "InternalServerError", "Internal Server Error")
@@ -64,12 +69,14 @@ def to_wire(exc: BaseException) -> XrpcError | None:
     """The wire error for a known exception, or None for an unexpected one."""
     if isinstance(exc, XrpcError):
         return exc
+    message: str | None = None
     for cls in type(exc).__mro__:
+        # A subclass may keep its parent's status but say more (ChangeNotDurable).
+        message = message or _MESSAGES.get(cls)
         mapped = _WIRE.get(cls)
         if mapped is not None:
             status, name, headers = mapped
-            message = _MESSAGES.get(cls) or str(exc) or name
-            return XrpcError(status, name, message, headers)
+            return XrpcError(status, name, message or str(exc) or name, headers)
     return None
 
 

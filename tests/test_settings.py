@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.crypto import Kek, encode_kek, parse_kek
+from sidecar.durability import Durability
 from sidecar.errors import ConfigError
 from sidecar.settings import Secret, Settings
 
@@ -71,6 +72,9 @@ def test_defaults() -> None:
     assert settings.redis_connect_timeout_s == 10
     assert settings.start_without_redis is False
     assert settings.shutdown_grace_s == 20
+    # Changes wait for nothing by default.
+    assert settings.durability == Durability(replicas=0, fsync=False, timeout_ms=500)
+    assert settings.durability.waits is False
     assert settings.explicit == frozenset()
 
 
@@ -210,6 +214,10 @@ def test_data_dir_is_parsed(tmp_path: Path) -> None:
         ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "redis_connect_timeout_s", "3600", 3600),
         ("SIDECAR_SHUTDOWN_GRACE_S", "shutdown_grace_s", "1", 1),
         ("SIDECAR_SHUTDOWN_GRACE_S", "shutdown_grace_s", "3600", 3600),
+        ("SIDECAR_DURABLE_REPLICAS", "durable_replicas", "0", 0),
+        ("SIDECAR_DURABLE_REPLICAS", "durable_replicas", "100", 100),
+        ("SIDECAR_DURABLE_TIMEOUT_MS", "durable_timeout_ms", "1", 1),
+        ("SIDECAR_DURABLE_TIMEOUT_MS", "durable_timeout_ms", "60000", 60_000),
     ],
 )
 def test_bounded_integer_is_parsed(variable: str, attribute: str, text: str, value: int) -> None:
@@ -233,6 +241,12 @@ def test_bounded_integer_is_parsed(variable: str, attribute: str, text: str, val
         ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "1.5"),
         ("SIDECAR_SHUTDOWN_GRACE_S", "0"),
         ("SIDECAR_SHUTDOWN_GRACE_S", "3601"),
+        ("SIDECAR_DURABLE_REPLICAS", "-1"),
+        ("SIDECAR_DURABLE_REPLICAS", "101"),
+        ("SIDECAR_DURABLE_REPLICAS", "one"),
+        # 0 would make WAIT block for ever.
+        ("SIDECAR_DURABLE_TIMEOUT_MS", "0"),
+        ("SIDECAR_DURABLE_TIMEOUT_MS", "60001"),
     ],
 )
 def test_bounded_integer_out_of_range_is_rejected(variable: str, text: str) -> None:
@@ -364,6 +378,7 @@ def test_malformed_redis_url_is_rejected_without_echo(url: str) -> None:
     [
         ("SIDECAR_REDIS_CLUSTER", "redis_cluster"),
         ("SIDECAR_START_WITHOUT_REDIS", "start_without_redis"),
+        ("SIDECAR_DURABLE_FSYNC", "durable_fsync"),
     ],
 )
 def test_boolean_settings_accept_1_0_true_false(
@@ -375,7 +390,9 @@ def test_boolean_settings_accept_1_0_true_false(
 
 
 @pytest.mark.parametrize("text", ["yes", "no", "2", "on", "t"])
-@pytest.mark.parametrize("variable", ["SIDECAR_REDIS_CLUSTER", "SIDECAR_START_WITHOUT_REDIS"])
+@pytest.mark.parametrize(
+    "variable", ["SIDECAR_REDIS_CLUSTER", "SIDECAR_START_WITHOUT_REDIS", "SIDECAR_DURABLE_FSYNC"]
+)
 def test_bad_boolean_is_rejected(variable: str, text: str) -> None:
     """A boolean setting that is not 1, 0, true or false raises ConfigError naming it."""
     with pytest.raises(ConfigError) as info:
