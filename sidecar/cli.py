@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sidecar.auth import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek
 from sidecar.embedded import EmbeddedServerError, EmbeddedValkey
-from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
+from sidecar.errors import ChangeNotDurable, ConfigError, StartupFailed, StorageUnavailable
 from sidecar.names import is_valid_did
 from sidecar.settings import Secret, Settings
 
@@ -124,6 +124,15 @@ def _rewrap(settings: Settings, *, audit: bool) -> int:
         job = Rewrap(store, keyring, actor="rewrap" if audit else None, on_failure=failed)
         try:
             await job.run()
+        except ChangeNotDurable:
+            print(f"rewrap: {job.report.summary()}")
+            print(
+                "rewrap: a re-sealed envelope was not confirmed by the replicas "
+                "SIDECAR_DURABLE_REPLICAS asks for; it may or may not have been applied, "
+                "run it again",
+                file=sys.stderr,
+            )
+            return 1
         except StorageUnavailable:
             print(f"rewrap: {job.report.summary()}")
             print(

@@ -23,6 +23,8 @@ from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, sign_body
 from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, wait_for
 
 from sidecar.app import create_ops_app, create_sign_app, create_xrpc_app
+from sidecar.cli import main
+from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
 from sidecar.embedded import EmbeddedValkey, free_port
 from sidecar.errors import ChangeNotDurable, StorageUnavailable
 from sidecar.store import secret_key
@@ -401,3 +403,32 @@ async def test_after_a_coordinated_failover_no_read_comes_from_the_old_primary(
         assert status == 200, listed
     finally:
         group.stop()
+
+
+def test_rewrap_exits_1_and_says_to_rerun_when_replicas_do_not_confirm(
+    pair: Pair, pair_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rewrap stops at a swap no replica confirms, exits 1 and asks for a rerun."""
+    old_kek, new_kek = encode_kek(generate_kek()), encode_kek(generate_kek())
+    envelope = Keyring(parse_kek(old_kek, setting="old")).seal(
+        "wsk_" + "a" * 32, did=ALICE, name="a"
+    )
+    with redis.Redis.from_url(pair_url) as client:
+        client.hset(secret_key(ALICE, "a"), mapping={"env": envelope, "ver": 1, "created": 0})
+    environ = {
+        "REDIS_URL": pair_url,
+        "SIDECAR_KEK": new_kek,
+        "SIDECAR_KEK_PREVIOUS": old_kek,
+        "SIDECAR_DURABLE_REPLICAS": "1",
+        "SIDECAR_DURABLE_TIMEOUT_MS": str(DURABLE_TIMEOUT_MS),
+    }
+    with pair.replica_frozen():
+        assert main(["rewrap"], environ=environ) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("rewrap: scanned=1 rewrapped=0 ")
+    assert "may or may not have been applied, run it again" in err
+
+    # The primary kept the unconfirmed swap (no failover here); the rerun
+    # confirms the secret is current, with the replica acknowledging again.
+    assert main(["rewrap"], environ=environ) == 0
+    assert "already_current=1" in capsys.readouterr().out

@@ -543,7 +543,7 @@ def test_dev_overlay_runs_a_persistent_single_redis() -> None:
 
 def test_production_overlay_uses_sentinel_with_tls_on_three_spread_replicas() -> None:
     """The production overlay runs 3+ replicas that never share a node, reaches Redis through
-    Sentinel, and mounts the CA file it names."""
+    Sentinel, mounts the CA file it names, and waits for a replica before acknowledging."""
     documents = render(KUBERNETES / "overlays" / "production")
     workload = one(documents, "Deployment")
     assert workload["spec"]["replicas"] >= 3
@@ -556,6 +556,8 @@ def test_production_overlay_uses_sentinel_with_tls_on_three_spread_replicas() ->
     )
     config = one(documents, "ConfigMap")["data"]
     assert config["REDIS_URL"].startswith("rediss+sentinel://")
+    # An acknowledged rotation must survive a Sentinel failover.
+    assert config["SIDECAR_DURABLE_REPLICAS"] == "1"
     ca = PurePosixPath(config["SIDECAR_REDIS_CA_FILE"])
     (sidecar,) = spec["initContainers"]
     assert any(PurePosixPath(m["mountPath"]) == ca.parent for m in sidecar["volumeMounts"])
