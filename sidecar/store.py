@@ -461,6 +461,8 @@ class SecretStore:
             if isinstance(self._redis, RedisCluster)
             else _ReadConnections(self._redis.connection_pool)
         )
+        # The cluster slot map being learnt again after a node failed (see _relearn_slots).
+        self._relearning: asyncio.Task[None] | None = None
 
     @property
     def client(self) -> Client:
@@ -471,6 +473,8 @@ class SecretStore:
         return self._durability
 
     async def close(self) -> None:
+        if self._relearning is not None:
+            self._relearning.cancel()
         try:
             if self._sign_reads is not None:
                 await self._sign_reads.aclose()
@@ -742,6 +746,7 @@ class SecretStore:
         if isinstance(reply, Exception):
             self._count(operation)
             if isinstance(reply, _UNAVAILABLE) or str(reply).startswith("NOREPLICAS"):
+                self._relearn_slots()
                 # Refused before it ran: a replica, a cluster that is down or
                 # moving the slot, or too few replicas (min-replicas-to-write).
                 raise StorageUnavailable("storage refused the change") from reply
@@ -807,6 +812,11 @@ class SecretStore:
             if loop.time() >= deadline:
                 self._count(operation)
                 raise
+        if self._relearning is not None:
+            # The retry goes by the slot map learnt since, if that is in time.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(self._relearning)
         return await self._run(operation, call, deadline=deadline)
 
     async def _run(
@@ -825,10 +835,35 @@ class SecretStore:
         except _UNAVAILABLE as exc:
             if count_error:
                 self._count(operation)
+            self._relearn_slots()
             raise StorageUnavailable("storage did not answer in time") from exc
         except RedisError:
             self._count(operation)
             raise
+
+    def _relearn_slots(self) -> None:
+        """On a cluster, ask the nodes again which primary owns which slot.
+
+        The cluster client is built without retries (see ``connect``), and
+        redis-py relearns the slot map only in a retry, so after a primary
+        dies it would keep sending to the dead node even once the cluster has
+        promoted its replica. One relearning runs at a time; every failure
+        meanwhile starts the next, so the map follows the failover as soon as
+        the cluster reports it.
+        """
+        client = self._redis
+        if not isinstance(client, RedisCluster):
+            return
+        if self._relearning is not None and not self._relearning.done():
+            return
+
+        async def relearn() -> None:
+            # A failure leaves the old map, and the next failed call tries again.
+            with contextlib.suppress(*_UNAVAILABLE, RedisError):
+                async with asyncio.timeout(self._timeout_s):
+                    await client.nodes_manager.initialize()
+
+        self._relearning = asyncio.get_running_loop().create_task(relearn())
 
     def _count(self, operation: str) -> None:
         if self._on_error is not None:
