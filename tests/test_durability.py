@@ -175,8 +175,11 @@ async def test_an_unconfirmed_change_answers_503_and_says_to_retry(
     assert body["error"] == "StorageUnavailable"
     assert "may or may not have been applied" in body["message"]
     assert "Retry" in body["message"]
-    # It waited for the replica, and no longer than the two timeouts allow.
-    assert DURABLE_TIMEOUT_MS / 1000 <= elapsed < (DURABLE_TIMEOUT_MS + REDIS_TIMEOUT_MS) / 1000
+    # It waited for the replica, and no longer than the two timeouts allow
+    # (plus the HTTP round trip on a loaded test machine).
+    assert (
+        DURABLE_TIMEOUT_MS / 1000 <= elapsed < (DURABLE_TIMEOUT_MS + REDIS_TIMEOUT_MS) / 1000 + 0.25
+    )
     assert durability_failures(durable, operation) == 1
 
     status, answer = await call(durable_xrpc, nsid, keys.alice, {"name": "orders"})
