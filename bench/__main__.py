@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.loadgen import Run, have_wrk, load
-from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek
-from sidecar.embedded import EmbeddedValkey, free_port
+from sidecar.storage.embedded import EmbeddedValkey, free_port
 
 DID = "did:plc:bench0000000000000000000"
 BODY = (b'{"event":"create","did":"did:plc:abc","pad":"' + b"x" * 1024)[:1020] + b'"}\n\n'

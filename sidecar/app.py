@@ -24,26 +24,26 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar import __version__
-from sidecar.auth import ApiKeyEntry, ApiKeys, Authenticator, BearerVerifier, load_api_keys
+from sidecar.auth.api_keys import ApiKeyEntry, ApiKeys, Authenticator, BearerVerifier, load_api_keys
+from sidecar.auth.did_resolver import DidResolver
+from sidecar.auth.service_jwt import ServiceAuthVerifier
 from sidecar.crypto import Keyring, OpenedTokenCache
-from sidecar.did_resolver import DidResolver
-from sidecar.durability import ReplicaCheck
-from sidecar.envelopes import CoalescingReader
 from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
-from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
-from sidecar.methods import SecretMethods, metrics_observer
 from sidecar.metrics import Metrics
 from sidecar.redis_url import scrub
-from sidecar.service_auth import ServiceAuthVerifier
-from sidecar.store import ErrorHook, SecretStore, connect
+from sidecar.signing.reader import CoalescingReader
+from sidecar.storage.durability import ReplicaCheck
+from sidecar.storage.store import ErrorHook, SecretStore, connect
 from sidecar.wire import http_middleware
-from sidecar.xrpc import XrpcServer
+from sidecar.xrpc.lexicon import LexiconRegistry, default_lexicon_dir
+from sidecar.xrpc.methods import SecretMethods, metrics_observer
+from sidecar.xrpc.server import XrpcServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sidecar.settings import Settings
-from sidecar.sign_api import SignApi, Signer
+from sidecar.signing.api import SignApi, Signer
 
 log = structlog.get_logger("sidecar.app")
 

@@ -1,7 +1,7 @@
 """Every exception the sidecar raises on purpose.
 
 Domain errors know nothing of HTTP; the XRPC and sign layers map them to wire
-errors by walking the exception's MRO (see ``sidecar.xrpc``). Messages of every
+errors by walking the exception's MRO (see ``sidecar.xrpc.server``). Messages of every
 exception here are safe to show a caller: they never carry a token, a key or a
 credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
 
@@ -114,7 +114,7 @@ class ChangeNotDurable(StorageUnavailable):
     """A change was not confirmed as durable as configured within the timeout.
 
     It may or may not have been applied: the primary may keep it, or lose it
-    in a failover. The caller is told so and retries (see ``sidecar.durability``).
+    in a failover. The caller is told so and retries (see ``sidecar.storage.durability``).
     """
 
 

@@ -21,7 +21,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from sidecar.signing import SCHEMES
+from sidecar.signing.schemes import SCHEMES
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import urlsplit
 
 from sidecar.crypto import Kek, Keyring, parse_kek
-from sidecar.durability import Durability
 from sidecar.errors import ConfigError
 from sidecar.names import is_valid_did
 from sidecar.redis_url import RedisTarget, SentinelTarget, parse_redis_url
+from sidecar.storage.durability import Durability
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -78,7 +78,7 @@ class Settings:
     # The sentinels' own password (requirepass), when they have one.
     redis_sentinel_password: Secret | None = None
     redis_connect_timeout_s: int = 10
-    # What an acknowledged change must reach (see sidecar.durability).
+    # What an acknowledged change must reach (see sidecar.storage.durability).
     durable_replicas: int = 0
     durable_fsync: bool = False
     durable_timeout_ms: int = 500

@@ -18,12 +18,12 @@ from prometheus_client import CollectorRegistry
 from support import ALICE, BOB
 
 from sidecar.app import Sidecar, create_ops_app, create_sign_app, create_xrpc_app, open_sidecar
-from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek
-from sidecar.embedded import EmbeddedValkey
-from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
 from sidecar.log import configure_logging
 from sidecar.settings import Settings
+from sidecar.storage.embedded import EmbeddedValkey
+from sidecar.xrpc.lexicon import LexiconRegistry, default_lexicon_dir
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient
 
     from sidecar.crypto import Keyring
-    from sidecar.store import StoredEnvelope
+    from sidecar.storage.store import StoredEnvelope
 
 ALICE = "did:plc:alice000000000000000000"
 BOB = "did:web:bob.example.com"

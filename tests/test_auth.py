@@ -1,4 +1,4 @@
-"""Unit tests for ``sidecar.auth``: the keys file, API keys, bearer headers, the authenticator."""
+"""Tests for ``sidecar.auth.api_keys``: keys file, API keys, bearer headers, authenticator."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from sidecar.auth import (
+from sidecar.auth.api_keys import (
     API_KEY_PREFIX,
     ApiKeyEntry,
     ApiKeys,

@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from support import CREATE, LIST, ROTATE, bearer
 
-from sidecar.auth import ApiKeys, parse_api_keys
+from sidecar.auth.api_keys import ApiKeys, parse_api_keys
 from sidecar.cli import main
 from sidecar.crypto import parse_kek
-from sidecar.embedded import free_port
+from sidecar.storage.embedded import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

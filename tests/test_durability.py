@@ -25,9 +25,9 @@ from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, wait_for
 from sidecar.app import create_ops_app, create_sign_app, create_xrpc_app
 from sidecar.cli import main
 from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
-from sidecar.embedded import EmbeddedValkey, free_port
 from sidecar.errors import ChangeNotDurable, StorageUnavailable
-from sidecar.store import secret_key
+from sidecar.storage.embedded import EmbeddedValkey, free_port
+from sidecar.storage.store import secret_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

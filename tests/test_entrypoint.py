@@ -17,8 +17,8 @@ import aiohttp
 from conftest import Keys
 from support import LIST, bearer, read_env_file
 
-from sidecar.embedded import free_port
 from sidecar.settings import Settings
+from sidecar.storage.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"

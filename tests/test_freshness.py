@@ -21,7 +21,7 @@ from conftest import AiohttpClient, Keys, SidecarFactory
 from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, sign_body
 
 from sidecar.app import create_sign_app, create_xrpc_app
-from sidecar.embedded import EmbeddedValkey
+from sidecar.storage.embedded import EmbeddedValkey
 
 Client = TestClient[Any, Any]
 BODY = b'{"event":"create"}'

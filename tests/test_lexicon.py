@@ -1,4 +1,4 @@
-"""Tests for sidecar.lexicon: loading lexicons and validating values against them."""
+"""Tests for sidecar.xrpc.lexicon: loading lexicons and validating values against them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from multidict import MultiDict
 
 from sidecar.errors import InvalidInput, SidecarError
-from sidecar.lexicon import (
+from sidecar.xrpc.lexicon import (
     LexiconError,
     LexiconRegistry,
     MethodDef,

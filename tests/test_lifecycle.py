@@ -22,8 +22,8 @@ import pytest
 import redis
 from support import ALICE, CREATE, bearer
 
-from sidecar.embedded import EmbeddedValkey, free_port
-from sidecar.store import index_key
+from sidecar.storage.embedded import EmbeddedValkey, free_port
+from sidecar.storage.store import index_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

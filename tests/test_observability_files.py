@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, sign_body
 
 from sidecar.app import create_ops_app, create_sign_app, create_xrpc_app
-from sidecar.auth import generate_api_key
+from sidecar.auth.api_keys import generate_api_key
 
 Client = TestClient[Any, Any]
 

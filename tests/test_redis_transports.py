@@ -21,9 +21,9 @@ import redis
 from support import ALICE, CREATE, ROTATE, call, opened
 
 from sidecar.app import create_xrpc_app
-from sidecar.embedded import EmbeddedValkey
 from sidecar.errors import StorageUnavailable
-from sidecar.store import secret_key
+from sidecar.storage.embedded import EmbeddedValkey
+from sidecar.storage.store import secret_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

@@ -12,9 +12,9 @@ from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, create_secrets, o
 from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, SentinelServer, wait_for
 
 from sidecar.app import create_sign_app, create_xrpc_app
-from sidecar.embedded import EmbeddedValkey
 from sidecar.errors import StorageUnavailable
-from sidecar.store import secret_key
+from sidecar.storage.embedded import EmbeddedValkey
+from sidecar.storage.store import secret_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -1,4 +1,4 @@
-"""Unit tests for ``sidecar.service_auth`` (token shape and claims, at an injected time) and
+"""Unit tests for ``sidecar.auth.service_jwt`` (token shape and claims, at an injected time) and
 for the replay record it keeps through ``SecretStore.claim_jti`` on real Redis."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from atproto_fakes import ES256, ES256K, SERVICE_DID, Issuer, KeyPair, b64url, new_plc_did
 from support import LIST, ROTATE
 
-from sidecar.embedded import free_port
+from sidecar.auth.service_jwt import Claims, Jwt, check_claims, looks_like_jwt, parse_jwt
 from sidecar.errors import AuthenticationFailed, StorageUnavailable
-from sidecar.service_auth import Claims, Jwt, check_claims, looks_like_jwt, parse_jwt
-from sidecar.store import jti_key
+from sidecar.storage.embedded import free_port
+from sidecar.storage.store import jti_key
 
 if TYPE_CHECKING:
     import redis

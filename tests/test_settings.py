@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from sidecar.crypto import Kek, encode_kek, parse_kek
-from sidecar.durability import Durability
 from sidecar.errors import ConfigError
 from sidecar.settings import Secret, Settings
+from sidecar.storage.durability import Durability
 
 # A fixed, recognisable key, spelled three ways, so that leaks are easy to search for.
 KEY = bytes(range(1, 33))

@@ -269,7 +269,7 @@ async def test_unreachable_redis_is_503_with_retry_after(
     aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, keys: Keys
 ) -> None:
     """When Redis refuses connections, procedures answer 503 StorageUnavailable with Retry-After."""
-    from sidecar.embedded import free_port
+    from sidecar.storage.embedded import free_port
 
     dead = await make_sidecar(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     client = await aiohttp_client(create_xrpc_app(dead))

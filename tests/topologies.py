@@ -29,8 +29,8 @@ import redis
 from support import ALICE, BOB
 
 from sidecar.app import create_xrpc_app
-from sidecar.auth import generate_api_key, keys_file_line
-from sidecar.embedded import EmbeddedValkey, free_port
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
+from sidecar.storage.embedded import EmbeddedValkey, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -463,10 +463,11 @@ class LexiconRegistry:
 
 def default_lexicon_dir() -> Path:
     """The lexicons bundled in an installed wheel, else those of the repo checkout."""
-    bundled = Path(__file__).parent / "_lexicons"
+    package = Path(__file__).resolve().parents[1]
+    bundled = package / "_lexicons"
     if bundled.is_dir():
         return bundled
-    return Path(__file__).resolve().parents[1] / "lexicons"
+    return package.parent / "lexicons"
 
 
 def _method_def(nsid: str, main: Mapping[str, Any], schemas: _Schemas) -> MethodDef:

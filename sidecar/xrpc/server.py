@@ -22,10 +22,10 @@ from sidecar.errors import AuthenticationFailed, InvalidInput, XrpcError
 from sidecar.wire import INTERNAL, error_response, read_body, to_wire
 
 if TYPE_CHECKING:
-    from sidecar.auth import Authenticator, Caller
-    from sidecar.lexicon import LexiconRegistry, MethodDef
+    from sidecar.auth.api_keys import Authenticator, Caller
+    from sidecar.xrpc.lexicon import LexiconRegistry, MethodDef
 
-from sidecar.lexicon import is_valid_nsid
+from sidecar.xrpc.lexicon import is_valid_nsid
 
 log = structlog.get_logger("sidecar.xrpc")
 

@@ -49,10 +49,10 @@ from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
-from sidecar.durability import Durability
 from sidecar.errors import ChangeNotDurable, SecretExists, SecretNotFound, StorageUnavailable
 from sidecar.names import is_valid_did, is_valid_name, validate_did, validate_name
 from sidecar.redis_url import SentinelTarget, parse_redis_url
+from sidecar.storage.durability import Durability
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -726,7 +726,7 @@ class SecretStore:
         """Send one change and, when durability is configured, its wait: ``(reply, wait reply)``.
 
         Both go on one connection, the wait right behind the change (see
-        ``sidecar.durability``); on a cluster, to the primary that owns
+        ``sidecar.storage.durability``); on a cluster, to the primary that owns
         ``key``'s slot. The deadline grows by the wait's own timeout. A change
         is sent as EVAL, not EVALSHA: a NOSCRIPT retry would leave the wait
         behind on the first connection. The wait reply is None when nothing

@@ -13,12 +13,12 @@ import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek
-from sidecar.embedded import EmbeddedServerError, EmbeddedValkey
 from sidecar.errors import ChangeNotDurable, ConfigError, StartupFailed, StorageUnavailable
 from sidecar.names import is_valid_did
 from sidecar.settings import Secret, Settings
+from sidecar.storage.embedded import EmbeddedServerError, EmbeddedValkey
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Mapping, Sequence
@@ -80,7 +80,7 @@ def _apikey(did: str, label: str) -> int:
 def _serve(settings: Settings) -> int:
     # Imported here so keygen and apikey start fast and need no event loop.
     from sidecar.app import serve
-    from sidecar.devmode import prepare_dev_mode, wants_dev_mode
+    from sidecar.cli.devmode import prepare_dev_mode, wants_dev_mode
     from sidecar.log import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -108,7 +108,7 @@ def _rewrap(settings: Settings, *, audit: bool) -> int:
     """Exit 0 when every secret is current or was re-wrapped, 1 otherwise."""
     from sidecar.app import store_for
     from sidecar.crypto import Keyring
-    from sidecar.rewrap import Rewrap
+    from sidecar.storage.rewrap import Rewrap
 
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set: rewrap works on the Redis your sidecars use")

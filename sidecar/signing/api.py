@@ -19,10 +19,10 @@ import orjson
 import structlog
 from yarl import URL
 
-from sidecar import signing
-from sidecar.auth import bearer_credential
+from sidecar.auth.api_keys import bearer_credential
 from sidecar.errors import AuthenticationFailed, InvalidInput, SecretNotFound, XrpcError
 from sidecar.names import validate_did, validate_name
+from sidecar.signing import schemes
 from sidecar.wire import (
     INTERNAL,
     arrived_body,
@@ -40,10 +40,10 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from sidecar.crypto import OpenedTokenCache
-    from sidecar.envelopes import CoalescingReader
     from sidecar.metrics import Metrics
     from sidecar.settings import Secret
-    from sidecar.store import StoredEnvelope
+    from sidecar.signing.reader import CoalescingReader
+    from sidecar.storage.store import StoredEnvelope
 
 log = structlog.get_logger("sidecar.sign")
 
@@ -109,7 +109,7 @@ class Signer:
         """The answer to one sign request: headers to send, name and version."""
         token = self._token(target.did, target.name, stored)
         assert stored is not None  # _token raised otherwise
-        headers = signing.sign(
+        headers = schemes.sign(
             target.scheme, token, body, msg_id=target.msg_id, timestamp=target.timestamp
         )
         return {"headers": headers, "name": target.name, "version": stored.version}
@@ -174,9 +174,9 @@ def _sign_target(fields: Mapping[str, Any]) -> SignTarget:
     return SignTarget(
         did=did,
         name=name,
-        scheme=signing.parse_scheme(scheme),
-        msg_id=None if msg_id is None else signing.check_msg_id(msg_id),
-        timestamp=None if timestamp is None else signing.parse_timestamp(timestamp),
+        scheme=schemes.parse_scheme(scheme),
+        msg_id=None if msg_id is None else schemes.check_msg_id(msg_id),
+        timestamp=None if timestamp is None else schemes.parse_timestamp(timestamp),
     )
 
 
@@ -195,7 +195,7 @@ def _query_target(raw_query: str, allowed: frozenset[str]) -> SignTarget:
 
 
 def _scheme_label(value: object) -> str:
-    return value if isinstance(value, str) and value in signing.SCHEMES else "unknown"
+    return value if isinstance(value, str) and value in schemes.SCHEMES else "unknown"
 
 
 class SignApi:
@@ -295,7 +295,7 @@ class SignApi:
             answer = self._signer.sign(target, body, stored)
         except Exception as exc:
             error = self._failure(exc)
-            scheme = request.query.get("scheme") or signing.DEFAULT_SCHEME
+            scheme = request.query.get("scheme") or schemes.DEFAULT_SCHEME
             self._count(_scheme_label(scheme), error)
             return self._finish(request, error_response(error), started)
         finally:
@@ -325,7 +325,7 @@ class SignApi:
         for item, entry in zip(items, parsed, strict=True):
             outcome = entry if isinstance(entry, Exception) else next(signed)
             asked = item.get("scheme") if isinstance(item, dict) else None
-            scheme = _scheme_label(asked or signing.DEFAULT_SCHEME)
+            scheme = _scheme_label(asked or schemes.DEFAULT_SCHEME)
             if isinstance(outcome, Exception):
                 error = self._failure(outcome)
                 self._count(scheme, error)
@@ -356,7 +356,7 @@ class SignApi:
 
     async def verify(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        scheme = _scheme_label(request.query.get("scheme") or signing.DEFAULT_SCHEME)
+        scheme = _scheme_label(request.query.get("scheme") or schemes.DEFAULT_SCHEME)
         try:
             self._authenticate(request)
             target = _query_target(request.rel_url.raw_query_string, _VERIFY_PARAMS)
@@ -366,7 +366,7 @@ class SignApi:
             except SecretNotFound:
                 verdict: dict[str, Any] = {"valid": False, "reason": "unknown_secret"}
             else:
-                result = signing.verify(target.scheme, token, body, request.headers)
+                result = schemes.verify(target.scheme, token, body, request.headers)
                 verdict = {"valid": result.valid, "reason": result.reason}
         except Exception as exc:
             return self._finish(request, error_response(self._failure(exc)), started)

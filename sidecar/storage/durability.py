@@ -12,7 +12,7 @@ configured durability (DESIGN.md §5):
 The wait is sent right after the change on the same connection: both commands
 wait for the replication offset of the connection's own last write, so on any
 other connection they would prove nothing. This module only says what to send
-and how to read the answer; ``sidecar.store`` sends it.
+and how to read the answer; ``sidecar.storage.store`` sends it.
 """
 
 from __future__ import annotations
