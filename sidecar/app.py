@@ -32,8 +32,11 @@ from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
 from sidecar.metrics import Metrics
 from sidecar.redis_url import scrub
 from sidecar.signing.reader import CoalescingReader
-from sidecar.storage.durability import ReplicaCheck
-from sidecar.storage.store import ErrorHook, SecretStore, connect
+from sidecar.storage.calls import ErrorHook, RedisCalls
+from sidecar.storage.connection import connect
+from sidecar.storage.durability import Durability, ReplicaCheck
+from sidecar.storage.replay import ReplayRecords
+from sidecar.storage.store import SecretStore
 from sidecar.wire import http_middleware
 from sidecar.xrpc.lexicon import LexiconRegistry, default_lexicon_dir
 from sidecar.xrpc.methods import SecretMethods, metrics_observer
@@ -54,6 +57,7 @@ class Sidecar:
 
     settings: Settings
     store: SecretStore
+    replay: ReplayRecords
     keyring: Keyring
     authenticator: Authenticator
     metrics: Metrics
@@ -64,20 +68,28 @@ class Sidecar:
 
     async def redis_ok(self) -> bool:
         try:
-            await self.store.ping()
+            await self.store.calls.ping()
         except StorageUnavailable:
             return False
         return True
 
     async def replica_check(self) -> ReplicaCheck | None:
         """The replicas the durability setting needs against those connected, if it needs any."""
-        durability = self.settings.durability
+        durability = self.store.calls.durability
         if durability.replicas == 0:
             return None
-        return ReplicaCheck(durability, tuple(await self.store.replicas_per_primary()))
+        return ReplicaCheck(durability, tuple(await self.store.calls.replicas_per_primary()))
 
 
 SIDECAR_KEY: Final = web.AppKey("sidecar", Sidecar)
+
+
+def durability_of(settings: Settings) -> Durability:
+    return Durability(
+        replicas=settings.durable_replicas,
+        fsync=settings.durable_fsync,
+        timeout_ms=settings.durable_timeout_ms,
+    )
 
 
 def store_for(
@@ -100,14 +112,14 @@ def store_for(
             else None
         ),
     )
-    return SecretStore(
+    calls = RedisCalls(
         connection,
         timeout_s=settings.redis_timeout_s,
-        durability=settings.durability,
-        audit_max_len=settings.audit_log_max_len,
+        durability=durability_of(settings),
         on_error=on_error,
         on_not_durable=on_not_durable,
     )
+    return SecretStore(calls, audit_max_len=settings.audit_log_max_len)
 
 
 @contextlib.asynccontextmanager
@@ -129,6 +141,7 @@ async def open_sidecar(
             settings, on_error=metrics.redis_error, on_not_durable=metrics.not_durable
         )
         resources.push_async_callback(store.close)
+        replay = ReplayRecords(store.calls)
         verifiers: list[BearerVerifier] = []
         if settings.service_did is not None:
             session = await resources.enter_async_context(aiohttp.ClientSession())
@@ -138,10 +151,11 @@ async def open_sidecar(
                 cache_ttl_s=settings.did_cache_ttl_s,
                 allow_http_loopback=settings.did_web_allow_http_loopback,
             )
-            verifiers.append(ServiceAuthVerifier(settings.service_did, resolver, store))
+            verifiers.append(ServiceAuthVerifier(settings.service_did, resolver, replay))
         yield Sidecar(
             settings=settings,
             store=store,
+            replay=replay,
             keyring=keyring,
             authenticator=Authenticator(
                 ApiKeys(entries), verifiers, allowed_dids=settings.allowed_dids
@@ -258,7 +272,7 @@ async def _probe_redis(
     attempt = 0
     while True:
         try:
-            await sidecar.store.ping()
+            await sidecar.store.calls.ping()
         except StorageUnavailable as exc:
             failure = exc
         else:
@@ -298,11 +312,11 @@ async def _check_durability(sidecar: Sidecar) -> None:
     Too few replicas do not stop the start: signing works without them, and
     changes answer 503 until they are back.
     """
-    durability = sidecar.settings.durability
+    durability = sidecar.store.calls.durability
     if not durability.waits:
         return
     try:
-        refusal = await sidecar.store.fsync_refusal() if durability.fsync else None
+        refusal = await sidecar.store.calls.fsync_refusal() if durability.fsync else None
         check = await sidecar.replica_check()
     except StorageUnavailable as exc:
         log.warning("durability_unchecked", reason=str(exc))

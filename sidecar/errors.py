@@ -20,6 +20,7 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
     ├── EnvelopeError               an envelope does not open under the keyring
     ├── StorageUnavailable          Redis did not answer in time (503 + Retry-After)
     │   └── ChangeNotDurable        a change ran, but not as durably as configured (503)
+    ├── StorageError                Redis refused a command: a bug or a misconfigured server (500)
     └── XrpcError                   a wire error with its status and name, as is
 """
 
@@ -115,6 +116,14 @@ class ChangeNotDurable(StorageUnavailable):
 
     It may or may not have been applied: the primary may keep it, or lose it
     in a failover. The caller is told so and retries (see ``sidecar.storage.durability``).
+    """
+
+
+class StorageError(SidecarError):
+    """Redis answered with an error that is not about availability.
+
+    A bug, or a server that denies a command the sidecar needs (an ACL that
+    lacks ``INFO``, say). The listeners answer it with a 500 without details.
     """
 
 

@@ -19,7 +19,6 @@ from sidecar.crypto import Kek, Keyring, parse_kek
 from sidecar.errors import ConfigError
 from sidecar.names import is_valid_did
 from sidecar.redis_url import RedisTarget, SentinelTarget, parse_redis_url
-from sidecar.storage.durability import Durability
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -104,14 +103,6 @@ class Settings:
     @property
     def redis_timeout_s(self) -> float:
         return self.redis_timeout_ms / 1000
-
-    @property
-    def durability(self) -> Durability:
-        return Durability(
-            replicas=self.durable_replicas,
-            fsync=self.durable_fsync,
-            timeout_ms=self.durable_timeout_ms,
-        )
 
     @property
     def kek_configured(self) -> bool:

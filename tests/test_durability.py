@@ -27,7 +27,7 @@ from sidecar.cli import main
 from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
 from sidecar.errors import ChangeNotDurable, StorageUnavailable
 from sidecar.storage.embedded import EmbeddedValkey, free_port
-from sidecar.storage.store import secret_key
+from sidecar.storage.keys import secret_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -195,7 +195,7 @@ async def test_without_durability_changes_do_not_wait(
 ) -> None:
     """By default a change is answered once the primary has it, even with a stalled replica."""
     sidecar: Sidecar = await make_sidecar(REDIS_URL=pair_url)
-    assert sidecar.store.durability.waits is False
+    assert sidecar.store.calls.durability.waits is False
     xrpc = await aiohttp_client(create_xrpc_app(sidecar))
     assert (await call(xrpc, CREATE, keys.alice, {"name": "orders"}))[0] == 200
     with pair.replica_frozen():
@@ -206,16 +206,16 @@ async def test_without_durability_changes_do_not_wait(
 
 async def test_claim_jti_and_rewrap_wait_for_the_replica(durable: Sidecar, pair: Pair) -> None:
     """A first jti use and a re-wrap swap are unconfirmed without the replica; a replay is not."""
-    store = durable.store
+    store, replay = durable.store, durable.replay
     until = int(time.time()) + 60
-    assert await store.claim_jti(ALICE, "seen", until) is True
+    assert await replay.claim_jti(ALICE, "seen", until) is True
     envelope = durable.keyring.seal("wsk_" + "a" * 32, did=ALICE, name="orders")
     await store.create(ALICE, "orders", envelope, actor="test")
     with pair.replica_frozen():
         with pytest.raises(ChangeNotDurable):
-            await store.claim_jti(ALICE, "fresh", until)
+            await replay.claim_jti(ALICE, "fresh", until)
         # A replay changes nothing, so there is nothing to wait for.
-        assert await store.claim_jti(ALICE, "seen", until) is False
+        assert await replay.claim_jti(ALICE, "seen", until) is False
         with pytest.raises(ChangeNotDurable):
             await store.replace_envelope(ALICE, "orders", envelope, envelope + "x", actor=None)
         # A swap that does not happen waits for nothing either.
@@ -306,7 +306,7 @@ async def test_fsync_durability_on_an_aof_server_acknowledges_changes(
     """With SIDECAR_DURABLE_FSYNC on an AOF server, changes succeed after WAITAOF confirms them."""
     with EmbeddedValkey(tmp_path / "aof", persist=True) as server:
         sidecar: Sidecar = await make_sidecar(REDIS_URL=server.url, SIDECAR_DURABLE_FSYNC="1")
-        assert await sidecar.store.fsync_refusal() is None
+        assert await sidecar.store.calls.fsync_refusal() is None
         xrpc = await aiohttp_client(create_xrpc_app(sidecar))
         for nsid in (CREATE, ROTATE, DELETE):
             status, body = await call(xrpc, nsid, keys.alice, {"name": "orders"})
@@ -361,7 +361,7 @@ async def test_a_demoted_primary_answers_no_read_and_takes_no_change(
             status, answer = await call(xrpc, nsid, keys.alice, body, method=method)
             assert (status, answer["error"]) == (503, "StorageUnavailable"), nsid
         with pytest.raises(StorageUnavailable):
-            await sidecar.store.claim_jti(ALICE, "jti-1", int(time.time()) + 60)
+            await sidecar.replay.claim_jti(ALICE, "jti-1", int(time.time()) + 60)
 
 
 async def test_after_a_coordinated_failover_no_read_comes_from_the_old_primary(

@@ -23,7 +23,7 @@ import redis
 from support import ALICE, CREATE, bearer
 
 from sidecar.storage.embedded import EmbeddedValkey, free_port
-from sidecar.storage.store import index_key
+from sidecar.storage.keys import index_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

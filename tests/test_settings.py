@@ -10,7 +10,6 @@ import pytest
 from sidecar.crypto import Kek, encode_kek, parse_kek
 from sidecar.errors import ConfigError
 from sidecar.settings import Secret, Settings
-from sidecar.storage.durability import Durability
 
 # A fixed, recognisable key, spelled three ways, so that leaks are easy to search for.
 KEY = bytes(range(1, 33))
@@ -73,8 +72,8 @@ def test_defaults() -> None:
     assert settings.start_without_redis is False
     assert settings.shutdown_grace_s == 20
     # Changes wait for nothing by default.
-    assert settings.durability == Durability(replicas=0, fsync=False, timeout_ms=500)
-    assert settings.durability.waits is False
+    assert (settings.durable_replicas, settings.durable_fsync) == (0, False)
+    assert settings.durable_timeout_ms == 500
     assert settings.explicit == frozenset()
 
 
