@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar import __version__
-from sidecar.auth.api_keys import ApiKeyEntry, ApiKeys, Authenticator, BearerVerifier, load_api_keys
+from sidecar.auth.api_keys import ApiKeyEntry, ApiKeys, load_api_keys
+from sidecar.auth.authenticator import Authenticator, BearerVerifier
 from sidecar.auth.did_resolver import DidResolver
 from sidecar.auth.service_jwt import ServiceAuthVerifier
 from sidecar.crypto import Keyring, OpenedTokenCache
@@ -32,6 +33,7 @@ from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
 from sidecar.metrics import Metrics
 from sidecar.redis_url import scrub
 from sidecar.signing.reader import CoalescingReader
+from sidecar.signing.schemes import SCHEMES
 from sidecar.storage.calls import ErrorHook, RedisCalls
 from sidecar.storage.connection import connect
 from sidecar.storage.durability import Durability, ReplicaCheck
@@ -46,7 +48,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sidecar.settings import Settings
-from sidecar.signing.api import SignApi, Signer
+from sidecar.signing.api import SignApi
+from sidecar.signing.signer import Signer
 
 log = structlog.get_logger("sidecar.app")
 
@@ -79,9 +82,6 @@ class Sidecar:
         if durability.replicas == 0:
             return None
         return ReplicaCheck(durability, tuple(await self.store.calls.replicas_per_primary()))
-
-
-SIDECAR_KEY: Final = web.AppKey("sidecar", Sidecar)
 
 
 def durability_of(settings: Settings) -> Durability:
@@ -132,7 +132,9 @@ async def open_sidecar(
     """Open the shared resources; close them on exit."""
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")
-    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    metrics = Metrics(
+        registry if registry is not None else CollectorRegistry(), sign_schemes=SCHEMES
+    )
     keyring = Keyring(settings.kek, settings.kek_previous)
     entries = load_api_keys(settings.api_keys_file) if settings.api_keys_file else []
     _warn_about_credentials(settings, entries)
@@ -190,7 +192,6 @@ def create_xrpc_app(sidecar: Sidecar) -> web.Application:
         # aiohttp from refusing first with its own plain-text answer.
         client_max_size=sidecar.settings.xrpc_max_bytes + 1,
     )
-    app[SIDECAR_KEY] = sidecar
     server = XrpcServer(
         sidecar.lexicons,
         SecretMethods(sidecar.store, sidecar.keyring).handlers(),
@@ -210,7 +211,6 @@ def create_sign_app(sidecar: Sidecar) -> web.Application:
     app = web.Application(
         client_max_size=max(settings.sign_max_bytes, settings.sign_batch_max_bytes) + 1,
     )
-    app[SIDECAR_KEY] = sidecar
     SignApi(
         sidecar.signer,
         sidecar.metrics,
@@ -225,7 +225,6 @@ def create_sign_app(sidecar: Sidecar) -> web.Application:
 def create_ops_app(sidecar: Sidecar) -> web.Application:
     """The ops listener: metrics, liveness and readiness."""
     app = web.Application(middlewares=[http_middleware("ops")])
-    app[SIDECAR_KEY] = sidecar
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

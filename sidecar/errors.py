@@ -8,6 +8,8 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
     SidecarError
     ├── ConfigError                 a setting is missing or malformed (exit 2 at start)
     ├── StartupFailed               something needed at start is not there (exit 2)
+    ├── EmbeddedServerError         the embedded development server did not start
+    ├── LexiconError                a lexicon is malformed, or an output breaks it (500)
     ├── InvalidInput                the caller's input breaks a rule (400 InvalidRequest)
     │   └── PayloadTooLarge         the body is over the limit (413)
     ├── AuthenticationFailed        no or bad credentials (401); ``reason`` is private
@@ -21,7 +23,7 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
     ├── StorageUnavailable          Redis did not answer in time (503 + Retry-After)
     │   └── ChangeNotDurable        a change ran, but not as durably as configured (503)
     ├── StorageError                Redis refused a command: a bug or a misconfigured server (500)
-    └── XrpcError                   a wire error with its status and name, as is
+    └── WireError                   an error answer of either listener: status, name, message
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ class StartupFailed(SidecarError):
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(f"{setting}: {message}")
         self.setting = setting
+
+
+class EmbeddedServerError(SidecarError):
+    """The embedded server could not be found or started."""
+
+
+class LexiconError(SidecarError):
+    """A lexicon is malformed, or a value we produced breaks its lexicon (our bug)."""
 
 
 class InvalidInput(SidecarError):
@@ -127,8 +137,12 @@ class StorageError(SidecarError):
     """
 
 
-class XrpcError(SidecarError):
-    """An error that goes on the wire as ``{"error": name, "message": message}``."""
+class WireError(SidecarError):
+    """An error answer, on the XRPC and the sign listener alike.
+
+    It goes on the wire as ``{"error": name, "message": message}`` with its
+    status and headers.
+    """
 
     def __init__(
         self,

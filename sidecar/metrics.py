@@ -21,8 +21,6 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from sidecar.signing.schemes import SCHEMES
-
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
@@ -121,7 +119,13 @@ class LoopHistogram(Collector):
 class Metrics:
     """The sidecar's metric objects, registered on one registry."""
 
-    def __init__(self, registry: CollectorRegistry, *, default_collectors: bool = True) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        sign_schemes: Sequence[str] = (),
+        default_collectors: bool = True,
+    ) -> None:
         self.registry = registry
         if default_collectors:
             process_collector.ProcessCollector(registry=registry)
@@ -155,7 +159,8 @@ class Metrics:
             f"{PREFIX}_signatures",
             "Signatures requested, by scheme and outcome (batch items count one by one).",
             ["scheme", "outcome"],
-            initial=[(scheme, "ok") for scheme in SCHEMES],
+            # Passed in: the scheme names are the sign listener's, not the core's.
+            initial=[(scheme, "ok") for scheme in sign_schemes],
         )
         self.sign_duration = LoopHistogram(
             registry,

@@ -13,17 +13,15 @@ from sidecar.auth.api_keys import (
     API_KEY_PREFIX,
     ApiKeyEntry,
     ApiKeys,
-    Authenticator,
-    BearerVerifier,
-    Caller,
     api_key_digest,
-    bearer_credential,
     generate_api_key,
     keys_file_line,
     load_api_keys,
     parse_api_keys,
 )
+from sidecar.auth.authenticator import Authenticator, BearerVerifier, Caller
 from sidecar.errors import AuthenticationFailed, ConfigError, Forbidden
+from sidecar.wire import bearer_credential
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, sign_body
+from support import ALICE, CREATE, DELETE, LIST, ROTATE, SERVER_BINARY, call, sign_body
 from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, wait_for
 
 from sidecar.app import create_ops_app, create_sign_app, create_xrpc_app
@@ -51,10 +51,14 @@ class Pair:
 
     def __init__(self, base: Path, *, primary_args: tuple[str, ...] = ()) -> None:
         self.primary = EmbeddedValkey(
-            base / "primary", persist=False, extra_args=(*NO_SYNC_DELAY, *primary_args)
+            base / "primary",
+            binary=SERVER_BINARY,
+            persist=False,
+            extra_args=(*NO_SYNC_DELAY, *primary_args),
         )
         self.replica = EmbeddedValkey(
             base / "replica",
+            binary=SERVER_BINARY,
             persist=False,
             extra_args=(*NO_SYNC_DELAY, "--replicaof", "127.0.0.1", str(self.primary.port)),
         )
@@ -291,7 +295,9 @@ async def test_fsync_durability_the_server_cannot_give_stops_the_start(
     env: dict[str, str], tmp_path: Path, server_args: tuple[str, ...], reason: str
 ) -> None:
     """SIDECAR_DURABLE_FSYNC on a server without WAITAOF or AOF exits 2 naming the setting."""
-    with EmbeddedValkey(tmp_path / "server", persist=False, extra_args=server_args) as server:
+    with EmbeddedValkey(
+        tmp_path / "server", binary=SERVER_BINARY, persist=False, extra_args=server_args
+    ) as server:
         code, lines = await serve_until_listening_or_exit(
             {**env, "REDIS_URL": server.url, "SIDECAR_DURABLE_FSYNC": "1"}
         )
@@ -304,7 +310,7 @@ async def test_fsync_durability_on_an_aof_server_acknowledges_changes(
     aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, keys: Keys, tmp_path: Path
 ) -> None:
     """With SIDECAR_DURABLE_FSYNC on an AOF server, changes succeed after WAITAOF confirms them."""
-    with EmbeddedValkey(tmp_path / "aof", persist=True) as server:
+    with EmbeddedValkey(tmp_path / "aof", binary=SERVER_BINARY, persist=True) as server:
         sidecar: Sidecar = await make_sidecar(REDIS_URL=server.url, SIDECAR_DURABLE_FSYNC="1")
         assert await sidecar.store.calls.fsync_refusal() is None
         xrpc = await aiohttp_client(create_xrpc_app(sidecar))

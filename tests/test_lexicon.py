@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from multidict import MultiDict
 
-from sidecar.errors import InvalidInput, SidecarError
+from sidecar.errors import InvalidInput, LexiconError, SidecarError
 from sidecar.xrpc.lexicon import (
-    LexiconError,
     LexiconRegistry,
     MethodDef,
     default_lexicon_dir,
@@ -132,9 +131,17 @@ def load_one(tmp_path: Path, document: dict[str, Any]) -> MethodDef:
             "create",
             "procedure",
             "POST",
-            frozenset({"AuthenticationRequired", "InvalidRequest", "AlreadyExists"}),
+            frozenset(
+                {
+                    "AuthenticationRequired",
+                    "InvalidRequest",
+                    "AlreadyExists",
+                    "WebhookSecretEncryptionUnavailable",
+                    "StorageUnavailable",
+                }
+            ),
         ),
-        ("list", "query", "GET", frozenset({"AuthenticationRequired"})),
+        ("list", "query", "GET", frozenset({"AuthenticationRequired", "StorageUnavailable"})),
         (
             "rotate",
             "procedure",
@@ -145,7 +152,9 @@ def load_one(tmp_path: Path, document: dict[str, Any]) -> MethodDef:
             "delete",
             "procedure",
             "POST",
-            frozenset({"AuthenticationRequired", "InvalidRequest", "NotFound"}),
+            frozenset(
+                {"AuthenticationRequired", "InvalidRequest", "NotFound", "StorageUnavailable"}
+            ),
         ),
     ],
 )

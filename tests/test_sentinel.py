@@ -8,7 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, create_secrets, opened, sign_body
+from support import (
+    ALICE,
+    CREATE,
+    DELETE,
+    LIST,
+    ROTATE,
+    SERVER_BINARY,
+    call,
+    create_secrets,
+    opened,
+    sign_body,
+)
 from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, SentinelServer, wait_for
 
 from sidecar.app import create_sign_app, create_xrpc_app
@@ -170,7 +181,7 @@ def protected_sentinel_url(tmp_path: Path) -> Iterator[str]:
     Apart from the session's group, so its password touches no other test; one
     sentinel under a quorum of 2 never fails anything over.
     """
-    with EmbeddedValkey(tmp_path / "primary", persist=False) as primary:
+    with EmbeddedValkey(tmp_path / "primary", binary=SERVER_BINARY, persist=False) as primary:
         with redis.Redis(port=primary.port) as client:
             client.config_set("requirepass", DATA_PASSWORD)
         with SentinelServer(tmp_path / "sentinel", primary_port=primary.port) as sentinel:

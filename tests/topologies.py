@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 
 import pytest
 import redis
-from support import ALICE, BOB
+from support import ALICE, BOB, SERVER_BINARY
 
 from sidecar.app import create_xrpc_app
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
@@ -61,7 +61,7 @@ class SentinelServer(EmbeddedValkey):
     """A server in sentinel mode, monitoring one primary."""
 
     def __init__(self, data_dir: Path, *, primary_port: int) -> None:
-        super().__init__(data_dir, persist=False)
+        super().__init__(data_dir, binary=SERVER_BINARY, persist=False)
         self.primary_port = primary_port
 
     def argv(self) -> list[str]:
@@ -111,9 +111,12 @@ class SentinelGroup(_Servers):
         self._stack = ExitStack()
         # A full sync otherwise waits 5 s for more replicas to join it.
         no_sync_delay = ("--repl-diskless-sync-delay", "0")
-        self.primary = EmbeddedValkey(base / "primary", persist=False, extra_args=no_sync_delay)
+        self.primary = EmbeddedValkey(
+            base / "primary", binary=SERVER_BINARY, persist=False, extra_args=no_sync_delay
+        )
         self.replica = EmbeddedValkey(
             base / "replica",
+            binary=SERVER_BINARY,
             persist=False,
             extra_args=(
                 *no_sync_delay,
@@ -200,6 +203,7 @@ class ValkeyCluster(_Servers):
             self.nodes.append(
                 EmbeddedValkey(
                     base / f"node{i}",
+                    binary=SERVER_BINARY,
                     persist=False,
                     extra_args=(
                         "--cluster-enabled",

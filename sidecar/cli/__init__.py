@@ -15,10 +15,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek
-from sidecar.errors import ChangeNotDurable, ConfigError, StartupFailed, StorageUnavailable
+from sidecar.errors import (
+    ChangeNotDurable,
+    ConfigError,
+    EmbeddedServerError,
+    StartupFailed,
+    StorageUnavailable,
+)
 from sidecar.names import is_valid_did
 from sidecar.settings import Secret, Settings
-from sidecar.storage.embedded import EmbeddedServerError, EmbeddedValkey
+from sidecar.storage.embedded import EmbeddedValkey
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Mapping, Sequence
@@ -80,7 +86,7 @@ def _apikey(did: str, label: str) -> int:
 def _serve(settings: Settings) -> int:
     # Imported here so keygen and apikey start fast and need no event loop.
     from sidecar.app import serve
-    from sidecar.cli.devmode import prepare_dev_mode, wants_dev_mode
+    from sidecar.cli.devmode import embedded_binary, prepare_dev_mode, wants_dev_mode
     from sidecar.log import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -89,8 +95,10 @@ def _serve(settings: Settings) -> int:
         if wants_dev_mode(settings):
             settings, banner = prepare_dev_mode(settings)
             print("\n".join(banner), file=sys.stderr, flush=True)
-        embedded = EmbeddedValkey(settings.data_dir / "valkey", persist=True)
         try:
+            embedded = EmbeddedValkey(
+                settings.data_dir / "valkey", binary=embedded_binary(), persist=True
+            )
             embedded.start()
         except EmbeddedServerError as exc:
             raise ConfigError("REDIS_URL", f"unset, and the embedded Valkey failed: {exc}") from exc

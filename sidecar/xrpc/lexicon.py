@@ -32,19 +32,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, NoReturn
 
-from sidecar.errors import InvalidInput, SidecarError
+from sidecar.errors import InvalidInput, LexiconError
 
 __all__ = [
-    "LexiconError",
     "LexiconRegistry",
     "MethodDef",
     "default_lexicon_dir",
     "is_valid_nsid",
 ]
-
-
-class LexiconError(SidecarError):
-    """A lexicon is malformed, or a value we produced breaks its lexicon (our bug)."""
 
 
 # nsid -> def name -> def, deeply read-only once loaded.

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 from aiohttp import web
 
-from sidecar.errors import AuthenticationFailed, InvalidInput, XrpcError
+from sidecar.errors import AuthenticationFailed, InvalidInput, WireError
 from sidecar.wire import INTERNAL, error_response, read_body, to_wire
 
 if TYPE_CHECKING:
-    from sidecar.auth.api_keys import Authenticator, Caller
+    from sidecar.auth.authenticator import Authenticator, Caller
     from sidecar.xrpc.lexicon import LexiconRegistry, MethodDef
 
 from sidecar.xrpc.lexicon import is_valid_nsid
@@ -135,9 +135,9 @@ class XrpcServer:
         if method is None or handler is None:
             # Echo the NSID only when it is one: the path is the caller's text.
             named = f": {nsid}" if is_valid_nsid(nsid) else ""
-            raise XrpcError(501, "MethodNotImplemented", f"Method not implemented{named}")
+            raise WireError(501, "MethodNotImplemented", f"Method not implemented{named}")
         if request.method != method.http_method:
-            raise XrpcError(
+            raise WireError(
                 405,
                 "InvalidRequest",
                 f"{nsid} is a {method.kind}: use {method.http_method}",
