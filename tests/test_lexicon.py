@@ -9,12 +9,9 @@ import pytest
 from multidict import MultiDict
 
 from sidecar.errors import InvalidInput, LexiconError, SidecarError
-from sidecar.xrpc.lexicon import (
-    LexiconRegistry,
-    MethodDef,
-    default_lexicon_dir,
-    is_valid_nsid,
-)
+from sidecar.xrpc.formats import is_valid_nsid
+from sidecar.xrpc.lexicon import LexiconRegistry, default_lexicon_dir
+from sidecar.xrpc.schemas import MethodDef
 
 if TYPE_CHECKING:
     from pathlib import Path

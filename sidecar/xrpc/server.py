@@ -23,9 +23,10 @@ from sidecar.wire import INTERNAL, error_response, read_body, to_wire
 
 if TYPE_CHECKING:
     from sidecar.auth.authenticator import Authenticator, Caller
-    from sidecar.xrpc.lexicon import LexiconRegistry, MethodDef
+    from sidecar.xrpc.lexicon import LexiconRegistry
+    from sidecar.xrpc.schemas import MethodDef
 
-from sidecar.xrpc.lexicon import is_valid_nsid
+from sidecar.xrpc.formats import is_valid_nsid
 
 log = structlog.get_logger("sidecar.xrpc")
 
