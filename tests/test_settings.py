@@ -74,7 +74,6 @@ def test_defaults() -> None:
     # Changes wait for nothing by default.
     assert (settings.durable_replicas, settings.durable_fsync) == (0, False)
     assert settings.durable_timeout_ms == 500
-    assert settings.explicit == frozenset()
 
 
 def test_empty_variable_counts_as_unset() -> None:
@@ -83,7 +82,6 @@ def test_empty_variable_counts_as_unset() -> None:
     assert settings.xrpc_port == 8080
     assert settings.redis_url is None
     assert settings.kek is None
-    assert settings.explicit == frozenset()
 
 
 def test_settings_are_frozen() -> None:
@@ -109,7 +107,6 @@ def test_port_is_parsed(variable: str, attribute: str, text: str, port: int) -> 
     """Each port variable is parsed as an integer."""
     settings = Settings.from_env({variable: text})
     assert getattr(settings, attribute) == port
-    assert settings.explicit == frozenset({variable})
 
 
 @pytest.mark.parametrize("variable", ["SIDECAR_XRPC_PORT", "SIDECAR_SIGN_PORT", "SIDECAR_OPS_PORT"])
@@ -756,8 +753,6 @@ redis_timeout_ms = 250
     assert settings.kek_previous == (Kek(OTHER_KEY), Kek(THIRD_KEY))
     assert settings.redis_timeout_ms == 250
     assert settings.ops_port == 9090
-    assert "SIDECAR_XRPC_PORT" in settings.explicit
-    assert "REDIS_URL" in settings.explicit
 
 
 def test_environment_wins_over_toml(tmp_path: Path) -> None:
