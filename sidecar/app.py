@@ -144,6 +144,7 @@ async def open_sidecar(
             settings, on_error=metrics.redis_error, on_not_durable=metrics.not_durable
         )
         resources.push_async_callback(store.close)
+        store.calls.watch_primary()
         replay = ReplayRecords(store.calls)
         verifiers: list[BearerVerifier] = []
         if settings.service_did is not None:

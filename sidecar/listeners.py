@@ -103,7 +103,11 @@ class _Connection(RequestHandler):
         self._stop_waiting()
 
     async def finish_response(
-        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+        # Any: aiohttp 3.11 says float here, later ones float | None.
+        self,
+        request: web.BaseRequest,
+        resp: web.StreamResponse,
+        start_time: Any,
     ) -> tuple[web.StreamResponse, bool]:
         if resp.status >= 400 and resp.content_type != "application/json":
             # aiohttp's own answers (Expect, CONNECT, a route's 405): same status, JSON.

@@ -22,7 +22,7 @@ from sidecar.storage.connection import UNAVAILABLE
 from sidecar.storage.durability import Durability
 
 if TYPE_CHECKING:
-    from sidecar.storage.connection import Client, RedisConnection
+    from sidecar.storage.connection import Client, FailoverHook, RedisConnection
 
 T = TypeVar("T")
 
@@ -57,6 +57,14 @@ class RedisCalls:
     @property
     def durability(self) -> Durability:
         return self._durability
+
+    def watch_primary(self) -> None:
+        """Follow a Sentinel failover the moment the sentinels name the new primary."""
+        self._connection.watch_primary()
+
+    def on_failover(self, hook: FailoverHook) -> None:
+        """Call ``hook`` once the connections to a replaced primary were dropped."""
+        self._connection.on_failover(hook)
 
     async def close(self) -> None:
         if self._relearning is not None:

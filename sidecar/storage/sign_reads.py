@@ -46,7 +46,8 @@ class ReadConnections:
             await connection.send_packed_command(connection.pack_command(*args))
             return await connection.read_response()
         finally:
-            if len(self._idle) < self.MAX_IDLE:
+            # Not kept if aclose() ran meanwhile (a failover): it no longer owns it.
+            if connection in self._all and len(self._idle) < self.MAX_IDLE:
                 self._idle.append(connection)
             else:
                 self._all.discard(connection)

@@ -79,6 +79,9 @@ class SecretStore:
             if isinstance(self._redis, RedisCluster)
             else ReadConnections(self._redis.connection_pool)
         )
+        if self._sign_reads is not None:
+            # They are the pool's make, not in it: dropped with it on a failover.
+            calls.on_failover(self._sign_reads.aclose)
 
     @property
     def calls(self) -> RedisCalls:
