@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, create_secrets, opened, sign_body
-from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, SentinelServer, wait_for
+from topologies import DATA_PASSWORD
 
+from bench.chaos.topology import MASTER_NAME, SentinelGroup, SentinelServer, wait_for
 from sidecar.app import create_sign_app, create_xrpc_app
 from sidecar.embedded import EmbeddedValkey
 from sidecar.errors import StorageUnavailable
@@ -108,7 +109,7 @@ async def test_the_sidecar_follows_a_failover(
     tmp_path: Path,
 ) -> None:
     """When the primary dies, reads find the promoted replica at once and writes after one 503."""
-    group = SentinelGroup(tmp_path / "failover")
+    group = SentinelGroup(tmp_path / "failover", password=DATA_PASSWORD)
     group.start()
     try:
         group.wait_until_ready_to_fail_over()
@@ -173,7 +174,9 @@ def protected_sentinel_url(tmp_path: Path) -> Iterator[str]:
     with EmbeddedValkey(tmp_path / "primary", persist=False) as primary:
         with redis.Redis(port=primary.port) as client:
             client.config_set("requirepass", DATA_PASSWORD)
-        with SentinelServer(tmp_path / "sentinel", primary_port=primary.port) as sentinel:
+        with SentinelServer(
+            tmp_path / "sentinel", primary_port=primary.port, password=DATA_PASSWORD
+        ) as sentinel:
             # Set after start, because start() waits for an unauthenticated PING.
             with redis.Redis(port=sentinel.port) as client:
                 client.execute_command(
