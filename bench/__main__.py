@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.loadgen import Run, have_wrk, load
-from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
+from sidecar.cli.devmode import embedded_binary
 from sidecar.crypto import encode_kek, generate_kek
-from sidecar.embedded import EmbeddedValkey, free_port
+from sidecar.storage.embedded import EmbeddedValkey, free_port
 
 DID = "did:plc:bench0000000000000000000"
 BODY = (b'{"event":"create","did":"did:plc:abc","pad":"' + b"x" * 1024)[:1020] + b'"}\n\n'
@@ -115,7 +116,10 @@ def main() -> int:
     rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
     generator = "wrk -t1" if have_wrk() else "aiohttp client (install wrk for a lighter one)"
     print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} load generator: {generator}")
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedValkey(Path(tmp) / "v", persist=False) as v:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedValkey(Path(tmp) / "v", binary=embedded_binary(), persist=False) as v,
+    ):
         key = generate_api_key()
         keys = Path(tmp) / "keys"
         keys.write_text(keys_file_line(DID, key) + "\n")

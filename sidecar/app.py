@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import signal
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import structlog
@@ -24,25 +24,32 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar import __version__
-from sidecar.auth import ApiKeyEntry, ApiKeys, Authenticator, BearerVerifier, load_api_keys
+from sidecar.auth.api_keys import ApiKeyEntry, ApiKeys, load_api_keys
+from sidecar.auth.authenticator import Authenticator, BearerVerifier
+from sidecar.auth.did_resolver import DidResolver
+from sidecar.auth.service_jwt import ServiceAuthVerifier
 from sidecar.crypto import Keyring, OpenedTokenCache
-from sidecar.did_resolver import DidResolver
-from sidecar.envelopes import CoalescingReader
 from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
-from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
-from sidecar.methods import SecretMethods, metrics_observer
 from sidecar.metrics import Metrics
 from sidecar.redis_url import scrub
-from sidecar.service_auth import ServiceAuthVerifier
-from sidecar.store import ErrorHook, SecretStore, connect
+from sidecar.signing.reader import CoalescingReader
+from sidecar.signing.schemes import SCHEMES
+from sidecar.storage.calls import ErrorHook, RedisCalls
+from sidecar.storage.connection import connect
+from sidecar.storage.durability import Durability, ReplicaCheck
+from sidecar.storage.replay import ReplayRecords
+from sidecar.storage.store import SecretStore
 from sidecar.wire import http_middleware
-from sidecar.xrpc import XrpcServer
+from sidecar.xrpc.lexicon import LexiconRegistry, default_lexicon_dir
+from sidecar.xrpc.methods import SecretMethods, metrics_observer
+from sidecar.xrpc.server import XrpcServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sidecar.settings import Settings
-from sidecar.sign_api import SignApi, Signer
+from sidecar.signing.api import SignApi
+from sidecar.signing.signer import Signer
 
 log = structlog.get_logger("sidecar.app")
 
@@ -53,6 +60,7 @@ class Sidecar:
 
     settings: Settings
     store: SecretStore
+    replay: ReplayRecords
     keyring: Keyring
     authenticator: Authenticator
     metrics: Metrics
@@ -63,16 +71,33 @@ class Sidecar:
 
     async def redis_ok(self) -> bool:
         try:
-            await self.store.ping()
+            await self.store.calls.ping()
         except StorageUnavailable:
             return False
         return True
 
+    async def replica_check(self) -> ReplicaCheck | None:
+        """The replicas the durability setting needs against those connected, if it needs any."""
+        durability = self.store.calls.durability
+        if durability.replicas == 0:
+            return None
+        return ReplicaCheck(durability, tuple(await self.store.calls.replicas_per_primary()))
 
-SIDECAR_KEY: Final = web.AppKey("sidecar", Sidecar)
+
+def durability_of(settings: Settings) -> Durability:
+    return Durability(
+        replicas=settings.durable_replicas,
+        fsync=settings.durable_fsync,
+        timeout_ms=settings.durable_timeout_ms,
+    )
 
 
-def store_for(settings: Settings, *, on_error: ErrorHook | None = None) -> SecretStore:
+def store_for(
+    settings: Settings,
+    *,
+    on_error: ErrorHook | None = None,
+    on_not_durable: ErrorHook | None = None,
+) -> SecretStore:
     """The store on the Redis that ``settings`` name; it connects on first use."""
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")
@@ -87,12 +112,14 @@ def store_for(settings: Settings, *, on_error: ErrorHook | None = None) -> Secre
             else None
         ),
     )
-    return SecretStore(
+    calls = RedisCalls(
         connection,
         timeout_s=settings.redis_timeout_s,
-        audit_max_len=settings.audit_log_max_len,
+        durability=durability_of(settings),
         on_error=on_error,
+        on_not_durable=on_not_durable,
     )
+    return SecretStore(calls, audit_max_len=settings.audit_log_max_len)
 
 
 @contextlib.asynccontextmanager
@@ -105,13 +132,18 @@ async def open_sidecar(
     """Open the shared resources; close them on exit."""
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")
-    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    metrics = Metrics(
+        registry if registry is not None else CollectorRegistry(), sign_schemes=SCHEMES
+    )
     keyring = Keyring(settings.kek, settings.kek_previous)
     entries = load_api_keys(settings.api_keys_file) if settings.api_keys_file else []
     _warn_about_credentials(settings, entries)
     async with contextlib.AsyncExitStack() as resources:
-        store = store_for(settings, on_error=metrics.redis_error)
+        store = store_for(
+            settings, on_error=metrics.redis_error, on_not_durable=metrics.not_durable
+        )
         resources.push_async_callback(store.close)
+        replay = ReplayRecords(store.calls)
         verifiers: list[BearerVerifier] = []
         if settings.service_did is not None:
             session = await resources.enter_async_context(aiohttp.ClientSession())
@@ -121,10 +153,11 @@ async def open_sidecar(
                 cache_ttl_s=settings.did_cache_ttl_s,
                 allow_http_loopback=settings.did_web_allow_http_loopback,
             )
-            verifiers.append(ServiceAuthVerifier(settings.service_did, resolver, store))
+            verifiers.append(ServiceAuthVerifier(settings.service_did, resolver, replay))
         yield Sidecar(
             settings=settings,
             store=store,
+            replay=replay,
             keyring=keyring,
             authenticator=Authenticator(
                 ApiKeys(entries), verifiers, allowed_dids=settings.allowed_dids
@@ -159,7 +192,6 @@ def create_xrpc_app(sidecar: Sidecar) -> web.Application:
         # aiohttp from refusing first with its own plain-text answer.
         client_max_size=sidecar.settings.xrpc_max_bytes + 1,
     )
-    app[SIDECAR_KEY] = sidecar
     server = XrpcServer(
         sidecar.lexicons,
         SecretMethods(sidecar.store, sidecar.keyring).handlers(),
@@ -179,7 +211,6 @@ def create_sign_app(sidecar: Sidecar) -> web.Application:
     app = web.Application(
         client_max_size=max(settings.sign_max_bytes, settings.sign_batch_max_bytes) + 1,
     )
-    app[SIDECAR_KEY] = sidecar
     SignApi(
         sidecar.signer,
         sidecar.metrics,
@@ -194,7 +225,6 @@ def create_sign_app(sidecar: Sidecar) -> web.Application:
 def create_ops_app(sidecar: Sidecar) -> web.Application:
     """The ops listener: metrics, liveness and readiness."""
     app = web.Application(middlewares=[http_middleware("ops")])
-    app[SIDECAR_KEY] = sidecar
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -211,7 +241,14 @@ def create_ops_app(sidecar: Sidecar) -> web.Application:
             return web.json_response(
                 {"status": "unready", "reason": "redis did not answer"}, status=503
             )
-        return web.json_response({"status": "ready"})
+        body: dict[str, Any] = {"status": "ready"}
+        # Too few replicas leave the pod ready: signing works, and only
+        # changes answer 503, which the detail explains.
+        with contextlib.suppress(StorageUnavailable):
+            check = await sidecar.replica_check()
+            if check is not None:
+                body["durability"] = check.detail()
+        return web.json_response(body)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -234,7 +271,7 @@ async def _probe_redis(
     attempt = 0
     while True:
         try:
-            await sidecar.store.ping()
+            await sidecar.store.calls.ping()
         except StorageUnavailable as exc:
             failure = exc
         else:
@@ -261,6 +298,39 @@ def _reason(failure: StorageUnavailable, url: str) -> str:
 async def _until_redis_answers(sidecar: Sidecar, url: str) -> None:
     await _probe_redis(sidecar, deadline=None, url=url)
     log.info("redis_available")
+    try:
+        await _check_durability(sidecar)
+    except StartupFailed as exc:
+        # Too late to refuse the start: every change answers 503 instead.
+        log.error("durability_unsupported", reason=str(exc))
+
+
+async def _check_durability(sidecar: Sidecar) -> None:
+    """Refuse an fsync setting the server cannot honour; say whether the replicas suffice.
+
+    Too few replicas do not stop the start: signing works without them, and
+    changes answer 503 until they are back.
+    """
+    durability = sidecar.store.calls.durability
+    if not durability.waits:
+        return
+    try:
+        refusal = await sidecar.store.calls.fsync_refusal() if durability.fsync else None
+        check = await sidecar.replica_check()
+    except StorageUnavailable as exc:
+        log.warning("durability_unchecked", reason=str(exc))
+        return
+    if refusal is not None:
+        raise StartupFailed("SIDECAR_DURABLE_FSYNC", refusal)
+    if check is None or check.met:
+        log.info("durability", **(check.detail() if check else {"required": durability.describe()}))
+    else:
+        log.warning(
+            "durability_unmet",
+            **check.detail(),
+            hint="changes answer 503 until enough replicas are connected; "
+            "see SIDECAR_DURABLE_REPLICAS",
+        )
 
 
 async def serve(settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
@@ -304,6 +374,7 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
                     f"Redis did not answer within {settings.redis_connect_timeout_s}s "
                     f"({_reason(failure, url)})",
                 )
+            await _check_durability(sidecar)
         # Traffic listeners first and ops last, so nothing reports ready before
         # the XRPC and sign ports accept connections.
         listeners = [

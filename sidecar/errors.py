@@ -1,13 +1,15 @@
 """Every exception the sidecar raises on purpose.
 
 Domain errors know nothing of HTTP; the XRPC and sign layers map them to wire
-errors by walking the exception's MRO (see ``sidecar.xrpc``). Messages of every
+errors by walking the exception's MRO (see ``sidecar.xrpc.server``). Messages of every
 exception here are safe to show a caller: they never carry a token, a key or a
 credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
 
     SidecarError
     ├── ConfigError                 a setting is missing or malformed (exit 2 at start)
     ├── StartupFailed               something needed at start is not there (exit 2)
+    ├── EmbeddedServerError         the embedded development server did not start
+    ├── LexiconError                a lexicon is malformed, or an output breaks it (500)
     ├── InvalidInput                the caller's input breaks a rule (400 InvalidRequest)
     │   └── PayloadTooLarge         the body is over the limit (413)
     ├── AuthenticationFailed        no or bad credentials (401); ``reason`` is private
@@ -19,7 +21,9 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
     ├── EncryptionUnavailable       no active KEK to seal with (503)
     ├── EnvelopeError               an envelope does not open under the keyring
     ├── StorageUnavailable          Redis did not answer in time (503 + Retry-After)
-    └── XrpcError                   a wire error with its status and name, as is
+    │   └── ChangeNotDurable        a change ran, but not as durably as configured (503)
+    ├── StorageError                Redis refused a command: a bug or a misconfigured server (500)
+    └── WireError                   an error answer of either listener: status, name, message
 """
 
 from __future__ import annotations
@@ -51,6 +55,14 @@ class StartupFailed(SidecarError):
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(f"{setting}: {message}")
         self.setting = setting
+
+
+class EmbeddedServerError(SidecarError):
+    """The embedded server could not be found or started."""
+
+
+class LexiconError(SidecarError):
+    """A lexicon is malformed, or a value we produced breaks its lexicon (our bug)."""
 
 
 class InvalidInput(SidecarError):
@@ -109,8 +121,28 @@ class StorageUnavailable(SidecarError):
     """Redis refused, failed, or did not answer within the timeout."""
 
 
-class XrpcError(SidecarError):
-    """An error that goes on the wire as ``{"error": name, "message": message}``."""
+class ChangeNotDurable(StorageUnavailable):
+    """A change was not confirmed as durable as configured within the timeout.
+
+    It may or may not have been applied: the primary may keep it, or lose it
+    in a failover. The caller is told so and retries (see ``sidecar.storage.durability``).
+    """
+
+
+class StorageError(SidecarError):
+    """Redis answered with an error that is not about availability.
+
+    A bug, or a server that denies a command the sidecar needs (an ACL that
+    lacks ``INFO``, say). The listeners answer it with a 500 without details.
+    """
+
+
+class WireError(SidecarError):
+    """An error answer, on the XRPC and the sign listener alike.
+
+    It goes on the wire as ``{"error": name, "message": message}`` with its
+    status and headers.
+    """
 
     def __init__(
         self,

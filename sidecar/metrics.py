@@ -21,14 +21,15 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from sidecar.signing import SCHEMES
-
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
     from prometheus_client.metrics_core import Metric
 
 PREFIX = "wisp_sidecar"
+
+# Every change that waits for durability (sidecar.store), exported at 0 from start.
+DURABLE_OPERATIONS = ("create", "rotate", "delete", "rewrap", "claim_jti")
 
 # 1 ms to 5 s: a rotate is one script round trip; seconds mean Redis is in trouble.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -118,7 +119,13 @@ class LoopHistogram(Collector):
 class Metrics:
     """The sidecar's metric objects, registered on one registry."""
 
-    def __init__(self, registry: CollectorRegistry, *, default_collectors: bool = True) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        sign_schemes: Sequence[str] = (),
+        default_collectors: bool = True,
+    ) -> None:
         self.registry = registry
         if default_collectors:
             process_collector.ProcessCollector(registry=registry)
@@ -152,7 +159,8 @@ class Metrics:
             f"{PREFIX}_signatures",
             "Signatures requested, by scheme and outcome (batch items count one by one).",
             ["scheme", "outcome"],
-            initial=[(scheme, "ok") for scheme in SCHEMES],
+            # Passed in: the scheme names are the sign listener's, not the core's.
+            initial=[(scheme, "ok") for scheme in sign_schemes],
         )
         self.sign_duration = LoopHistogram(
             registry,
@@ -178,6 +186,14 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+        self.durability_failures = Counter(
+            f"{PREFIX}_durability_failures",
+            "Changes answered 503 because they were not confirmed as durable as configured.",
+            ["operation"],
+            registry=registry,
+        )
+        for operation in DURABLE_OPERATIONS:
+            self.durability_failures.labels(operation=operation)
         self.auth_failures = Counter(
             f"{PREFIX}_auth_failures",
             "Refused credentials, by reason.",
@@ -193,3 +209,6 @@ class Metrics:
 
     def redis_error(self, operation: str) -> None:
         self.redis_errors.labels(operation=operation).inc()
+
+    def not_durable(self, operation: str) -> None:
+        self.durability_failures.labels(operation=operation).inc()

@@ -1,4 +1,10 @@
-"""The sidecar's settings: parsed once, at start, from a mapping, into one frozen object.
+"""The sidecar's settings: declared once, parsed once at start into one frozen object.
+
+Each field of ``Settings`` is declared with ``_setting``: its variable, its
+parser, its default, its group and the text that documents it. Parsing, the
+TOML example (``config/sidecar.example.toml``) and the configuration reference
+(``docs/configuration.md``) are all built from that one table
+(``sidecar.settings_reference`` writes the two files; a test keeps them equal).
 
 Sources, later wins: built-in defaults, the TOML file named by ``SIDECAR_CONFIG``,
 then the environment. A TOML key is the variable's name in lower case without
@@ -9,92 +15,287 @@ stop with one line that says what to fix.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.crypto import Kek, Keyring, parse_kek
 from sidecar.errors import ConfigError
-from sidecar.names import is_valid_did
-from sidecar.redis_url import RedisTarget, SentinelTarget, parse_redis_url
+from sidecar.redis_url import SentinelTarget
+from sidecar.setting_values import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    SIGN_ACCESS_LOGS,
+    Secret,
+    choice,
+    did,
+    did_list,
+    existing_file,
+    flag,
+    host,
+    http_url,
+    int_between,
+    password,
+    path,
+    port,
+    read_secret_file,
+    redis_target,
+    redis_url,
+    secret_text,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-T = TypeVar("T")
+__all__ = ["GROUPS", "SPECS", "VARIABLES", "Secret", "Settings", "Spec", "toml_key"]
 
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-LOG_FORMATS: Final = ("auto", "json", "console")
-SIGN_ACCESS_LOGS: Final = ("errors", "all")
+# The groups of the example file and the reference, in order.
+GROUPS: Final = (
+    "Redis",
+    "Durability",
+    "Listeners",
+    "Lifecycle",
+    "Keys",
+    "atproto service auth (JWTs)",
+    "Signing",
+    "Local state and logs",
+)
 
 
-class Secret:
-    """A string that must not be printed: ``repr`` and ``str`` mask it."""
+@dataclass(frozen=True)
+class Spec:
+    """How one setting is read and documented."""
 
-    __slots__ = ("_value",)
+    variable: str
+    parse: Callable[[str, str], Any]
+    group: str
+    doc: str
+    # What the example file shows, as TOML; None shows the default.
+    example: str | None = None
+    # A second variable for the same setting, read as a file holding the value,
+    # and what the example file shows for it.
+    file_variable: str | None = None
+    file_example: str | None = None
 
-    def __init__(self, value: str) -> None:
-        self._value = value
 
-    def reveal(self) -> str:
-        """The real value, for the one place that needs it."""
-        return self._value
+def _setting(
+    variable: str,
+    parse: Callable[[str, str], Any],
+    default: Any,
+    group: str,
+    doc: str,
+    *,
+    example: str | None = None,
+    file_variable: str | None = None,
+    file_example: str | None = None,
+) -> Any:
+    spec = Spec(variable, parse, group, doc, example, file_variable, file_example)
+    return dataclasses.field(default=default, metadata={"spec": spec})
 
-    def __repr__(self) -> str:
-        return "Secret('**********')"
 
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
+def _keks(variable: str, value: str) -> tuple[Kek, ...]:
+    return tuple(parse_kek(part, setting=variable) for part in value.split(",") if part.strip())
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything the sidecar is configured with. Build it with ``from_env``."""
 
-    redis_url: Secret | None = None
-    xrpc_host: str = "0.0.0.0"
-    xrpc_port: int = 8080
-    sign_host: str = "127.0.0.1"
-    sign_port: int = 8081
-    ops_host: str = "0.0.0.0"
-    ops_port: int = 9090
-    kek: Kek | None = None
-    kek_previous: tuple[Kek, ...] = ()
-    api_keys_file: Path | None = None
-    data_dir: Path = Path(".data")
-    log_level: str = "info"
-    log_format: str = "auto"
-    redis_timeout_ms: int = 500
-    redis_cluster: bool = False
-    redis_ca_file: Path | None = None
-    # The sentinels' own password (requirepass), when they have one.
-    redis_sentinel_password: Secret | None = None
-    redis_connect_timeout_s: int = 10
-    start_without_redis: bool = False
-    shutdown_grace_s: int = 20
-    sign_max_bytes: int = 1024 * 1024
-    sign_token: Secret | None = None
-    sign_batch_max_bytes: int = 16 * 1024 * 1024
-    sign_access_log: str = "errors"
+    # --- Redis
+    redis_url: Secret | None = _setting(
+        "REDIS_URL", redis_url, None, "Redis",
+        "Where secrets live. One of:\n"
+        "  redis://[[user]:password@]host[:port][/db]      one server\n"
+        "  rediss://...                                     one server over TLS\n"
+        "  unix:///path/to/redis.sock[?db=N]                one server on a local socket\n"
+        "  redis+sentinel://[[user]:password@]host1:26379,host2:26379/<master>[/db]\n"
+        "  rediss+sentinel://...                            Sentinel and data nodes over TLS\n"
+        "The credentials of a Sentinel URL are the data nodes'. No query options but\n"
+        "db: timeouts and TLS come from the settings below.\n"
+        "Unset: the sidecar starts an embedded Valkey on loopback, persisted under\n"
+        "data_dir/valkey (development and single node only).",
+        example='"redis://redis.internal:6379/0"',
+    )  # fmt: skip
+    redis_cluster: bool = _setting(
+        "SIDECAR_REDIS_CLUSTER", flag, False, "Redis",
+        "Redis Cluster: REDIS_URL (redis:// or rediss://, database 0) names one seed\n"
+        "node and the others are discovered. 1/0/true/false.",
+    )  # fmt: skip
+    redis_ca_file: Path | None = _setting(
+        "SIDECAR_REDIS_CA_FILE", existing_file, None, "Redis",
+        "A PEM file of the CA that signed the Redis servers' certificates, for\n"
+        "rediss:// and rediss+sentinel:// URLs. Unset: the system's trusted CAs.",
+        example='"/run/secrets/wisp-sidecar/redis-ca.pem"',
+    )  # fmt: skip
+    redis_sentinel_password: Secret | None = _setting(
+        "SIDECAR_REDIS_SENTINEL_PASSWORD", password, None, "Redis",
+        "The sentinels' own password, for sentinels that require one (requirepass);\n"
+        "only with a redis+sentinel:// or rediss+sentinel:// URL. Unset: the sentinels\n"
+        "are asked without a password.",
+        example='"..."',
+    )  # fmt: skip
+    redis_timeout_ms: int = _setting(
+        "SIDECAR_REDIS_TIMEOUT_MS", int_between(1, 60_000), 500, "Redis",
+        "How long any Redis call may take before the request fails closed with 503\n"
+        "StorageUnavailable. 1..60000.",
+    )  # fmt: skip
+    redis_connect_timeout_s: int = _setting(
+        "SIDECAR_REDIS_CONNECT_TIMEOUT_S", int_between(1, 3600), 10, "Redis",
+        "At start, how long to wait for Redis to answer before exiting with code 2\n"
+        "and one line saying why. 1..3600.",
+    )  # fmt: skip
+    start_without_redis: bool = _setting(
+        "SIDECAR_START_WITHOUT_REDIS", flag, False, "Redis",
+        "Start anyway when Redis does not answer: /readyz says 503 until it does, and\n"
+        "requests that need Redis get 503 StorageUnavailable. 1/0/true/false.",
+    )  # fmt: skip
+    audit_log_max_len: int = _setting(
+        "SIDECAR_AUDIT_LOG_MAX_LEN", int_between(1, 10_000_000), 1000, "Redis",
+        "Audit stream cap per owner, approximate.",
+    )  # fmt: skip
+    # --- Durability: what an acknowledged change must reach (sidecar.storage.durability)
+    durable_replicas: int = _setting(
+        "SIDECAR_DURABLE_REPLICAS", int_between(0, 100), 0, "Durability",
+        "How many replicas must acknowledge each change (WAIT) before it is answered\n"
+        "200. Redis replicates asynchronously: without this, a failover inside the\n"
+        "replication window can undo a rotation already answered 200, and the old\n"
+        "token signs again. Production: 1 or more. 0..100.",
+        example="1",
+    )  # fmt: skip
+    durable_fsync: bool = _setting(
+        "SIDECAR_DURABLE_FSYNC", flag, False, "Durability",
+        "Each change must also be fsynced to the primary's append-only file, and to\n"
+        "that of the replicas counted above (WAITAOF). Needs Redis 7.2+ or Valkey 8+\n"
+        "with appendonly yes, or the sidecar refuses to start. 1/0/true/false.",
+    )  # fmt: skip
+    durable_timeout_ms: int = _setting(
+        "SIDECAR_DURABLE_TIMEOUT_MS", int_between(1, 60_000), 500, "Durability",
+        "How long a change waits for that durability before it is answered 503\n"
+        "StorageUnavailable (it may or may not have been applied; the caller\n"
+        "retries). A change takes at most this plus redis_timeout_ms. 1..60000.",
+    )  # fmt: skip
+    # --- Listeners
+    xrpc_host: str = _setting(
+        "SIDECAR_XRPC_HOST", host, "0.0.0.0", "Listeners",
+        "XRPC: secret management for clients. The address it binds.",
+    )  # fmt: skip
+    xrpc_port: int = _setting("SIDECAR_XRPC_PORT", port, 8080, "Listeners", "XRPC: its port.")
+    sign_host: str = _setting(
+        "SIDECAR_SIGN_HOST", host, "127.0.0.1", "Listeners",
+        "Sign: the dispatcher's pod-local signing API. Keep it on loopback: it is a\n"
+        "signing oracle.",
+    )  # fmt: skip
+    sign_port: int = _setting("SIDECAR_SIGN_PORT", port, 8081, "Listeners", "Sign: its port.")
+    ops_host: str = _setting(
+        "SIDECAR_OPS_HOST", host, "0.0.0.0", "Listeners",
+        "Ops: /metrics, /healthz, /readyz. The address it binds.",
+    )  # fmt: skip
+    ops_port: int = _setting("SIDECAR_OPS_PORT", port, 9090, "Listeners", "Ops: its port.")
+    # --- Lifecycle
+    shutdown_grace_s: int = _setting(
+        # At least 1: aiohttp reads a shutdown timeout of 0 as "wait for ever".
+        "SIDECAR_SHUTDOWN_GRACE_S", int_between(1, 3600), 20, "Lifecycle",
+        "On SIGTERM, /readyz turns 503 at once, the XRPC and sign listeners stop\n"
+        "accepting connections, and requests in flight get this many seconds to\n"
+        "finish before they are cancelled. Keep the pod's terminationGracePeriodSeconds\n"
+        "above it. 1..3600.",
+    )  # fmt: skip
+    # --- Keys
+    kek: Kek | None = _setting(
+        "SIDECAR_KEK", lambda variable, text: parse_kek(text, setting=variable), None, "Keys",
+        "The active key-encryption key: 64 hex, 43 base64url or 44 base64 characters.\n"
+        "Prefer kek_file (a mounted secret) to putting the key in a file like this.\n"
+        "Make one with `wisp-sidecar keygen`. Set kek or kek_file, not both.",
+        example='"<output of wisp-sidecar keygen>"',
+        file_variable="SIDECAR_KEK_FILE",
+        file_example='"/run/secrets/wisp-sidecar/kek"',
+    )  # fmt: skip
+    kek_previous: tuple[Kek, ...] = _setting(
+        "SIDECAR_KEK_PREVIOUS", _keks, (), "Keys",
+        f"Up to {Keyring.MAX_PREVIOUS} decrypt-only previous keys, comma-separated, during a\n"
+        "KEK rotation.",
+        example='["<old key>"]',
+    )  # fmt: skip
+    api_keys_file: Path | None = _setting(
+        "SIDECAR_API_KEYS_FILE", existing_file, None, "Keys",
+        "API keys: one line per key, \"<did> <sha256-hex-of-key> [label]\"; '#' starts\n"
+        "a comment. Make lines with `wisp-sidecar apikey --did <did>`.",
+        example='"/run/secrets/wisp-sidecar/api-keys"',
+    )  # fmt: skip
+    # --- atproto service auth: on exactly when service_did is set
+    service_did: str | None = _setting(
+        "SIDECAR_SERVICE_DID", did, None, "atproto service auth (JWTs)",
+        "The sidecar's own DID. Setting it turns on service auth: callers may then\n"
+        "send \"Authorization: Bearer <jwt>\" with a token from their PDS\n"
+        "(com.atproto.server.getServiceAuth?aud=<this DID>&lxm=<method NSID>), and the\n"
+        "token's issuer owns the secrets. Unset: API keys only.",
+        example='"did:web:sidecar.example.com"',
+    )  # fmt: skip
+    plc_url: str = _setting(
+        "SIDECAR_PLC_URL", http_url, "https://plc.directory", "atproto service auth (JWTs)",
+        "The PLC directory that resolves did:plc issuers.",
+    )  # fmt: skip
+    did_web_allow_http_loopback: bool = _setting(
+        "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK", flag, False, "atproto service auth (JWTs)",
+        "Resolve did:web issuers on loopback hosts over plain http. For tests and\n"
+        "development only: without it, loopback did:web issuers are refused.\n"
+        "1/0/true/false.",
+    )  # fmt: skip
+    did_cache_ttl_s: int = _setting(
+        "SIDECAR_DID_CACHE_TTL_S", int_between(1, 86_400), 300, "atproto service auth (JWTs)",
+        "How long an issuer's resolved key is trusted before it is fetched again, in\n"
+        "seconds, 1..86400. A signature that fails with a cached key is re-checked\n"
+        "against a fresh fetch at once, so key rotations need not wait for this.",
+    )  # fmt: skip
+    allowed_dids: frozenset[str] | None = _setting(
+        "SIDECAR_ALLOWED_DIDS", did_list, None, "atproto service auth (JWTs)",
+        "When set, only these DIDs may use the XRPC API, whichever credential they\n"
+        "authenticate with (API key or JWT); any other caller gets 403 Forbidden.\n"
+        "Unset: every authenticated caller may. Comma-separated in the environment.",
+        example='["did:plc:abc123", "did:web:ops.example.com"]',
+    )  # fmt: skip
+    # --- Signing
+    sign_max_bytes: int = _setting(
+        "SIDECAR_SIGN_MAX_BYTES", int_between(1, 64 * 1024 * 1024), 1024 * 1024, "Signing",
+        "Largest payload /v1/sign accepts, in bytes.",
+    )  # fmt: skip
+    sign_batch_max_bytes: int = _setting(
+        "SIDECAR_SIGN_BATCH_MAX_BYTES", int_between(1, 256 * 1024 * 1024), 16 * 1024 * 1024,
+        "Signing", "Largest /v1/sign/batch request body (JSON with base64 bodies), in bytes.",
+    )  # fmt: skip
+    sign_access_log: str = _setting(
+        "SIDECAR_SIGN_ACCESS_LOG", choice(SIGN_ACCESS_LOGS), "errors", "Signing",
+        "Which sign requests get a log line: \"errors\" (status 400 and up) or \"all\".\n"
+        "A line per signature costs more CPU than the signature itself; metrics count\n"
+        "every request either way.",
+    )  # fmt: skip
+    sign_token: Secret | None = _setting(
+        "SIDECAR_SIGN_TOKEN", secret_text, None, "Signing",
+        "When set, the sign listener also requires \"Authorization: Bearer <it>\";\n"
+        "at least 16 characters.",
+        example='"..."',
+    )  # fmt: skip
+    # --- Local state and logs
+    data_dir: Path = _setting(
+        "SIDECAR_DATA_DIR", path, Path(".data"), "Local state and logs",
+        "Development files (embedded Valkey data, dev KEK and API key).",
+    )  # fmt: skip
+    dev_did: str = _setting(
+        "SIDECAR_DEV_DID", did, "did:web:localhost", "Local state and logs",
+        "The DID the development API key acts as.",
+    )  # fmt: skip
+    log_level: str = _setting(
+        "SIDECAR_LOG_LEVEL", choice(LOG_LEVELS), "info", "Local state and logs",
+        "debug, info, warning or error.",
+    )  # fmt: skip
+    log_format: str = _setting(
+        "SIDECAR_LOG_FORMAT", choice(LOG_FORMATS), "auto", "Local state and logs",
+        "auto (console on a TTY, JSON otherwise), json or console.",
+    )  # fmt: skip
+    # Not a setting: the XRPC input limit of DESIGN.md §3.
     xrpc_max_bytes: int = 64 * 1024
-    audit_log_max_len: int = 1000
-    dev_did: str = "did:web:localhost"
-    # atproto service auth (JWTs) is on exactly when service_did is set.
-    service_did: str | None = None
-    plc_url: str = "https://plc.directory"
-    did_web_allow_http_loopback: bool = False
-    did_cache_ttl_s: int = 300
-    # None: every authenticated DID may call; otherwise only these.
-    allowed_dids: frozenset[str] | None = None
-    # Which sources a setting came from, for "is this explicitly configured?" checks.
-    explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
     @property
     def redis_timeout_s(self) -> float:
@@ -107,51 +308,23 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Parse settings from ``environ`` (and the TOML file it may name)."""
-        raw = _merged_sources(environ)
-        return _parse(raw)
+        return _parse(_merged_sources(environ))
 
 
-# The variable each setting is read from. The TOML key is derived from it.
-_VARIABLES: Final = (
-    "REDIS_URL",
-    "SIDECAR_XRPC_HOST",
-    "SIDECAR_XRPC_PORT",
-    "SIDECAR_SIGN_HOST",
-    "SIDECAR_SIGN_PORT",
-    "SIDECAR_OPS_HOST",
-    "SIDECAR_OPS_PORT",
-    "SIDECAR_KEK",
-    "SIDECAR_KEK_FILE",
-    "SIDECAR_KEK_PREVIOUS",
-    "SIDECAR_API_KEYS_FILE",
-    "SIDECAR_DATA_DIR",
-    "SIDECAR_LOG_LEVEL",
-    "SIDECAR_LOG_FORMAT",
-    "SIDECAR_REDIS_TIMEOUT_MS",
-    "SIDECAR_REDIS_CLUSTER",
-    "SIDECAR_REDIS_CA_FILE",
-    "SIDECAR_REDIS_SENTINEL_PASSWORD",
-    "SIDECAR_REDIS_CONNECT_TIMEOUT_S",
-    "SIDECAR_START_WITHOUT_REDIS",
-    "SIDECAR_SHUTDOWN_GRACE_S",
-    "SIDECAR_SIGN_MAX_BYTES",
-    "SIDECAR_SIGN_TOKEN",
-    "SIDECAR_SIGN_BATCH_MAX_BYTES",
-    "SIDECAR_SIGN_ACCESS_LOG",
-    "SIDECAR_AUDIT_LOG_MAX_LEN",
-    "SIDECAR_DEV_DID",
-    "SIDECAR_SERVICE_DID",
-    "SIDECAR_PLC_URL",
-    "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK",
-    "SIDECAR_DID_CACHE_TTL_S",
-    "SIDECAR_ALLOWED_DIDS",
+# Field name -> how it is read, for every field that is a setting, in declaration order.
+SPECS: Final[dict[str, Spec]] = {
+    f.name: f.metadata["spec"] for f in dataclasses.fields(Settings) if "spec" in f.metadata
+}
+# Every variable a setting is read from.
+VARIABLES: Final = tuple(
+    variable
+    for spec in SPECS.values()
+    for variable in (spec.variable, spec.file_variable)
+    if variable is not None
 )
 
 
-_KEK_SPELLINGS: Final = ("SIDECAR_KEK", "SIDECAR_KEK_FILE")
-
-
-def _toml_key(variable: str) -> str:
+def toml_key(variable: str) -> str:
     return variable.removeprefix("SIDECAR_").lower()
 
 
@@ -160,15 +333,17 @@ def _merged_sources(environ: Mapping[str, str]) -> dict[str, str]:
     config_path = environ.get("SIDECAR_CONFIG")
     if config_path:
         merged.update(_read_toml(Path(config_path)))
-    # SIDECAR_KEK and SIDECAR_KEK_FILE are two spellings of one setting: either
-    # one in the environment overrides both in the file.
-    if any(environ.get(name) for name in _KEK_SPELLINGS):
-        for name in _KEK_SPELLINGS:
-            merged.pop(name, None)
-    for variable in _VARIABLES:
-        value = environ.get(variable)
-        if value is not None and value != "":
-            merged[variable] = value
+    for spec in SPECS.values():
+        spellings = [v for v in (spec.variable, spec.file_variable) if v is not None]
+        # Two spellings of one setting (SIDECAR_KEK, SIDECAR_KEK_FILE): either
+        # one in the environment overrides both in the file.
+        if any(environ.get(variable) for variable in spellings):
+            for variable in spellings:
+                merged.pop(variable, None)
+        for variable in spellings:
+            value = environ.get(variable)
+            if value is not None and value != "":
+                merged[variable] = value
     return merged
 
 
@@ -179,7 +354,7 @@ def _read_toml(path: Path) -> dict[str, str]:
         raise ConfigError("SIDECAR_CONFIG", f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("SIDECAR_CONFIG", f"{path} is not valid TOML: {exc}") from None
-    by_key = {_toml_key(variable): variable for variable in _VARIABLES}
+    by_key = {toml_key(variable): variable for variable in VARIABLES}
     values: dict[str, str] = {}
     for key, value in document.items():
         variable = by_key.get(key)
@@ -198,226 +373,35 @@ def _read_toml(path: Path) -> dict[str, str]:
 
 
 def _parse(raw: Mapping[str, str]) -> Settings:
-    def get(variable: str, parse: Callable[[str, str], T], default: T) -> T:
-        value = raw.get(variable)
-        return default if value is None else parse(variable, value)
+    values: dict[str, Any] = {}
+    for name, spec in SPECS.items():
+        text = raw.get(spec.variable)
+        if spec.file_variable is not None and spec.file_variable in raw:
+            if text is not None:
+                raise ConfigError(
+                    spec.variable, f"set {spec.variable} or {spec.file_variable}, not both"
+                )
+            contents = read_secret_file(spec.file_variable, raw[spec.file_variable])
+            values[name] = spec.parse(spec.file_variable, contents)
+        elif text is not None:
+            values[name] = spec.parse(spec.variable, text)
+    settings = Settings(**values)
+    _check_together(settings)
+    return settings
 
-    defaults = Settings()
-    kek_text = raw.get("SIDECAR_KEK")
-    kek_file = raw.get("SIDECAR_KEK_FILE")
-    if kek_text is not None and kek_file is not None:
-        raise ConfigError("SIDECAR_KEK", "set SIDECAR_KEK or SIDECAR_KEK_FILE, not both")
-    kek: Kek | None = None
-    if kek_text is not None:
-        kek = parse_kek(kek_text, setting="SIDECAR_KEK")
-    elif kek_file is not None:
-        kek = parse_kek(_read_secret_file("SIDECAR_KEK_FILE", kek_file), setting="SIDECAR_KEK_FILE")
-    previous = tuple(
-        parse_kek(part, setting="SIDECAR_KEK_PREVIOUS")
-        for part in raw.get("SIDECAR_KEK_PREVIOUS", "").split(",")
-        if part.strip()
-    )
-    if len(previous) > Keyring.MAX_PREVIOUS:
-        raise ConfigError(
-            "SIDECAR_KEK_PREVIOUS", f"at most {Keyring.MAX_PREVIOUS} previous keys are allowed"
-        )
 
-    redis_cluster = get("SIDECAR_REDIS_CLUSTER", _flag, defaults.redis_cluster)
-    redis_url = get("REDIS_URL", _redis_url, None)
-    target = _redis_target(redis_url, cluster=redis_cluster)
-    redis_ca_file = get("SIDECAR_REDIS_CA_FILE", _existing_file, None)
-    sentinel_password = get("SIDECAR_REDIS_SENTINEL_PASSWORD", _password, None)
-    if sentinel_password is not None and not isinstance(target, SentinelTarget):
+def _check_together(settings: Settings) -> None:
+    """The checks that need more than one setting."""
+    # The keyring owns the rules of a key set (how many, no duplicates).
+    Keyring(settings.kek, settings.kek_previous)
+    target = redis_target(settings.redis_url, cluster=settings.redis_cluster)
+    if settings.redis_sentinel_password is not None and not isinstance(target, SentinelTarget):
         raise ConfigError(
             "SIDECAR_REDIS_SENTINEL_PASSWORD",
             "is set, but REDIS_URL does not name Sentinel (redis+sentinel:// or rediss+sentinel://)",
         )
-    if redis_ca_file is not None and (target is None or not target.tls):
+    if settings.redis_ca_file is not None and (target is None or not target.tls):
         raise ConfigError(
             "SIDECAR_REDIS_CA_FILE",
             "is set, but REDIS_URL does not use TLS (rediss:// or rediss+sentinel://)",
         )
-
-    return Settings(
-        redis_url=redis_url,
-        xrpc_host=get("SIDECAR_XRPC_HOST", _host, defaults.xrpc_host),
-        xrpc_port=get("SIDECAR_XRPC_PORT", _port, defaults.xrpc_port),
-        sign_host=get("SIDECAR_SIGN_HOST", _host, defaults.sign_host),
-        sign_port=get("SIDECAR_SIGN_PORT", _port, defaults.sign_port),
-        ops_host=get("SIDECAR_OPS_HOST", _host, defaults.ops_host),
-        ops_port=get("SIDECAR_OPS_PORT", _port, defaults.ops_port),
-        kek=kek,
-        kek_previous=previous,
-        api_keys_file=get("SIDECAR_API_KEYS_FILE", _existing_file, None),
-        data_dir=get("SIDECAR_DATA_DIR", _path, defaults.data_dir),
-        log_level=get("SIDECAR_LOG_LEVEL", _choice(LOG_LEVELS), defaults.log_level),
-        log_format=get("SIDECAR_LOG_FORMAT", _choice(LOG_FORMATS), defaults.log_format),
-        redis_timeout_ms=get(
-            "SIDECAR_REDIS_TIMEOUT_MS", _int_between(1, 60_000), defaults.redis_timeout_ms
-        ),
-        redis_cluster=redis_cluster,
-        redis_ca_file=redis_ca_file,
-        redis_sentinel_password=sentinel_password,
-        redis_connect_timeout_s=get(
-            "SIDECAR_REDIS_CONNECT_TIMEOUT_S",
-            _int_between(1, 3600),
-            defaults.redis_connect_timeout_s,
-        ),
-        start_without_redis=get("SIDECAR_START_WITHOUT_REDIS", _flag, defaults.start_without_redis),
-        # At least 1: aiohttp reads a shutdown timeout of 0 as "wait for ever".
-        shutdown_grace_s=get(
-            "SIDECAR_SHUTDOWN_GRACE_S", _int_between(1, 3600), defaults.shutdown_grace_s
-        ),
-        sign_max_bytes=get(
-            "SIDECAR_SIGN_MAX_BYTES", _int_between(1, 64 * 1024 * 1024), defaults.sign_max_bytes
-        ),
-        sign_token=get("SIDECAR_SIGN_TOKEN", _secret_text, None),
-        sign_access_log=get(
-            "SIDECAR_SIGN_ACCESS_LOG", _choice(SIGN_ACCESS_LOGS), defaults.sign_access_log
-        ),
-        sign_batch_max_bytes=get(
-            "SIDECAR_SIGN_BATCH_MAX_BYTES",
-            _int_between(1, 256 * 1024 * 1024),
-            defaults.sign_batch_max_bytes,
-        ),
-        audit_log_max_len=get(
-            "SIDECAR_AUDIT_LOG_MAX_LEN", _int_between(1, 10_000_000), defaults.audit_log_max_len
-        ),
-        dev_did=get("SIDECAR_DEV_DID", _did, defaults.dev_did),
-        service_did=get("SIDECAR_SERVICE_DID", _did, None),
-        plc_url=get("SIDECAR_PLC_URL", _http_url, defaults.plc_url),
-        did_web_allow_http_loopback=get(
-            "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK", _flag, defaults.did_web_allow_http_loopback
-        ),
-        did_cache_ttl_s=get(
-            "SIDECAR_DID_CACHE_TTL_S", _int_between(1, 86_400), defaults.did_cache_ttl_s
-        ),
-        allowed_dids=get("SIDECAR_ALLOWED_DIDS", _did_list, None),
-        explicit=frozenset(raw),
-    )
-
-
-def _read_secret_file(variable: str, value: str) -> str:
-    try:
-        return Path(value).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(variable, f"cannot read {value}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(variable, f"{value} is not UTF-8 text") from None
-
-
-def _redis_url(variable: str, value: str) -> Secret:
-    # Checked whole in _redis_target, once SIDECAR_REDIS_CLUSTER is known too.
-    return Secret(value)
-
-
-def _redis_target(url: Secret | None, *, cluster: bool) -> RedisTarget | None:
-    if url is None:
-        if cluster:
-            raise ConfigError(
-                "SIDECAR_REDIS_CLUSTER", "needs REDIS_URL: the embedded Valkey is one server"
-            )
-        return None
-    try:
-        return parse_redis_url(url.reveal(), cluster=cluster)
-    except ValueError as exc:
-        # The messages of parse_redis_url never repeat the URL, which may hold a password.
-        raise ConfigError("REDIS_URL", str(exc)) from None
-
-
-def _host(variable: str, value: str) -> str:
-    if not value or any(ch.isspace() for ch in value):
-        raise ConfigError(variable, "must be a host name or IP address")
-    return value
-
-
-def _port(variable: str, value: str) -> int:
-    return _int_between(0, 65535)(variable, value)
-
-
-def _int_between(low: int, high: int) -> Callable[[str, str], int]:
-    def parse(variable: str, value: str) -> int:
-        text = value.strip()
-        # isascii: str.isdigit() also accepts '²' and '٨', which are no port.
-        if not (text.isascii() and text.isdigit()):
-            raise ConfigError(variable, f"must be a whole number from {low} to {high}")
-        number = int(text)
-        if not low <= number <= high:
-            raise ConfigError(variable, f"must be a whole number from {low} to {high}")
-        return number
-
-    return parse
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
-    def parse(variable: str, value: str) -> str:
-        lowered = value.strip().lower()
-        if lowered not in options:
-            raise ConfigError(variable, f"must be one of {', '.join(options)}")
-        return lowered
-
-    return parse
-
-
-def _path(variable: str, value: str) -> Path:
-    return Path(value)
-
-
-def _existing_file(variable: str, value: str) -> Path:
-    path = Path(value)
-    if not path.is_file():
-        raise ConfigError(variable, f"{value} is not a readable file")
-    return path
-
-
-def _password(variable: str, value: str) -> Secret:
-    # Any text: a server's password is whatever its operator chose.
-    return Secret(value)
-
-
-def _secret_text(variable: str, value: str) -> Secret:
-    if len(value) < 16:
-        raise ConfigError(variable, "must be at least 16 characters")
-    return Secret(value)
-
-
-def _did(variable: str, value: str) -> str:
-    if not is_valid_did(value):
-        raise ConfigError(variable, "must be a DID, such as did:web:localhost")
-    return value
-
-
-def _did_list(variable: str, value: str) -> frozenset[str]:
-    dids = [part.strip() for part in value.split(",") if part.strip()]
-    if not dids:
-        # Only an explicitly empty list gets here (TOML "[]"); refusing it
-        # beats guessing between "nobody" and "everybody".
-        raise ConfigError(variable, "must list at least one DID; remove it to allow every DID")
-    for number, did in enumerate(dids, start=1):
-        if not is_valid_did(did):
-            # Not echoed: a credential pasted into the wrong setting must not reach a log.
-            raise ConfigError(variable, f"entry {number} is not a DID")
-    return frozenset(dids)
-
-
-_FLAGS: Final = {"1": True, "true": True, "0": False, "false": False}
-
-
-def _flag(variable: str, value: str) -> bool:
-    flag = _FLAGS.get(value.strip().lower())
-    if flag is None:
-        raise ConfigError(variable, "must be 0, 1, true or false")
-    return flag
-
-
-def _http_url(variable: str, value: str) -> str:
-    parsed = urlsplit(value.strip())
-    try:
-        parsed.port  # noqa: B018  (parsing the port is the check)
-    except ValueError:
-        raise ConfigError(variable, "has an invalid port") from None
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(variable, "must be an http:// or https:// URL")
-    if parsed.query or parsed.fragment or parsed.username or parsed.password:
-        raise ConfigError(variable, "must be a plain URL: no query, fragment or credentials")
-    return value.strip().rstrip("/")

@@ -20,6 +20,7 @@ from aiohttp import StreamReader, web
 
 from sidecar.errors import (
     AuthenticationFailed,
+    ChangeNotDurable,
     EncryptionUnavailable,
     EnvelopeError,
     Forbidden,
@@ -28,14 +29,17 @@ from sidecar.errors import (
     SecretExists,
     SecretNotFound,
     StorageUnavailable,
-    XrpcError,
+    WireError,
 )
 
 log = structlog.get_logger("sidecar.http")
 
 RETRY_AFTER_S: Final = "1"
 
-_WIRE: Final[dict[type[Exception], tuple[int, str, dict[str, str]]]] = {
+# aiohttp's own refusals, by status; any other 4xx is InvalidRequest.
+HTTP_ERROR_NAMES: Final = {404: "NotFound", 413: "PayloadTooLarge"}
+
+ERRORS_BY_TYPE: Final[dict[type[Exception], tuple[int, str, dict[str, str]]]] = {
     PayloadTooLarge: (413, "PayloadTooLarge", {}),
     InvalidInput: (400, "InvalidRequest", {}),
     AuthenticationFailed: (401, "AuthenticationRequired", {"WWW-Authenticate": "Bearer"}),
@@ -55,21 +59,27 @@ _MESSAGES: Final[dict[type[Exception], str]] = {
     EncryptionUnavailable: "No active key-encryption key is configured; cannot seal new tokens",
     EnvelopeError: "The secret cannot be opened with the configured key-encryption keys",
     StorageUnavailable: "Storage did not answer in time; retry shortly",
+    ChangeNotDurable: (
+        "Storage could not confirm the change as durable in time; it may or may not "
+        "have been applied. Retry the request"
+    ),
 }
 
-INTERNAL: Final = XrpcError(500, "InternalServerError", "Internal Server Error")
+INTERNAL: Final = WireError(500, "InternalServerError", "Internal Server Error")
 
 
-def to_wire(exc: BaseException) -> XrpcError | None:
+def to_wire(exc: BaseException) -> WireError | None:
     """The wire error for a known exception, or None for an unexpected one."""
-    if isinstance(exc, XrpcError):
+    if isinstance(exc, WireError):
         return exc
+    message: str | None = None
     for cls in type(exc).__mro__:
-        mapped = _WIRE.get(cls)
+        # A subclass may keep its parent's status but say more (ChangeNotDurable).
+        message = message or _MESSAGES.get(cls)
+        mapped = ERRORS_BY_TYPE.get(cls)
         if mapped is not None:
             status, name, headers = mapped
-            message = _MESSAGES.get(cls) or str(exc) or name
-            return XrpcError(status, name, message, headers)
+            return WireError(status, name, message or str(exc) or name, headers)
     return None
 
 
@@ -87,7 +97,7 @@ def json_answer(
     )
 
 
-def error_response(error: XrpcError) -> web.Response:
+def error_response(error: WireError) -> web.Response:
     return json_answer({"error": error.name, "message": error.message}, error.status, error.headers)
 
 
@@ -218,11 +228,25 @@ def _http_error(exc: web.HTTPException) -> web.Response:
     if exc.status == 405:
         allow = exc.headers.get("Allow", "")
         return error_response(
-            XrpcError(405, "InvalidRequest", "Method not allowed", {"Allow": allow})
+            WireError(405, "InvalidRequest", "Method not allowed", {"Allow": allow})
         )
     if exc.status >= 500:
         return error_response(INTERNAL)
-    names = {404: "NotFound", 413: "PayloadTooLarge"}
     return error_response(
-        XrpcError(exc.status, names.get(exc.status, "InvalidRequest"), exc.reason)
+        WireError(exc.status, HTTP_ERROR_NAMES.get(exc.status, "InvalidRequest"), exc.reason)
     )
+
+
+def bearer_credential(authorization: str | None) -> str:
+    """The credential of a ``Bearer`` header, or ``AuthenticationFailed``."""
+    if authorization is None or not authorization.strip():
+        raise AuthenticationFailed("missing")
+    scheme, _, credential = authorization.strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential or " " in credential:
+        raise AuthenticationFailed("malformed")
+    # aiohttp hands undecodable header bytes over as lone surrogates; no key
+    # or JWT is anything but printable ASCII.
+    if not (credential.isascii() and credential.isprintable()):
+        raise AuthenticationFailed("malformed")
+    return credential

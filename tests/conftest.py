@@ -15,15 +15,15 @@ import redis
 from aiohttp import web
 from atproto_fakes import SERVICE_DID, DidHost
 from prometheus_client import CollectorRegistry
-from support import ALICE, BOB
+from support import ALICE, BOB, SERVER_BINARY
 
 from sidecar.app import Sidecar, create_ops_app, create_sign_app, create_xrpc_app, open_sidecar
-from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek
-from sidecar.embedded import EmbeddedValkey
-from sidecar.lexicon import LexiconRegistry, default_lexicon_dir
 from sidecar.log import configure_logging
 from sidecar.settings import Settings
+from sidecar.storage.embedded import EmbeddedValkey
+from sidecar.xrpc.lexicon import LexiconRegistry, default_lexicon_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,7 +47,7 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), persist=False)
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), binary=SERVER_BINARY, persist=False)
     server.start()
     try:
         yield server.url

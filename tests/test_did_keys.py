@@ -1,4 +1,4 @@
-"""Unit tests for ``sidecar.did_keys``: base58btc, Multikey and legacy keys, signature checks."""
+"""Tests for ``sidecar.auth.did_keys``: base58btc, Multikey and legacy keys, signature checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from atproto_fakes import ES256, ES256K, LEGACY_TYPE, ORDERS, KeyPair, b58encode
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sidecar.did_keys import (
+from sidecar.auth.did_keys import (
     PublicKey,
     atproto_signing_key,
     base58btc_decode,

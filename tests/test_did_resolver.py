@@ -1,4 +1,4 @@
-"""``sidecar.did_resolver`` against a real loopback PLC directory and did:web host."""
+"""``sidecar.auth.did_resolver`` against a real loopback PLC directory and did:web host."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from atproto_fakes import ES256, ES256K, DidHost, Issuer, KeyPair, Served, new_plc_did
 
-from sidecar.did_keys import decode_multikey
-from sidecar.did_resolver import DidResolver
-from sidecar.embedded import free_port
+from sidecar.auth.did_keys import decode_multikey
+from sidecar.auth.did_resolver import DidResolver
 from sidecar.errors import DidResolutionError
+from sidecar.storage.embedded import free_port
 
 if TYPE_CHECKING:
     import aiohttp

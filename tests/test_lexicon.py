@@ -1,4 +1,4 @@
-"""Tests for sidecar.lexicon: loading lexicons and validating values against them."""
+"""Tests for sidecar.xrpc.lexicon: loading lexicons and validating values against them."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from multidict import MultiDict
 
-from sidecar.errors import InvalidInput, SidecarError
-from sidecar.lexicon import (
-    LexiconError,
-    LexiconRegistry,
-    MethodDef,
-    default_lexicon_dir,
-    is_valid_nsid,
-)
+from sidecar.errors import InvalidInput, LexiconError, SidecarError
+from sidecar.xrpc.formats import is_valid_nsid
+from sidecar.xrpc.lexicon import LexiconRegistry, default_lexicon_dir
+from sidecar.xrpc.schemas import MethodDef
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -132,9 +128,17 @@ def load_one(tmp_path: Path, document: dict[str, Any]) -> MethodDef:
             "create",
             "procedure",
             "POST",
-            frozenset({"AuthenticationRequired", "InvalidRequest", "AlreadyExists"}),
+            frozenset(
+                {
+                    "AuthenticationRequired",
+                    "InvalidRequest",
+                    "AlreadyExists",
+                    "WebhookSecretEncryptionUnavailable",
+                    "StorageUnavailable",
+                }
+            ),
         ),
-        ("list", "query", "GET", frozenset({"AuthenticationRequired"})),
+        ("list", "query", "GET", frozenset({"AuthenticationRequired", "StorageUnavailable"})),
         (
             "rotate",
             "procedure",
@@ -145,7 +149,9 @@ def load_one(tmp_path: Path, document: dict[str, Any]) -> MethodDef:
             "delete",
             "procedure",
             "POST",
-            frozenset({"AuthenticationRequired", "InvalidRequest", "NotFound"}),
+            frozenset(
+                {"AuthenticationRequired", "InvalidRequest", "NotFound", "StorageUnavailable"}
+            ),
         ),
     ],
 )

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Self
 import aiohttp
 import pytest
 import redis
-from support import ALICE, CREATE, bearer
+from support import ALICE, CREATE, SERVER_BINARY, bearer
 
-from sidecar.embedded import EmbeddedValkey, free_port
-from sidecar.store import index_key
+from sidecar.storage.embedded import EmbeddedValkey, free_port
+from sidecar.storage.keys import index_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -142,7 +142,7 @@ def wait_for(what: str, check: Callable[[], bool]) -> None:
 @pytest.fixture
 def valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
     """A server of this test's own, because pausing it must not stall any other test."""
-    with EmbeddedValkey(tmp_path / "valkey", persist=False) as server:
+    with EmbeddedValkey(tmp_path / "valkey", binary=SERVER_BINARY, persist=False) as server:
         yield server
 
 
@@ -299,7 +299,7 @@ async def test_start_without_redis_is_unready_until_redis_appears(
             assert response.status == 503
             assert (await response.json())["error"] == "StorageUnavailable"
 
-        with EmbeddedValkey(tmp_path / "late", port=port, persist=False):
+        with EmbeddedValkey(tmp_path / "late", binary=SERVER_BINARY, port=port, persist=False):
             await served.event("redis_available")
             assert await status_of(f"{served.ops}/readyz") == 200
             async with http.post(f"{served.xrpc}/xrpc/{CREATE}", json={"name": "late"}) as response:

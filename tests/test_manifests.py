@@ -30,7 +30,7 @@ import yaml
 from support import read_env_file
 
 from sidecar.crypto import encode_kek, generate_kek
-from sidecar.settings import _VARIABLES, Settings
+from sidecar.settings import VARIABLES, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -423,7 +423,7 @@ def test_keys_are_files_from_the_secret_and_data_is_writable() -> None:
 def test_configmap_holds_only_settings_the_sidecar_knows() -> None:
     """Every ConfigMap key, in the base and in overlays, is a setting of the sidecar (or one
     of issue #6 landing in parallel), so a misspelled name cannot be silently ignored."""
-    known = set(_VARIABLES) | LANDING_SETTINGS
+    known = set(VARIABLES) | LANDING_SETTINGS
     keys = set(base_settings())
     for overlay in OVERLAYS:
         for generator in kustomization(KUBERNETES / "overlays" / overlay).get(
@@ -437,7 +437,7 @@ def test_configmap_holds_only_settings_the_sidecar_knows() -> None:
 def test_landing_settings_are_not_yet_known() -> None:
     """LANDING_SETTINGS lists only settings that settings.py does not parse yet; once one
     lands, this fails so it leaves the list and the check above covers it for real."""
-    assert LANDING_SETTINGS & set(_VARIABLES) == set()
+    assert LANDING_SETTINGS & set(VARIABLES) == set()
 
 
 def test_base_settings_parse_as_the_sidecar_would() -> None:
@@ -445,7 +445,7 @@ def test_base_settings_parse_as_the_sidecar_would() -> None:
     settings = {
         key: value
         for key, value in base_settings().items()
-        if key in _VARIABLES and not key.endswith("_FILE")
+        if key in VARIABLES and not key.endswith("_FILE")
     }
     parsed = Settings.from_env(settings)
     assert parsed.sign_host == "127.0.0.1"
@@ -467,7 +467,7 @@ def test_overlay_settings_parse_as_the_sidecar_would(overlay: str, tmp_path: Pat
     environ = {
         key: str(kek if key == "SIDECAR_KEK_FILE" else other) if key.endswith("_FILE") else value
         for key, value in settings.items()
-        if key in _VARIABLES
+        if key in VARIABLES
     }
     Settings.from_env(environ)
 
@@ -543,7 +543,7 @@ def test_dev_overlay_runs_a_persistent_single_redis() -> None:
 
 def test_production_overlay_uses_sentinel_with_tls_on_three_spread_replicas() -> None:
     """The production overlay runs 3+ replicas that never share a node, reaches Redis through
-    Sentinel, and mounts the CA file it names."""
+    Sentinel, mounts the CA file it names, and waits for a replica before acknowledging."""
     documents = render(KUBERNETES / "overlays" / "production")
     workload = one(documents, "Deployment")
     assert workload["spec"]["replicas"] >= 3
@@ -556,6 +556,8 @@ def test_production_overlay_uses_sentinel_with_tls_on_three_spread_replicas() ->
     )
     config = one(documents, "ConfigMap")["data"]
     assert config["REDIS_URL"].startswith("rediss+sentinel://")
+    # An acknowledged rotation must survive a Sentinel failover.
+    assert config["SIDECAR_DURABLE_REPLICAS"] == "1"
     ca = PurePosixPath(config["SIDECAR_REDIS_CA_FILE"])
     (sidecar,) = spec["initContainers"]
     assert any(PurePosixPath(m["mountPath"]) == ca.parent for m in sidecar["volumeMounts"])

@@ -130,7 +130,7 @@ async def test_redis_errors_are_counted_by_operation(
     aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, keys: Keys
 ) -> None:
     """A Redis that refuses connections counts one error per failed operation."""
-    from sidecar.embedded import free_port
+    from sidecar.storage.embedded import free_port
 
     dead = await make_sidecar(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     xrpc = await aiohttp_client(create_xrpc_app(dead))
@@ -247,7 +247,7 @@ async def test_readyz_is_503_with_a_reason(
     reason: str,
 ) -> None:
     """/readyz is 503 with a JSON reason when Redis is down or no KEK is loaded; /healthz is 200."""
-    from sidecar.embedded import free_port
+    from sidecar.storage.embedded import free_port
 
     env = {key: value.format(port=free_port()) for key, value in overrides.items()}
     ops = await aiohttp_client(create_ops_app(await make_sidecar(**env)))

@@ -6,7 +6,7 @@ import base64
 import re
 from pathlib import Path
 
-from sidecar import signing
+from sidecar.signing import schemes
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 TOKEN = "wsk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
@@ -21,8 +21,8 @@ def worked_body() -> bytes:
 def test_every_scheme_in_the_worked_example_matches_the_code() -> None:
     """Each header value the README shows for the example is exactly what sign() returns."""
     body = worked_body()
-    for scheme in signing.SCHEMES:
-        headers = signing.sign(scheme, TOKEN, body, msg_id="msg_2b7Xk", timestamp=1705314600)
+    for scheme in schemes.SCHEMES:
+        headers = schemes.sign(scheme, TOKEN, body, msg_id="msg_2b7Xk", timestamp=1705314600)
         for name, value in headers.items():
             assert f"{name}: {value}" in README, (scheme, name)
 

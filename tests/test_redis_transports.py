@@ -18,12 +18,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from support import ALICE, CREATE, ROTATE, call, opened
+from support import ALICE, CREATE, ROTATE, SERVER_BINARY, call, opened
 
 from sidecar.app import create_xrpc_app
-from sidecar.embedded import EmbeddedValkey
 from sidecar.errors import StorageUnavailable
-from sidecar.store import secret_key
+from sidecar.storage.embedded import EmbeddedValkey
+from sidecar.storage.keys import secret_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -144,6 +144,7 @@ def socket_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     socket_path = base / "valkey.sock"
     server = EmbeddedValkey(
         base,
+        binary=SERVER_BINARY,
         persist=False,
         extra_args=("--unixsocket", str(socket_path), "--unixsocketperm", "700"),
     )

@@ -19,9 +19,9 @@ from support import ALICE, BOB, ROTATE, call, create_secrets, opened
 from sidecar.app import create_xrpc_app
 from sidecar.cli import main
 from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
-from sidecar.embedded import free_port
-from sidecar.rewrap import Rewrap
-from sidecar.store import log_key, secret_key
+from sidecar.storage.embedded import free_port
+from sidecar.storage.keys import log_key, secret_key
+from sidecar.storage.rewrap import Rewrap
 
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp.test_utils import TestClient
 from support import ALICE, BOB, CREATE, DELETE, LIST, ROTATE, call
 
-from sidecar.store import secret_key
+from sidecar.storage.keys import secret_key
 
 if TYPE_CHECKING:
     import redis
     from conftest import Keys
 
     from sidecar.app import Sidecar
-    from sidecar.lexicon import LexiconRegistry
+    from sidecar.xrpc.lexicon import LexiconRegistry
 
 DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 TOKEN_RE = re.compile(r"wsk_[A-Za-z0-9_-]{32}")

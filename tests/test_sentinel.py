@@ -8,14 +8,25 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, create_secrets, opened, sign_body
+from support import (
+    ALICE,
+    CREATE,
+    DELETE,
+    LIST,
+    ROTATE,
+    SERVER_BINARY,
+    call,
+    create_secrets,
+    opened,
+    sign_body,
+)
 from topologies import DATA_PASSWORD
 
 from bench.chaos.topology import MASTER_NAME, SentinelGroup, SentinelServer, wait_for
 from sidecar.app import create_sign_app, create_xrpc_app
-from sidecar.embedded import EmbeddedValkey
 from sidecar.errors import StorageUnavailable
-from sidecar.store import secret_key
+from sidecar.storage.embedded import EmbeddedValkey
+from sidecar.storage.keys import secret_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -171,7 +182,7 @@ def protected_sentinel_url(tmp_path: Path) -> Iterator[str]:
     Apart from the session's group, so its password touches no other test; one
     sentinel under a quorum of 2 never fails anything over.
     """
-    with EmbeddedValkey(tmp_path / "primary", persist=False) as primary:
+    with EmbeddedValkey(tmp_path / "primary", binary=SERVER_BINARY, persist=False) as primary:
         with redis.Redis(port=primary.port) as client:
             client.config_set("requirepass", DATA_PASSWORD)
         with SentinelServer(

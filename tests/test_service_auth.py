@@ -1,5 +1,5 @@
-"""Unit tests for ``sidecar.service_auth`` (token shape and claims, at an injected time) and
-for the replay record it keeps through ``SecretStore.claim_jti`` on real Redis."""
+"""Unit tests for ``sidecar.auth.service_jwt`` (token shape and claims, at an injected time) and
+for the replay record it keeps through ``ReplayRecords.claim_jti`` on real Redis."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from atproto_fakes import ES256, ES256K, SERVICE_DID, Issuer, KeyPair, b64url, new_plc_did
 from support import LIST, ROTATE
 
-from sidecar.embedded import free_port
+from sidecar.auth.service_jwt import Claims, Jwt, check_claims, looks_like_jwt, parse_jwt
 from sidecar.errors import AuthenticationFailed, StorageUnavailable
-from sidecar.service_auth import Claims, Jwt, check_claims, looks_like_jwt, parse_jwt
-from sidecar.store import jti_key
+from sidecar.storage.embedded import free_port
+from sidecar.storage.keys import jti_key
 
 if TYPE_CHECKING:
     import redis
@@ -305,10 +305,10 @@ async def test_a_jti_is_claimed_once_per_issuer(sidecar: Sidecar, raw_redis: red
     """The first claim of an id wins, every later one fails; another issuer's id is separate."""
     other = new_plc_did()
     until = int(time.time()) + 60
-    assert await sidecar.store.claim_jti(ISSUER, "abc", until) is True
-    assert await sidecar.store.claim_jti(ISSUER, "abc", until) is False
-    assert await sidecar.store.claim_jti(other, "abc", until) is True
-    assert await sidecar.store.claim_jti(ISSUER, "abd", until) is True
+    assert await sidecar.replay.claim_jti(ISSUER, "abc", until) is True
+    assert await sidecar.replay.claim_jti(ISSUER, "abc", until) is False
+    assert await sidecar.replay.claim_jti(other, "abc", until) is True
+    assert await sidecar.replay.claim_jti(ISSUER, "abd", until) is True
 
     key = f"wsc:{{{ISSUER}}}:jti:{hashlib.sha256(b'abc').hexdigest()}"
     assert jti_key(ISSUER, "abc") == key
@@ -321,14 +321,14 @@ async def test_a_jti_is_claimable_again_once_its_record_expires(
 ) -> None:
     """The record is gone at its expiry time, so Redis holds no id forever."""
     until = int(time.time()) + 60
-    assert await sidecar.store.claim_jti(ISSUER, "abc", until) is True
+    assert await sidecar.replay.claim_jti(ISSUER, "abc", until) is True
     # Expire it now, as Redis would at ``until``, instead of waiting a minute.
     raw_redis.expireat(jti_key(ISSUER, "abc"), int(time.time()) - 1)
-    assert await sidecar.store.claim_jti(ISSUER, "abc", until) is True
+    assert await sidecar.replay.claim_jti(ISSUER, "abc", until) is True
 
 
 async def test_claim_fails_closed_when_redis_is_down(make_sidecar: SidecarFactory) -> None:
     """With Redis unreachable, claiming an id is StorageUnavailable, never a silent yes."""
     dead = await make_sidecar(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(StorageUnavailable):
-        await dead.store.claim_jti(ISSUER, "abc", int(time.time()) + 60)
+        await dead.replay.claim_jti(ISSUER, "abc", int(time.time()) + 60)

@@ -23,8 +23,8 @@ from atproto_fakes import (
 from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, keyspace_dump, parsed
 
 from sidecar.app import create_xrpc_app
-from sidecar.embedded import free_port
-from sidecar.store import jti_key, secret_key
+from sidecar.storage.embedded import free_port
+from sidecar.storage.keys import jti_key, secret_key
 
 if TYPE_CHECKING:
     import redis

@@ -71,7 +71,9 @@ def test_defaults() -> None:
     assert settings.redis_connect_timeout_s == 10
     assert settings.start_without_redis is False
     assert settings.shutdown_grace_s == 20
-    assert settings.explicit == frozenset()
+    # Changes wait for nothing by default.
+    assert (settings.durable_replicas, settings.durable_fsync) == (0, False)
+    assert settings.durable_timeout_ms == 500
 
 
 def test_empty_variable_counts_as_unset() -> None:
@@ -80,7 +82,6 @@ def test_empty_variable_counts_as_unset() -> None:
     assert settings.xrpc_port == 8080
     assert settings.redis_url is None
     assert settings.kek is None
-    assert settings.explicit == frozenset()
 
 
 def test_settings_are_frozen() -> None:
@@ -106,7 +107,6 @@ def test_port_is_parsed(variable: str, attribute: str, text: str, port: int) -> 
     """Each port variable is parsed as an integer."""
     settings = Settings.from_env({variable: text})
     assert getattr(settings, attribute) == port
-    assert settings.explicit == frozenset({variable})
 
 
 @pytest.mark.parametrize("variable", ["SIDECAR_XRPC_PORT", "SIDECAR_SIGN_PORT", "SIDECAR_OPS_PORT"])
@@ -210,6 +210,10 @@ def test_data_dir_is_parsed(tmp_path: Path) -> None:
         ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "redis_connect_timeout_s", "3600", 3600),
         ("SIDECAR_SHUTDOWN_GRACE_S", "shutdown_grace_s", "1", 1),
         ("SIDECAR_SHUTDOWN_GRACE_S", "shutdown_grace_s", "3600", 3600),
+        ("SIDECAR_DURABLE_REPLICAS", "durable_replicas", "0", 0),
+        ("SIDECAR_DURABLE_REPLICAS", "durable_replicas", "100", 100),
+        ("SIDECAR_DURABLE_TIMEOUT_MS", "durable_timeout_ms", "1", 1),
+        ("SIDECAR_DURABLE_TIMEOUT_MS", "durable_timeout_ms", "60000", 60_000),
     ],
 )
 def test_bounded_integer_is_parsed(variable: str, attribute: str, text: str, value: int) -> None:
@@ -233,6 +237,12 @@ def test_bounded_integer_is_parsed(variable: str, attribute: str, text: str, val
         ("SIDECAR_REDIS_CONNECT_TIMEOUT_S", "1.5"),
         ("SIDECAR_SHUTDOWN_GRACE_S", "0"),
         ("SIDECAR_SHUTDOWN_GRACE_S", "3601"),
+        ("SIDECAR_DURABLE_REPLICAS", "-1"),
+        ("SIDECAR_DURABLE_REPLICAS", "101"),
+        ("SIDECAR_DURABLE_REPLICAS", "one"),
+        # 0 would make WAIT block for ever.
+        ("SIDECAR_DURABLE_TIMEOUT_MS", "0"),
+        ("SIDECAR_DURABLE_TIMEOUT_MS", "60001"),
     ],
 )
 def test_bounded_integer_out_of_range_is_rejected(variable: str, text: str) -> None:
@@ -364,6 +374,7 @@ def test_malformed_redis_url_is_rejected_without_echo(url: str) -> None:
     [
         ("SIDECAR_REDIS_CLUSTER", "redis_cluster"),
         ("SIDECAR_START_WITHOUT_REDIS", "start_without_redis"),
+        ("SIDECAR_DURABLE_FSYNC", "durable_fsync"),
     ],
 )
 def test_boolean_settings_accept_1_0_true_false(
@@ -375,7 +386,9 @@ def test_boolean_settings_accept_1_0_true_false(
 
 
 @pytest.mark.parametrize("text", ["yes", "no", "2", "on", "t"])
-@pytest.mark.parametrize("variable", ["SIDECAR_REDIS_CLUSTER", "SIDECAR_START_WITHOUT_REDIS"])
+@pytest.mark.parametrize(
+    "variable", ["SIDECAR_REDIS_CLUSTER", "SIDECAR_START_WITHOUT_REDIS", "SIDECAR_DURABLE_FSYNC"]
+)
 def test_bad_boolean_is_rejected(variable: str, text: str) -> None:
     """A boolean setting that is not 1, 0, true or false raises ConfigError naming it."""
     with pytest.raises(ConfigError) as info:
@@ -740,8 +753,6 @@ redis_timeout_ms = 250
     assert settings.kek_previous == (Kek(OTHER_KEY), Kek(THIRD_KEY))
     assert settings.redis_timeout_ms == 250
     assert settings.ops_port == 9090
-    assert "SIDECAR_XRPC_PORT" in settings.explicit
-    assert "REDIS_URL" in settings.explicit
 
 
 def test_environment_wins_over_toml(tmp_path: Path) -> None:

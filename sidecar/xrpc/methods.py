@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from sidecar.metrics import Metrics
-    from sidecar.store import SecretStore
-    from sidecar.xrpc import Handler, Outcome, XrpcCall
+    from sidecar.storage.store import SecretStore
+    from sidecar.xrpc.server import Handler, Outcome, XrpcCall
 
 log = structlog.get_logger("sidecar.secrets")
 

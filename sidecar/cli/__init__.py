@@ -13,12 +13,18 @@ import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sidecar.auth import generate_api_key, keys_file_line
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.crypto import encode_kek, generate_kek
-from sidecar.embedded import EmbeddedServerError, EmbeddedValkey
-from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
+from sidecar.errors import (
+    ChangeNotDurable,
+    ConfigError,
+    EmbeddedServerError,
+    StartupFailed,
+    StorageUnavailable,
+)
 from sidecar.names import is_valid_did
 from sidecar.settings import Secret, Settings
+from sidecar.storage.embedded import EmbeddedValkey
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Mapping, Sequence
@@ -80,17 +86,22 @@ def _apikey(did: str, label: str) -> int:
 def _serve(settings: Settings) -> int:
     # Imported here so keygen and apikey start fast and need no event loop.
     from sidecar.app import serve
-    from sidecar.devmode import prepare_dev_mode, wants_dev_mode
+    from sidecar.cli.devmode import embedded_binary, prepare_dev_mode, wants_dev_mode
     from sidecar.log import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     embedded: EmbeddedValkey | None = None
     if settings.redis_url is None:
+        try:
+            # Found first: without the server, no development key is made either.
+            binary = embedded_binary()
+        except EmbeddedServerError as exc:
+            raise ConfigError("REDIS_URL", f"unset, and {exc}") from exc
         if wants_dev_mode(settings):
             settings, banner = prepare_dev_mode(settings)
             print("\n".join(banner), file=sys.stderr, flush=True)
-        embedded = EmbeddedValkey(settings.data_dir / "valkey", persist=True)
         try:
+            embedded = EmbeddedValkey(settings.data_dir / "valkey", binary=binary, persist=True)
             embedded.start()
         except EmbeddedServerError as exc:
             raise ConfigError("REDIS_URL", f"unset, and the embedded Valkey failed: {exc}") from exc
@@ -108,7 +119,7 @@ def _rewrap(settings: Settings, *, audit: bool) -> int:
     """Exit 0 when every secret is current or was re-wrapped, 1 otherwise."""
     from sidecar.app import store_for
     from sidecar.crypto import Keyring
-    from sidecar.rewrap import Rewrap
+    from sidecar.storage.rewrap import Rewrap
 
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set: rewrap works on the Redis your sidecars use")
@@ -124,6 +135,15 @@ def _rewrap(settings: Settings, *, audit: bool) -> int:
         job = Rewrap(store, keyring, actor="rewrap" if audit else None, on_failure=failed)
         try:
             await job.run()
+        except ChangeNotDurable:
+            print(f"rewrap: {job.report.summary()}")
+            print(
+                "rewrap: a re-sealed envelope was not confirmed by the replicas "
+                "SIDECAR_DURABLE_REPLICAS asks for; it may or may not have been applied, "
+                "run it again",
+                file=sys.stderr,
+            )
+            return 1
         except StorageUnavailable:
             print(f"rewrap: {job.report.summary()}")
             print(

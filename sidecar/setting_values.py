@@ -1,0 +1,172 @@
+"""Parsers of setting values: each takes the variable's name and its text, and
+returns the value or raises ``ConfigError`` naming the variable.
+
+A parser never repeats a value that may be a credential in its message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+from sidecar.errors import ConfigError
+from sidecar.names import is_valid_did
+from sidecar.redis_url import RedisTarget, parse_redis_url
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("auto", "json", "console")
+SIGN_ACCESS_LOGS: Final = ("errors", "all")
+
+
+class Secret:
+    """A string that must not be printed: ``repr`` and ``str`` mask it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The real value, for the one place that needs it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def read_secret_file(variable: str, value: str) -> str:
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(variable, f"cannot read {value}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(variable, f"{value} is not UTF-8 text") from None
+
+
+def redis_url(variable: str, value: str) -> Secret:
+    # Checked whole in redis_target, once SIDECAR_REDIS_CLUSTER is known too.
+    return Secret(value)
+
+
+def redis_target(url: Secret | None, *, cluster: bool) -> RedisTarget | None:
+    if url is None:
+        if cluster:
+            raise ConfigError(
+                "SIDECAR_REDIS_CLUSTER", "needs REDIS_URL: the embedded Valkey is one server"
+            )
+        return None
+    try:
+        return parse_redis_url(url.reveal(), cluster=cluster)
+    except ValueError as exc:
+        # The messages of parse_redis_url never repeat the URL, which may hold a password.
+        raise ConfigError("REDIS_URL", str(exc)) from None
+
+
+def host(variable: str, value: str) -> str:
+    if not value or any(ch.isspace() for ch in value):
+        raise ConfigError(variable, "must be a host name or IP address")
+    return value
+
+
+def port(variable: str, value: str) -> int:
+    return int_between(0, 65535)(variable, value)
+
+
+def int_between(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(variable: str, value: str) -> int:
+        text = value.strip()
+        # isascii: str.isdigit() also accepts '²' and '٨', which are no port.
+        if not (text.isascii() and text.isdigit()):
+            raise ConfigError(variable, f"must be a whole number from {low} to {high}")
+        number = int(text)
+        if not low <= number <= high:
+            raise ConfigError(variable, f"must be a whole number from {low} to {high}")
+        return number
+
+    return parse
+
+
+def choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(variable: str, value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in options:
+            raise ConfigError(variable, f"must be one of {', '.join(options)}")
+        return lowered
+
+    return parse
+
+
+def path(variable: str, value: str) -> Path:
+    return Path(value)
+
+
+def existing_file(variable: str, value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(variable, f"{value} is not a readable file")
+    return path
+
+
+def password(variable: str, value: str) -> Secret:
+    # Any text: a server's password is whatever its operator chose.
+    return Secret(value)
+
+
+def secret_text(variable: str, value: str) -> Secret:
+    if len(value) < 16:
+        raise ConfigError(variable, "must be at least 16 characters")
+    return Secret(value)
+
+
+def did(variable: str, value: str) -> str:
+    if not is_valid_did(value):
+        raise ConfigError(variable, "must be a DID, such as did:web:localhost")
+    return value
+
+
+def did_list(variable: str, value: str) -> frozenset[str]:
+    dids = [part.strip() for part in value.split(",") if part.strip()]
+    if not dids:
+        # Only an explicitly empty list gets here (TOML "[]"); refusing it
+        # beats guessing between "nobody" and "everybody".
+        raise ConfigError(variable, "must list at least one DID; remove it to allow every DID")
+    for number, did in enumerate(dids, start=1):
+        if not is_valid_did(did):
+            # Not echoed: a credential pasted into the wrong setting must not reach a log.
+            raise ConfigError(variable, f"entry {number} is not a DID")
+    return frozenset(dids)
+
+
+FLAGS: Final = {"1": True, "true": True, "0": False, "false": False}
+
+
+def flag(variable: str, value: str) -> bool:
+    flag = FLAGS.get(value.strip().lower())
+    if flag is None:
+        raise ConfigError(variable, "must be 0, 1, true or false")
+    return flag
+
+
+def http_url(variable: str, value: str) -> str:
+    parsed = urlsplit(value.strip())
+    try:
+        parsed.port  # noqa: B018  (parsing the port is the check)
+    except ValueError:
+        raise ConfigError(variable, "has an invalid port") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(variable, "must be an http:// or https:// URL")
+    if parsed.query or parsed.fragment or parsed.username or parsed.password:
+        raise ConfigError(variable, "must be a plain URL: no query, fragment or credentials")
+    return value.strip().rstrip("/")
