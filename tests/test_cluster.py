@@ -16,9 +16,8 @@ from sidecar.storage.keys import index_key, secret_key
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient
     from conftest import AiohttpClient
-    from topologies import Owners
+    from topologies import Owners, ValkeyCluster
 
-    from bench.chaos.topology import ValkeyCluster
     from sidecar.app import Sidecar
 
     Client = TestClient[Any, Any]

@@ -26,9 +26,8 @@ from sidecar.storage.rewrap import Rewrap
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient
     from conftest import AiohttpClient, Keys, SidecarFactory
-    from topologies import Owners
+    from topologies import Owners, ValkeyCluster
 
-    from bench.chaos.topology import ValkeyCluster
     from sidecar.app import Sidecar
 
     Client = TestClient[Any, Any]

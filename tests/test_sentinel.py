@@ -20,9 +20,8 @@ from support import (
     opened,
     sign_body,
 )
-from topologies import DATA_PASSWORD
+from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, SentinelServer, wait_for
 
-from bench.chaos.topology import MASTER_NAME, SentinelGroup, SentinelServer, wait_for
 from sidecar.app import create_sign_app, create_xrpc_app
 from sidecar.errors import StorageUnavailable
 from sidecar.storage.embedded import EmbeddedValkey
@@ -120,7 +119,7 @@ async def test_the_sidecar_follows_a_failover(
     tmp_path: Path,
 ) -> None:
     """When the primary dies, reads find the promoted replica at once and writes after one 503."""
-    group = SentinelGroup(tmp_path / "failover", password=DATA_PASSWORD)
+    group = SentinelGroup(tmp_path / "failover")
     group.start()
     try:
         group.wait_until_ready_to_fail_over()
@@ -185,9 +184,7 @@ def protected_sentinel_url(tmp_path: Path) -> Iterator[str]:
     with EmbeddedValkey(tmp_path / "primary", binary=SERVER_BINARY, persist=False) as primary:
         with redis.Redis(port=primary.port) as client:
             client.config_set("requirepass", DATA_PASSWORD)
-        with SentinelServer(
-            tmp_path / "sentinel", primary_port=primary.port, password=DATA_PASSWORD
-        ) as sentinel:
+        with SentinelServer(tmp_path / "sentinel", primary_port=primary.port) as sentinel:
             # Set after start, because start() waits for an unauthenticated PING.
             with redis.Redis(port=sentinel.port) as client:
                 client.execute_command(

@@ -23,18 +23,19 @@ This module is a pytest plugin, loaded by ``conftest.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 from support import ALICE, BOB
 
-from bench.chaos.topology import SentinelGroup, ValkeyCluster
+from bench.chaos import topology
+from bench.chaos.topology import MASTER_NAME, ValkeyCluster, wait_for
 from sidecar.app import create_xrpc_app
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from aiohttp.test_utils import TestClient
     from conftest import AiohttpClient, Keys, SidecarFactory
@@ -44,6 +45,30 @@ if TYPE_CHECKING:
     Client = TestClient[Any, Any]
 
 DATA_PASSWORD: Final = "topology-data-pw"
+
+__all__ = [
+    "DATA_PASSWORD",
+    "MASTER_NAME",
+    "Owners",
+    "SentinelGroup",
+    "SentinelServer",
+    "ValkeyCluster",
+    "wait_for",
+]
+
+
+class SentinelServer(topology.SentinelServer):
+    """A sentinel that authenticates to the data nodes with ``DATA_PASSWORD``."""
+
+    def __init__(self, data_dir: Path, *, primary_port: int) -> None:
+        super().__init__(data_dir, primary_port=primary_port, password=DATA_PASSWORD)
+
+
+class SentinelGroup(topology.SentinelGroup):
+    """The shared Sentinel group, with data nodes that require ``DATA_PASSWORD``."""
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base, password=DATA_PASSWORD)
 
 
 @dataclass(frozen=True)
@@ -71,7 +96,7 @@ def owners(keys: Keys, tmp_path: Path) -> Owners:
 @pytest.fixture(scope="session")
 def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
     """One Sentinel-managed primary and replica for the session."""
-    with SentinelGroup(tmp_path_factory.mktemp("sentinel"), password=DATA_PASSWORD) as group:
+    with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as group:
         yield group
 
 

@@ -96,12 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def run(args: argparse.Namespace, durability: Durability, work: Path) -> list[Result]:
+def log_to(work: Path) -> None:
+    """The harness's own log, beside the servers' logs in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(work / "harness.log")
     handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+
+
+async def run(args: argparse.Namespace, durability: Durability, work: Path) -> list[Result]:
     groups = args.only or GROUPS
     results: list[Result] = []
 
@@ -152,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     print(report.header(durability), flush=True)
     started = time.monotonic()
     if args.work_dir is not None:
+        log_to(args.work_dir)
         results = asyncio.run(run(args, durability, args.work_dir))
     else:
         with tempfile.TemporaryDirectory(prefix="wisp-chaos-") as tmp:
+            log_to(Path(tmp))
             results = asyncio.run(run(args, durability, Path(tmp)))
     seconds = time.monotonic() - started
     print()
