@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 LOWEST := .venv-lowest
 LINTED := sidecar tests bench .ci
 
-.PHONY: run test lint bench test-lowest clean
+.PHONY: run test lint bench chaos test-lowest clean
 
 # [embedded]: the Valkey that `make run` and the suite start; the image leaves it out.
 $(STAMP): pyproject.toml
@@ -32,6 +32,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Fault injection (killed, frozen and failed-over Redis) against the real
+# sidecar; writes bench/CHAOS.md and fails when a check does.
+chaos: $(STAMP)
+	$(PY) -m bench.chaos
 
 # Lint and test with every direct dependency at its floor, so a floor cannot
 # claim a version the code does not work with. pip has no lowest resolution;

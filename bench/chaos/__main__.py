@@ -15,6 +15,7 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -64,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
         help="Sentinel primary kills with the replica frozen and cut (default 10)",
     )
     parser.add_argument(
-        "--failovers", type=int, default=4, help="coordinated SENTINEL FAILOVERs (default 4)"
+        "--failovers",
+        type=int,
+        default=2,
+        help="coordinated SENTINEL FAILOVERs, about 20 s each (default 2)",
     )
     parser.add_argument(
         "--replica-rounds",
@@ -117,8 +121,8 @@ async def run(args: argparse.Namespace, durability: Durability, work: Path) -> l
             print(f"    {example}", flush=True)
 
     if "sentinel" in groups:
-        env = sentinel.SentinelEnv(work / "sentinel", durability)
-        with env.running() as service:
+        env = sentinel.SentinelEnv(work / "sentinel")
+        with env.started(), env.sidecar(durability) as service:
             done(await sentinel.steady_rotates(env, service, count=args.steady_rotates))
             done(await sentinel.kill_primary(env, service, rounds=args.kill_rounds, frozen=False))
             done(await sentinel.kill_primary(env, service, rounds=args.frozen_rounds, frozen=True))
@@ -129,12 +133,7 @@ async def run(args: argparse.Namespace, durability: Durability, work: Path) -> l
                 )
             )
     if "single" in groups:
-        fsync = Durability(
-            replicas=0,
-            fsync=bool(args.durable_fsync),
-            timeout_ms=durability.timeout_ms,
-            redis_timeout_ms=durability.redis_timeout_ms,
-        )
+        fsync = replace(durability, fsync=bool(args.durable_fsync))
         done(await single.kill_single(work / "single", fsync, rounds=args.single_rounds))
     if "cluster" in groups:
         done(
@@ -147,13 +146,14 @@ async def run(args: argparse.Namespace, durability: Durability, work: Path) -> l
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # The replicated topologies run without an AOF, so they are never asked to fsync.
     durability = Durability(
         replicas=args.durable_replicas,
-        fsync=bool(args.durable_fsync),
+        fsync=False,
         timeout_ms=args.durable_timeout_ms,
         redis_timeout_ms=args.redis_timeout_ms,
     )
-    print(report.header(durability), flush=True)
+    print(report.header(durability, fsync=bool(args.durable_fsync)), flush=True)
     started = time.monotonic()
     if args.work_dir is not None:
         log_to(args.work_dir)
@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED {problem}", file=sys.stderr)
     print(f"\n{len(results)} scenarios in {seconds:.0f} s: " + ("FAILED" if problems else "ok"))
     if not args.no_write:
-        report.write_markdown(args.output, results, durability, seconds)
+        report.write_markdown(
+            args.output, results, durability, fsync=bool(args.durable_fsync), seconds=seconds
+        )
         print(f"written to {args.output}")
     return 1 if problems else 0
 

@@ -56,7 +56,7 @@ async def kill_cluster_primary(work: Path, durability: Durability, *, rounds: in
         service = stack.enter_context(
             SidecarProcess(work / "sidecar", cluster.url, durability, cluster=True)
         )
-        scenario = Scenario("cluster primary kill", NAME, service, durability)
+        scenario = Scenario("cluster primary kill", NAME, service)
 
         def ready() -> bool:
             return cluster.agreed() and linked_replica(cluster, slot) is not None

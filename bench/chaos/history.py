@@ -39,7 +39,8 @@ class Op:
     # sign answered 200: the signature header and the version that signed.
     signature: str | None = None
     version: int | None = None
-    # A rotate made while the topology cannot make it durable: it must be refused.
+    # A rotate made while the topology cannot make it durable: with durability
+    # asked for, it must be refused.
     must_refuse: bool = False
     # A sign made after a fault's recovery, to check which token survived.
     probe: bool = False

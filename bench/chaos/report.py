@@ -74,19 +74,19 @@ def failures(results: list[Result]) -> list[str]:
     return [f"{result.scenario}: {text}" for result in results for text in result.failures]
 
 
-def header(durability: Durability, seconds: float | None = None) -> str:
+def header(durability: Durability, *, fsync: bool, seconds: float | None = None) -> str:
     took = "" if seconds is None else f", run took {seconds:.0f} s"
     return (
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, cpus={os.cpu_count()}, "
         f"SIDECAR_DURABLE_REPLICAS={durability.replicas}, "
-        f"SIDECAR_DURABLE_FSYNC={int(durability.fsync)} (single server), "
+        f"SIDECAR_DURABLE_FSYNC={int(fsync)} (single server), "
         f"SIDECAR_DURABLE_TIMEOUT_MS={durability.timeout_ms}, "
         f"SIDECAR_REDIS_TIMEOUT_MS={durability.redis_timeout_ms}{took}"
     )
 
 
 def write_markdown(
-    path: Path, results: list[Result], durability: Durability, seconds: float
+    path: Path, results: list[Result], durability: Durability, *, fsync: bool, seconds: float
 ) -> None:
     problems = failures(results)
     verdict = (
@@ -96,7 +96,7 @@ def write_markdown(
     )
     path.write_text(
         "# Fault-injection results (`make chaos`)\n\n"
-        f"{header(durability, seconds)}\n\n"
+        f"{header(durability, fsync=fsync, seconds=seconds)}\n\n"
         f"{table(results)}\n\n"
         f"{verdict}\n\n"
         f"{LEGEND.format(margin_ms=round(REFUSAL_MARGIN_S * 1000))}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -16,7 +17,7 @@ from bench.chaos.topology import log
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from bench.chaos.service import Durability, SidecarProcess
+    from bench.chaos.service import SidecarProcess
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -29,12 +30,11 @@ async def blocking(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T
 
 @dataclass(frozen=True)
 class Scenario:
-    """One scenario's name, the secret it changes, and the sidecar it drives."""
+    """One scenario's name, the name of the secret it changes, and the sidecar it drives."""
 
     name: str
     secret: str
     service: SidecarProcess
-    durability: Durability
     margin_s: float = REFUSAL_MARGIN_S
 
     async def run(self, body: Callable[[Driver], Awaitable[Any]]) -> Result:
@@ -46,7 +46,9 @@ class Scenario:
         log.info("scenario %s", self.name)
         history = History()
         errors: list[str] = []
-        async with Driver(self.service, history, self.secret) as driver:
+        # Unique, so scenarios and sidecars can share one topology and one owner.
+        name = f"{self.secret}.{uuid.uuid4().hex[:8]}"
+        async with Driver(self.service, history, name) as driver:
             try:
                 created = await driver.create()
                 if created.status != 200:
@@ -56,11 +58,12 @@ class Scenario:
             except Exception as exc:
                 log.exception("%s ended early", self.name)
                 errors.append(f"{type(exc).__name__}: {exc}")
+        durability = self.service.durability
         result = check(
             history,
             self.name,
-            refusal_bound_s=self.durability.refusal_bound_s + self.margin_s,
-            durable=self.durability.replicas > 0,
+            refusal_bound_s=durability.refusal_bound_s + self.margin_s,
+            durable=durability.replicas > 0,
         )
         result.errors += errors
         return result

@@ -49,6 +49,7 @@ class SidecarProcess:
         self, work_dir: Path, redis_url: str, durability: Durability, *, cluster: bool = False
     ) -> None:
         self.work_dir = work_dir
+        self.durability = durability
         self.api_key = generate_api_key()
         self.xrpc_port, self.sign_port, self.ops_port = free_port(), free_port(), free_port()
         keys = work_dir / "api-keys"
@@ -107,7 +108,9 @@ class SidecarProcess:
         deadline = time.monotonic() + timeout
         while not self._ready():
             if process.poll() is not None:
-                raise RuntimeError(f"the sidecar exited with {process.returncode}")
+                raise RuntimeError(
+                    f"the sidecar exited with {process.returncode}: {self.log_tail(1)}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the sidecar was not ready within {timeout}s")
             time.sleep(0.05)

@@ -36,7 +36,7 @@ async def kill_single(work: Path, durability: Durability, *, rounds: int) -> Res
     with contextlib.ExitStack() as stack:
         node = stack.enter_context(Node(work / "redis", persist=True))
         service = stack.enter_context(SidecarProcess(work / "sidecar", node.url, durability))
-        scenario = Scenario("single server AOF kill", "single", service, durability)
+        scenario = Scenario("single server AOF kill", "single", service)
 
         async def rounds_of(driver: Driver) -> None:
             for _ in range(rounds):
