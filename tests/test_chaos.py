@@ -213,14 +213,16 @@ def test_a_signature_by_an_unacknowledged_token_is_counted_apart() -> None:
 
 
 def test_answers_other_than_200_404_503_are_bad() -> None:
-    """A 500 and a request with no answer at all both count as bad statuses."""
+    """A 500, a request with no answer at all and a 200 without a signature count as bad."""
     recorded = history(
         Op("create", 0.0, 0.01, 200, token=T1),
         sign(1.0, None, 0, status=500),
         sign(2.0, None, 0, status=0),
+        sign(2.5, None, 0, status=200),
         sign(3.0, None, 0, status=503),
+        sign(4.0, T1, 1),
     )
-    assert checked(recorded).bad_statuses == 2
+    assert checked(recorded).bad_statuses == 3
 
 
 def test_a_rotate_that_must_be_refused_fails_when_acknowledged_or_slow() -> None:

@@ -183,7 +183,9 @@ def check(
     checker = _Checker(history, result)
     result.acked = len(checker.acks.ends)
     for op in history.ops:
-        if op.status not in ALLOWED_STATUSES:
+        # A sign answered 200 without a signature is no more usable than a 500.
+        unsigned = op.kind == "sign" and op.status == 200 and op.signature is None
+        if op.status not in ALLOWED_STATUSES or unsigned:
             result.bad_statuses += 1
         if op.kind == "sign":
             result.signs += 1
