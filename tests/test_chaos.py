@@ -163,6 +163,34 @@ def test_a_probe_signing_with_the_newest_token_passes() -> None:
     assert result.passed
 
 
+def test_a_later_ack_at_a_version_no_higher_than_an_earlier_one_counts_it_lost() -> None:
+    """Versions only grow; a later acknowledged token with an earlier one's version means the
+    store went back in time, whatever the probes say."""
+    recorded = history(
+        Op("create", 0.0, 0.01, 200, token=T1),
+        rotate(1.0, T2),
+        sign(1.1, T2, 2),
+        rotate(2.0, T3),
+        sign(2.1, T3, 2),  # T2's change was rolled back before T3's was made
+    )
+    result = checked(recorded)
+    assert (result.lost, result.stale) == (1, 0)
+    assert any("ack #1" in example for example in result.examples)
+
+
+def test_growing_versions_lose_nothing() -> None:
+    """Acknowledged tokens whose versions grow, even by more than one, lose nothing."""
+    recorded = history(
+        Op("create", 0.0, 0.01, 200, token=T1),
+        sign(0.5, T1, 1),
+        rotate(1.0, T2),
+        sign(1.1, T2, 3),  # a refused rotate was applied in between
+        rotate(2.0, T3),
+        sign(2.1, T3, 4),
+    )
+    assert checked(recorded).lost == 0
+
+
 def test_a_fault_without_an_answered_probe_fails() -> None:
     """A fault after which no probe was answered cannot be checked, and fails the scenario."""
     recorded = history(

@@ -3,10 +3,14 @@
 Acknowledged tokens are ordered by the end of the call that returned them:
 the harness makes one change at a time, so that is also the order in which
 they were applied. A signature names its token by lookup (every signature is
-over the same body). A signature by a token the caller never received (a
-rotate answered 503 that was applied anyway) cannot be placed in that order,
-so it is counted apart; it is stale only when its version is below that of
-the newest acknowledged token, when that version is known.
+over the same body), and tells its version. A signature by a token the caller
+never received (a rotate answered 503 that was applied anyway) cannot be
+placed in that order, so it is counted apart; it is stale only when its
+version is below that of the newest acknowledged token, when that is known.
+
+An acknowledged change is lost when the first probe after a fault signs with
+an older token, or when a later acknowledged token has a version no higher
+than its own: versions only grow, unless the store went back in time.
 """
 
 from __future__ import annotations
@@ -119,6 +123,8 @@ class _Checker:
         self.acks = _Acks(history.ops)
         self.result = result
         self.t0 = min((op.start for op in history.ops), default=0.0)
+        # Indices of the acknowledged tokens found lost.
+        self.lost: set[int] = set()
 
     def at(self, moment: float) -> str:
         return f"+{moment - self.t0:.3f} s"
@@ -160,19 +166,31 @@ class _Checker:
         place = self.acks.index.get(probe.signature or "")
         if probe.status == 404:
             # Nothing is ever deleted, so every acknowledged token is gone.
-            lost = newest + 1
+            lost = set(range(newest + 1))
         elif place is not None:
-            lost = max(0, newest - place)
+            lost = set(range(place + 1, newest + 1))
         else:
-            lost = int(self.acks.older_than_known(probe, newest))
+            lost = {newest} if self.acks.older_than_known(probe, newest) else set()
         if lost:
-            self.result.lost += lost
+            self.lost |= lost
             signed = "404" if probe.status == 404 else f"signed with {self.acks.name(probe)}"
             self.example(
                 f"lost: after the fault at {self.at(fault.start)} ({fault.kind}) the probe "
                 f"{signed}; the newest ack was #{newest}, answered at "
                 f"{self.at(self.acks.ends[newest])}"
             )
+
+    def rolled_back(self) -> None:
+        """Acks whose version a later ack's does not exceed: the store lost them in between."""
+        lowest_later = math.inf
+        for place, version in sorted(self.acks.versions.items(), reverse=True):
+            if version >= lowest_later and place not in self.lost:
+                self.lost.add(place)
+                self.example(
+                    f"lost: ack #{place}, answered at {self.at(self.acks.ends[place])}, had "
+                    f"version {version}; a later ack has version {lowest_later:.0f}"
+                )
+            lowest_later = min(lowest_later, version)
 
 
 def check(
@@ -208,6 +226,8 @@ def check(
         )
         checker.probe(fault, window)
         result.unavailable.append(_outage(window))
+    checker.rolled_back()
+    result.lost = len(checker.lost)
     return result
 
 
