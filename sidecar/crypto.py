@@ -1,4 +1,4 @@
-"""Tokens, key-encryption keys and sealed envelopes (DESIGN.md §6).
+"""Tokens, key-encryption keys and sealed envelopes (docs/architecture.md §7).
 
 This is the only module that imports PyNaCl, and it knows nothing of HTTP or
 Redis: callers hand it strings and get strings back.
@@ -73,7 +73,7 @@ _ENVELOPE_VERSION = "wsn1"
 _KID_RE = re.compile(r"[A-Za-z0-9_-]{16}")
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
 
-# The three spellings DESIGN.md §6 allows for a 32-byte KEK. Character classes
+# The three spellings of a 32-byte KEK (docs/configuration.md). Character classes
 # are spelled out (not \d or str.isalnum) so non-ASCII digits never match.
 _KEK_HEX_RE = re.compile(r"[0-9A-Fa-f]{64}")
 _KEK_B64URL_RE = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -211,9 +211,9 @@ def parse_kek(text: str, *, setting: str) -> Kek:
 def _associated_data(kid: str, did: str, name: str) -> bytes:
     """Build the AEAD associated data that binds an envelope to its key, owner and name.
 
-    DESIGN.md §6 writes it as ``wsn1.<kid>.<did>.<name>``, but ``did:web``
-    DIDs and names may both contain ``.``: ``did:web:a.b`` + ``c`` and
-    ``did:web:a`` + ``b.c`` would share one AAD, so an envelope copied between
+    ``did:web`` DIDs and names may both contain ``.``, so a dotted join
+    (``wsn1.<kid>.<did>.<name>``) is ambiguous: ``did:web:a.b`` + ``c`` and
+    ``did:web:a`` + ``b.c`` would share one AAD, and an envelope copied between
     them would open. The parts are joined with NUL, which neither a DID nor a
     name can contain, so each AAD names exactly one (kid, did, name).
     """

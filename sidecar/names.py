@@ -6,7 +6,7 @@ import re
 
 from sidecar.errors import InvalidInput
 
-# DESIGN.md §3: names are case-sensitive, never trimmed, and not "." or "..".
+# docs/architecture.md §4: names are case-sensitive, never trimmed, and not "." or "..".
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 NAME_RULE = "1-64 characters of A-Z a-z 0-9 . _ -, not '.' or '..', and not starting 'wsk_'"
 # Tokens start with "wsk_" and fit the name alphabet, so a token pasted as a

@@ -294,7 +294,7 @@ class Settings:
         "SIDECAR_LOG_FORMAT", choice(LOG_FORMATS), "auto", "Local state and logs",
         "auto (console on a TTY, JSON otherwise), json or console.",
     )  # fmt: skip
-    # Not a setting: the XRPC input limit of DESIGN.md §3.
+    # Not a setting: the XRPC input limit of docs/architecture.md §4.
     xrpc_max_bytes: int = 64 * 1024
 
     @property

@@ -44,6 +44,7 @@ SERVICE_DID: Final = "did:web:sidecar.example.com"
 
 
 def b58encode(data: bytes) -> str:
+    """``data`` in base58btc, each leading zero byte kept as a ``1``."""
     number = int.from_bytes(data, "big")
     digits = ""
     while number:
@@ -53,6 +54,7 @@ def b58encode(data: bytes) -> str:
 
 
 def b64url(data: bytes) -> str:
+    """``data`` in base64url without padding, as a JWT encodes its parts."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 

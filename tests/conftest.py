@@ -81,6 +81,7 @@ class Keys:
 
 @pytest.fixture
 def keys(tmp_path: Path) -> Keys:
+    """Fresh API keys for Alice and Bob, written to the keys file the sidecar loads."""
     alice, bob = generate_api_key(), generate_api_key()
     path = tmp_path / "api-keys"
     path.write_text(
@@ -93,6 +94,7 @@ def keys(tmp_path: Path) -> Keys:
 
 @pytest.fixture
 def kek_text() -> str:
+    """A fresh key-encryption key, encoded as SIDECAR_KEK takes it."""
     return encode_kek(generate_kek())
 
 
@@ -109,6 +111,7 @@ def env(redis_url: str, keys: Keys, kek_text: str, tmp_path: Path) -> dict[str, 
 
 @pytest.fixture(scope="session")
 def lexicons() -> LexiconRegistry:
+    """The lexicons the sidecar ships, loaded once for the session."""
     return LexiconRegistry.load(default_lexicon_dir())
 
 
@@ -133,6 +136,7 @@ async def make_sidecar(
 
 @pytest.fixture
 async def sidecar(make_sidecar: SidecarFactory) -> Sidecar:
+    """A sidecar on the test Redis, configured from ``env`` as it stands."""
     result: Sidecar = await make_sidecar()
     return result
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import redis
     from aiohttp.test_utils import TestClient
 
+    from sidecar.app import Sidecar
     from sidecar.crypto import Keyring
     from sidecar.storage.store import StoredEnvelope
 
@@ -32,6 +33,7 @@ SERVER_BINARY = Path(os.environ.get("SIDECAR_TEST_REDIS_SERVER") or get_binary_p
 
 
 def parsed(lines: list[str]) -> list[dict[str, Any]]:
+    """Each captured log line, decoded from its JSON."""
     return [json.loads(line) for line in lines]
 
 
@@ -53,6 +55,7 @@ def keyspace_dump(client: redis.Redis) -> dict[bytes, Any]:
 
 
 def bearer(key: str) -> dict[str, str]:
+    """The Authorization header that presents ``key`` as a bearer credential."""
     return {"Authorization": f"Bearer {key}"}
 
 
@@ -84,6 +87,12 @@ async def sign_body(
     query = {"did": did, "name": name, **params}
     async with client.post("/v1/sign", params=query, data=body) as response:
         return response.status, await response.json()
+
+
+def read_round_trips(sidecar: Sidecar) -> float:
+    """Coalesced envelope reads sent so far, as the sidecar's own metric counts them."""
+    count = sidecar.metrics.registry.get_sample_value("wisp_sidecar_sign_read_batch_size_count")
+    return count or 0.0
 
 
 def read_env_file(path: Path) -> dict[str, str]:

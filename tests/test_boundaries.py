@@ -82,6 +82,7 @@ def violations(relative: str, source: str) -> list[str]:
 
 
 def sidecar_modules() -> list[str]:
+    """Every module of the sidecar package, by its path within the package."""
     return sorted(str(path.relative_to(SIDECAR)) for path in SIDECAR.rglob("*.py"))
 
 

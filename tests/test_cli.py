@@ -98,6 +98,7 @@ class Served:
 
 
 async def start_serve(data_dir: Path) -> Served:
+    """Start an unconfigured ``python -m sidecar serve`` on free ports; return once it listens."""
     port = free_port()
     env = {
         "PATH": os.environ["PATH"],
@@ -139,6 +140,7 @@ async def start_serve(data_dir: Path) -> Served:
 
 
 async def stop_serve(served: Served) -> int:
+    """Send the served process SIGTERM and return its exit code."""
     served.process.send_signal(signal.SIGTERM)
     return await asyncio.wait_for(served.process.wait(), timeout=30)
 

@@ -48,6 +48,7 @@ def register(host: DidHost, alg: str = ES256K, *, web: bool = False) -> Issuer:
 
 
 def key_of(issuer: Issuer) -> Any:
+    """The public key ``issuer``'s document publishes, decoded as the resolver decodes it."""
     return decode_multikey(issuer.key.multikey())
 
 

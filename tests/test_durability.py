@@ -103,6 +103,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 
 @pytest.fixture
 def pair_url(pair: Pair) -> str:
+    """The primary's URL, with the pair emptied for this test."""
     with redis.Redis(port=pair.primary.port) as client:
         client.flushall()
     return pair.primary.url
@@ -122,11 +123,13 @@ async def durable(make_sidecar: SidecarFactory, pair_url: str) -> Sidecar:
 
 @pytest.fixture
 async def durable_xrpc(aiohttp_client: AiohttpClient, durable: Sidecar) -> Client:
+    """A client of the durable sidecar's XRPC listener, over a real socket."""
     client: Client = await aiohttp_client(create_xrpc_app(durable))
     return client
 
 
 def durability_failures(sidecar: Sidecar, operation: str) -> float | None:
+    """The durability failures the sidecar counted for ``operation``; None if none."""
     return sidecar.metrics.registry.get_sample_value(
         "wisp_sidecar_durability_failures_total", {"operation": operation}
     )

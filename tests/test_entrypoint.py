@@ -40,6 +40,7 @@ def instructions(name: str) -> list[str]:
 
 
 def entrypoint() -> list[str]:
+    """The Dockerfile's one ENTRYPOINT, as the argv its exec form names."""
     (text,) = instructions("ENTRYPOINT")
     command: list[str] = json.loads(text)
     return command

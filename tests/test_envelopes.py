@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from conftest import SidecarFactory
@@ -14,6 +15,7 @@ from sidecar.signing.reader import CoalescingReader
 
 
 async def seed(sidecar: Sidecar, did: str, name: str) -> str:
+    """Store a new secret ``name`` of ``did`` and return the envelope it is sealed in."""
     envelope = sidecar.keyring.seal("wsk_" + "A" * 32, did=did, name=name)
     await sidecar.store.create(did, name, envelope, actor="test")
     return envelope
@@ -35,13 +37,19 @@ async def test_reads_of_one_loop_turn_share_one_round_trip(sidecar: Sidecar) -> 
     assert by_ref[(ALICE, "missing")] is None
 
 
+def batch_sent_event() -> tuple[asyncio.Event, Callable[[int], None]]:
+    """An event set when the reader sends a batch, and the hook that sets it."""
+    sent = asyncio.Event()
+    return sent, lambda size: sent.set()
+
+
 async def test_a_read_after_a_batch_was_sent_waits_for_the_next_batch(sidecar: Sidecar) -> None:
     """A read asked while a batch is in flight is not served by it, so it sees later writes."""
     await seed(sidecar, ALICE, "a")
-    reader = CoalescingReader(sidecar.store)
+    sent, on_batch = batch_sent_event()
+    reader = CoalescingReader(sidecar.store, on_batch=on_batch)
     early = asyncio.ensure_future(reader.get(ALICE, "a"))
-    # One loop turn: the reader's flush runs and takes the first batch away.
-    await asyncio.sleep(0)
+    await sent.wait()
     rotated = sidecar.keyring.seal("wsk_" + "B" * 32, did=ALICE, name="a")
     change = await sidecar.store.rotate(ALICE, "a", rotated, actor="test")
     late = await reader.get(ALICE, "a")
@@ -54,10 +62,12 @@ async def test_a_read_after_a_batch_was_sent_waits_for_the_next_batch(sidecar: S
 async def test_one_cancelled_reader_does_not_cancel_the_others(sidecar: Sidecar) -> None:
     """Cancelling one waiting read leaves the other reads of the same batch to complete."""
     envelope = await seed(sidecar, ALICE, "a")
-    reader = CoalescingReader(sidecar.store)
+    sent, on_batch = batch_sent_event()
+    reader = CoalescingReader(sidecar.store, on_batch=on_batch)
     doomed = asyncio.ensure_future(reader.get(ALICE, "a"))
     survivor = asyncio.ensure_future(reader.get(ALICE, "a"))
-    await asyncio.sleep(0)
+    # Cancelled once the batch both joined is on its way.
+    await sent.wait()
     doomed.cancel()
     stored = await survivor
     assert stored is not None

@@ -28,6 +28,7 @@ BODY = b'{"event":"create"}'
 
 
 def signature(token: str, body: bytes = BODY) -> str:
+    """The X-Webhook-Signature the wisp scheme gives ``body`` under ``token``."""
     return "sha256=" + hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
 
 
@@ -40,6 +41,7 @@ class Replica:
 async def replicas(
     aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, count: int = 2, **env: str
 ) -> list[Replica]:
+    """``count`` sidecars configured with ``env``, each with clients of XRPC and sign."""
     result = []
     for _ in range(count):
         sidecar = await make_sidecar(**env)
@@ -125,6 +127,7 @@ def own_server(tmp_path: Path) -> Iterator[EmbeddedValkey]:
 
 
 async def expect_503_quickly(client: Client, timeout_s: float) -> None:
+    """Assert signing fails closed: 503 StorageUnavailable, no headers, in about ``timeout_s``."""
     started = time.monotonic()
     status, answer = await sign_body(client, ALICE, "orders", BODY)
     elapsed = time.monotonic() - started
@@ -172,11 +175,12 @@ async def test_sign_fails_closed_when_redis_stops_answering(
         await asyncio.gather(*(expect_503_quickly(replica.sign, 0.5) for _ in range(5)))
     finally:
         os.kill(own_server.pid, signal.SIGCONT)
+    # Thawed, it answers again at once: the connections the deadlines cut are
+    # replaced on first use, within the same request.
     statuses = [
         (await sign_body(replica.sign, ALICE, "orders", BODY))[0] for _ in itertools.repeat(0, 3)
     ]
-    assert 200 in statuses
-    assert statuses[-1] == 200
+    assert statuses == [200, 200, 200]
 
 
 async def test_every_xrpc_procedure_gives_up_on_a_frozen_redis_in_time(

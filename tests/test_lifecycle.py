@@ -128,11 +128,13 @@ class ServeProcess:
 
 
 async def status_of(url: str) -> int:
+    """The HTTP status a GET of ``url`` answers."""
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return response.status
 
 
 def wait_for(what: str, check: Callable[[], bool]) -> None:
+    """Poll ``check`` until it holds; fail the test if that takes longer than the event timeout."""
     deadline = time.monotonic() + EVENT_TIMEOUT_S
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -148,6 +150,7 @@ def valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
 
 @pytest.fixture
 def serve_env(keys: Keys, kek_text: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a served sidecar, but for REDIS_URL, which each test sets."""
     return {
         "SIDECAR_KEK": kek_text,
         "SIDECAR_API_KEYS_FILE": str(keys.path),

@@ -139,14 +139,17 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
 
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
+    """The YAML documents in ``path``, empty ones left out."""
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
 def kustomization_dirs() -> list[Path]:
+    """Every directory under deploy/ that holds a kustomization.yaml."""
     return sorted(path.parent for path in DEPLOY.rglob("kustomization.yaml"))
 
 
 def kustomization(directory: Path) -> dict[str, Any]:
+    """The kustomization.yaml of ``directory``, parsed."""
     result: dict[str, Any] = yaml.safe_load((directory / "kustomization.yaml").read_text())
     return result
 
@@ -172,6 +175,7 @@ def resource_files(directory: Path) -> list[Path]:
 
 
 def all_resource_files() -> list[Path]:
+    """Every resource file some kustomization builds from, each once."""
     files = {path for directory in kustomization_dirs() for path in resource_files(directory)}
     return sorted(files)
 
@@ -195,21 +199,25 @@ def validate(document: dict[str, Any]) -> None:
 
 
 def deployment() -> dict[str, Any]:
+    """The base Deployment, the one document of base/deployment.yaml."""
     (document,) = load_documents(BASE / "deployment.yaml")
     return document
 
 
 def pod_spec() -> dict[str, Any]:
+    """The pod template's spec of the base Deployment."""
     result: dict[str, Any] = deployment()["spec"]["template"]["spec"]
     return result
 
 
 def sidecar_container() -> dict[str, Any]:
+    """The wisp-sidecar container, a native sidecar among the pod's initContainers."""
     (container,) = [c for c in pod_spec()["initContainers"] if c["name"] == "wisp-sidecar"]
     return container
 
 
 def port_named(container: dict[str, Any], name: str) -> int:
+    """The port of ``container`` named ``name``."""
     (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
     result: int = port
     return result
@@ -217,6 +225,7 @@ def port_named(container: dict[str, Any], name: str) -> int:
 
 @functools.cache
 def render(directory: Path) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize`` builds from ``directory``; skips without kubectl."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not on PATH, so kustomizations are not rendered")
@@ -228,6 +237,7 @@ def render(directory: Path) -> list[dict[str, Any]]:
 
 
 def one(documents: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    """The one document of ``kind`` (and ``name``, if given); fails unless there is exactly one."""
     (found,) = [
         doc
         for doc in documents

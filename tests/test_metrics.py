@@ -23,6 +23,7 @@ def samples(registry: CollectorRegistry) -> set[tuple[str, tuple[tuple[str, str]
 
 
 def test_loop_histogram_matches_prometheus_histogram() -> None:
+    """Fed the same values, bucket bounds included, LoopHistogram exposes what Histogram does."""
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     loop = LoopHistogram(ours, "t_seconds", "doc", SIGN_BUCKETS)
     reference = Histogram("t_seconds", "doc", buckets=SIGN_BUCKETS, registry=theirs)
@@ -36,6 +37,7 @@ def test_loop_histogram_matches_prometheus_histogram() -> None:
 
 
 def test_loop_counter_matches_prometheus_counter() -> None:
+    """LoopCounter exposes what Counter does, an initial label set at 0 before any increment."""
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     loop = LoopCounter(ours, "t", "doc", ["scheme", "outcome"], initial=[("wisp", "ok")])
     reference = Counter("t", "doc", ["scheme", "outcome"], registry=theirs)
@@ -50,6 +52,7 @@ def test_loop_counter_matches_prometheus_counter() -> None:
 
 
 def test_a_name_taken_twice_is_refused_like_any_collector() -> None:
+    """A LoopCounter registers its name, so another collector of that name is refused."""
     registry = CollectorRegistry()
     LoopCounter(registry, "t", "doc", ["scheme"])
     with pytest.raises(ValueError, match="Duplicated"):

@@ -30,6 +30,7 @@ async def scrape(ops: Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    """The sample of ``name`` with exactly ``labels`` in a scrape, 0 if there is none."""
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 

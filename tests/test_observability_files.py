@@ -90,20 +90,24 @@ class Query:
 
 
 def load_rules() -> list[dict[str, Any]]:
+    """Every rule of the PrometheusRule, across its groups."""
     document = yaml.safe_load(RULES.read_text())
     return [rule for group in document["spec"]["groups"] for rule in group["rules"]]
 
 
 def load_dashboard() -> dict[str, Any]:
+    """The Grafana dashboard, parsed."""
     result: dict[str, Any] = json.loads(DASHBOARD.read_text())
     return result
 
 
 def rule_queries() -> list[Query]:
+    """The expression of every alert rule, named by its alert."""
     return [Query(f"alert {rule['alert']}", rule["expr"]) for rule in load_rules()]
 
 
 def dashboard_queries() -> list[Query]:
+    """Every PromQL query of the dashboard: panel targets and query variables' selectors."""
     dashboard = load_dashboard()
     queries = [
         Query(f"panel {panel['title']!r} {target['refId']}", target["expr"])
@@ -120,6 +124,7 @@ def dashboard_queries() -> list[Query]:
 
 
 def grafana_variables() -> set[str]:
+    """The names of the dashboard's template variables."""
     return {variable["name"] for variable in load_dashboard()["templating"]["list"]}
 
 
@@ -144,6 +149,7 @@ class Uses:
 
 
 def uses_of(expr: promql_parser.Expr) -> Uses:
+    """The vector selectors in ``expr``, and the labels each aggregation in it groups by."""
     uses = Uses()
 
     def visit(node: promql_parser.Expr) -> bool:

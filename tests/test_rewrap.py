@@ -2,7 +2,7 @@
 
 Secrets are made by a sidecar whose active key is the old one; rotations during
 a run come from a sidecar that already has the new key active and the old one
-as previous, as in a real KEK rotation (DESIGN.md §6).
+as previous, as in a real KEK rotation (docs/architecture.md §7).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ Client = TestClient[Any, Any]
 
 
 def assert_datetime_near_now(value: str) -> None:
+    """Assert ``value`` is an RFC 3339 UTC time with milliseconds, within a minute of now."""
     assert DATETIME_RE.fullmatch(value), value
     moment = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert abs((datetime.now(UTC) - moment).total_seconds()) < 60

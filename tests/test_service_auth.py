@@ -47,6 +47,7 @@ def token(header: dict[str, Any] | None = None, **claims: Any) -> Jwt:
 
 
 def check(jwt: Jwt, *, now: float = NOW, nsid: str = LIST) -> Claims:
+    """The claims of ``jwt``, checked as this service checks them at ``now`` for ``nsid``."""
     return check_claims(jwt, audience=SERVICE_DID, nsid=nsid, now=now)
 
 

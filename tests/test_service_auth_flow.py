@@ -86,6 +86,7 @@ def counted(sidecar: Sidecar, reason: str) -> float:
 
 
 def all_counted(sidecar: Sidecar) -> dict[str, float]:
+    """The auth failures the sidecar counted, by reason, unknown_key included."""
     return {reason: counted(sidecar, reason) for reason in (*REASONS, "unknown_key")}
 
 
@@ -110,6 +111,7 @@ def swapped_payload(issuer: Issuer) -> str:
 
 
 def claims_of(token: str) -> dict[str, Any]:
+    """The payload of ``token``, decoded without any check."""
     payload = token.split(".")[1]
     decoded: dict[str, Any] = json.loads(
         base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from conftest import AiohttpClient, Keys, SidecarFactory
 from standardwebhooks.webhooks import Webhook
-from support import ALICE, BOB, CREATE, ROTATE, call, sign_body
+from support import ALICE, BOB, CREATE, ROTATE, call, read_round_trips, sign_body
 from yarl import URL
 
 from sidecar.app import create_sign_app
@@ -32,6 +32,7 @@ async def token(xrpc: Client, keys: Keys) -> str:
 
 
 def hex_hmac(token: str, message: bytes) -> str:
+    """The hex HMAC-SHA256 of ``message`` under ``token``."""
     return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
@@ -170,6 +171,7 @@ async def test_body_over_the_limit_is_413(
 
 
 async def pieces(body: bytes, size: int) -> AsyncIterator[bytes]:
+    """``body`` in chunks of ``size`` bytes, to send as a chunked request."""
     for start in range(0, len(body), size):
         yield body[start : start + size]
 
@@ -330,13 +332,13 @@ async def test_batch_of_1000_items_is_read_in_one_round_trip(
     """A full batch is signed, and all its envelopes are read in a single Redis round trip."""
     b64 = base64.b64encode(BODY).decode()
     items = [{"did": ALICE, "name": "orders", "body_b64": b64}] * 1000
-    before = sidecar.signer._reader.batches_sent
+    before = read_round_trips(sidecar)
     async with sign.post("/v1/sign/batch", json={"items": items}) as response:
         assert response.status == 200
         results = (await response.json())["results"]
     assert len(results) == 1000
     assert all(r["version"] == 1 for r in results)
-    assert sidecar.signer._reader.batches_sent == before + 1
+    assert read_round_trips(sidecar) == before + 1
 
 
 # --- verify ----------------------------------------------------------------

@@ -41,6 +41,7 @@ def unchanged(seeded: Client, raw_redis: redis.Redis) -> Iterator[None]:
 
 
 def assert_error(status: int, body: Any, expected_status: int, expected_error: str) -> None:
+    """Assert an XRPC error: the expected status, and a body of exactly that error and a message."""
     assert status == expected_status, body
     assert set(body) == {"error", "message"}, body
     assert body["error"] == expected_error
@@ -51,6 +52,7 @@ def assert_error(status: int, body: Any, expected_status: int, expected_error: s
 async def post_raw(
     client: Client, nsid: str, data: bytes, headers: dict[str, str]
 ) -> tuple[int, Any, Any]:
+    """POST ``data`` to ``nsid`` as it is; the status, the decoded body and the headers."""
     async with client.post(f"/xrpc/{nsid}", data=data, headers=headers) as response:
         return response.status, await response.json(), response.headers
 

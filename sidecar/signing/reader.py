@@ -1,7 +1,7 @@
 """Fresh envelope reads for signing, coalesced per event-loop turn.
 
 Every sign request must read its secret's envelope from Redis after the
-request arrived (DESIGN.md §7): that is what makes a rotation effective at
+request arrived (docs/architecture.md §8): that is what makes a rotation effective at
 once on every replica. To keep that from costing a round trip per request,
 reads that arrive in the same loop turn share one pipelined round trip.
 

@@ -1,7 +1,7 @@
 """The signature schemes: build and check webhook signature headers over raw bytes.
 
 Pure functions, stdlib only; nothing here knows of HTTP, Redis or envelopes
-(DESIGN.md section 7). Two rules hold for every scheme:
+(docs/architecture.md §8). Two rules hold for every scheme:
 
 - the HMAC key is the token's UTF-8 bytes. For ``standard`` this is the same
   key a receiver holds: its secret is ``whsec_`` + base64(token), and Standard

@@ -3,7 +3,7 @@
 Redis replicates asynchronously: a primary answers a write as soon as it alone
 has it, so a failover inside the replication window can bring an old token
 back to life. A change is therefore answered 200 only once it meets the
-configured durability (DESIGN.md §5):
+configured durability (docs/architecture.md §5):
 
 - ``replicas``: that many replicas acknowledged it (``WAIT``);
 - ``fsync``: it is also fsynced to the primary's append-only file, and to the

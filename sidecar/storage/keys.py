@@ -1,4 +1,4 @@
-"""The key layout of the sidecar's Redis data (DESIGN.md §5).
+"""The key layout of the sidecar's Redis data (docs/architecture.md §5).
 
 Keys of one owner share the hash tag ``{<did>}``, so each Lua script touches
 one cluster slot:

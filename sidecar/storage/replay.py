@@ -1,4 +1,4 @@
-"""The record of service JWT ids already used, kept in Redis (DESIGN.md §4).
+"""The record of service JWT ids already used, kept in Redis (docs/architecture.md §9).
 
 A ``jti`` is refused on reuse until its token expires, on every replica, so
 the record is shared; it is the replay guard ``sidecar.auth.service_jwt`` asks.

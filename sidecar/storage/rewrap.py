@@ -1,4 +1,4 @@
-"""Re-seal every stored envelope under the active KEK (DESIGN.md §6, ``wisp-sidecar rewrap``).
+"""Re-seal every stored envelope under the active KEK: ``wisp-sidecar rewrap``.
 
 A KEK rotation deploys the new key as active and the old one as previous; this
 then moves every token onto the new key, so the old one can be retired.

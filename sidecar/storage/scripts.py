@@ -11,7 +11,7 @@ import hashlib
 from typing import Final
 
 # Reads that decide a signature or answer a caller come from the current
-# primary only (DESIGN.md §5). A primary demoted by a failover keeps its
+# primary only (docs/architecture.md §5). A primary demoted by a failover keeps its
 # clients' connections and, as a replica, still answers reads and no-writes
 # scripts with whatever it had, so every script asks first (a write script
 # too: a replica with replica-read-only off would take it). READONLY is
@@ -50,7 +50,7 @@ return {'ok', 1, now}
 """
 )
 
-# rotate never creates: a missing hash is NotFound (DESIGN.md §5).
+# rotate never creates: a missing hash is NotFound (docs/architecture.md §5).
 ROTATE: Final = (
     PRIMARY_ONLY
     + NOW_MS

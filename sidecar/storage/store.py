@@ -272,7 +272,7 @@ class SecretStore:
 
     async def _publish(self, did: str, op: str, change: SecretChange) -> None:
         # Dispatchers may react to this; correctness never depends on it
-        # (DESIGN.md §5), so a failed publish is counted and otherwise ignored.
+        # (docs/architecture.md §5), so a failed publish is counted and otherwise ignored.
         message = json.dumps({"did": did, "name": change.name, "ver": change.version, "op": op})
         with contextlib.suppress(StorageUnavailable):
             await self._calls.run("publish", lambda: self._redis.publish(EVENTS_CHANNEL, message))
