@@ -30,6 +30,7 @@ DURABLE = Durability(replicas=1)
 
 
 def explain(result: Result) -> str:
+    """What failed, with examples, for an assertion message."""
     return "; ".join(result.failures + result.examples)
 
 
@@ -117,15 +118,18 @@ T1, T2, T3 = "wsk_token-one", "wsk_token-two", "wsk_token-three"
 
 
 def rotate(start: float, token: str | None, status: int = 200, **flags: bool) -> Op:
+    """A rotate that took 10 ms."""
     return Op("rotate", start, start + 0.01, status, token=token, **flags)
 
 
 def sign(start: float, token: str | None, version: int, status: int = 200, **flags: bool) -> Op:
+    """A sign that took 10 ms, signed by ``token`` at ``version`` (none without a token)."""
     signature = signature_of(token) if token else None
     return Op("sign", start, start + 0.01, status, None, signature, version, **flags)
 
 
 def history(*ops: Op, faults: tuple[tuple[float, float], ...] = ()) -> History:
+    """A history of ``ops`` and of faults given as (start, recovered)."""
     recorded = History(ops=list(ops))
     for start, recovered in faults:
         recorded.fault("test", start).recovered = recovered
@@ -133,6 +137,7 @@ def history(*ops: Op, faults: tuple[tuple[float, float], ...] = ()) -> History:
 
 
 def checked(recorded: History, *, durable: bool = True) -> Result:
+    """The checker's verdict, with a refusal bound of 1 s."""
     return check(recorded, "test", refusal_bound_s=1.0, durable=durable)
 
 
