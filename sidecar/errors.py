@@ -9,6 +9,7 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
     ├── ConfigError                 a setting is missing or malformed (exit 2 at start)
     ├── StartupFailed               something needed at start is not there (exit 2)
     ├── EmbeddedServerError         the embedded development server did not start
+    │   └── DataDirInUse            another embedded server holds its data directory
     ├── LexiconError                a lexicon is malformed, or an output breaks it (500)
     ├── InvalidInput                the caller's input breaks a rule (400 InvalidRequest)
     │   └── PayloadTooLarge         the body is over the limit (413)
@@ -28,7 +29,7 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -59,6 +60,10 @@ class StartupFailed(SidecarError):
 
 class EmbeddedServerError(SidecarError):
     """The embedded server could not be found or started."""
+
+
+class DataDirInUse(EmbeddedServerError):
+    """Another embedded server (or the sidecar that started it) holds the data directory."""
 
 
 class LexiconError(SidecarError):
@@ -113,8 +118,21 @@ class EncryptionUnavailable(SidecarError):
     """No active key-encryption key is configured, so nothing new can be sealed."""
 
 
+# Why an envelope did not open, for logs and the envelopes_unopenable metric.
+ENVELOPE_FAILURE_REASONS: Final = ("malformed", "unknown_key", "undecryptable")
+
+
 class EnvelopeError(SidecarError):
-    """A stored envelope is malformed, sealed under an unknown key, or fails authentication."""
+    """A stored envelope is malformed, sealed under an unknown key, or fails authentication.
+
+    ``reason`` is one of ``ENVELOPE_FAILURE_REASONS``; ``kid`` is the key id the
+    envelope names (public: it is written in every envelope), when it has one.
+    """
+
+    def __init__(self, message: str, *, reason: str = "malformed", kid: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.kid = kid
 
 
 class StorageUnavailable(SidecarError):
