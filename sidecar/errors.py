@@ -78,6 +78,26 @@ class PayloadTooLarge(InvalidInput):
     """The request body is larger than the listener accepts."""
 
 
+# Every ``AuthenticationFailed.reason``: the API's own (missing, malformed,
+# unknown_key) and the service JWT checks' (docs/authentication.md). The
+# auth_failures metric shows each at 0 from start.
+AUTH_FAILURE_REASONS: Final = (
+    "missing",
+    "malformed",
+    "unknown_key",
+    "bad_jwt",
+    "bad_alg",
+    "bad_type",
+    "bad_audience",
+    "bad_lxm",
+    "expired",
+    "too_long_lived",
+    "replayed",
+    "bad_signature",
+    "unresolved_did",
+)
+
+
 class AuthenticationFailed(SidecarError):
     """Credentials are missing or invalid.
 
@@ -86,7 +106,14 @@ class AuthenticationFailed(SidecarError):
     """
 
     def __init__(self, reason: str) -> None:
-        super().__init__("authentication required")
+        # Two messages only: what was missing, or that it did not pass, and
+        # nothing more (which check failed is for logs and metrics).
+        super().__init__(
+            "Authentication required: no credential was sent; "
+            "send it as 'Authorization: Bearer <credential>'"
+            if reason == "missing"
+            else "Authentication failed: the credential was not recognised"
+        )
         self.reason = reason
 
 

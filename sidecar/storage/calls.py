@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MovedError, RedisError
@@ -27,6 +27,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 ErrorHook = Callable[[str], None]
+
+
+# Every operation a call is counted under when it fails (redis_errors_total),
+# known in advance so the metric shows each at 0 from start.
+OPERATIONS: Final = (
+    "create",
+    "rotate",
+    "delete",
+    "rewrap",
+    "claim_jti",
+    "list",
+    "get_envelopes",
+    "audit",
+    "ping",
+    "publish",
+    "replication",
+    "scan",
+)
 
 
 class RedisCalls:
