@@ -58,9 +58,11 @@ def dev_env(data_dir: Path, *, hosts: bool = True, **extra: str) -> dict[str, st
     return env
 
 
-async def start_serve(data_dir: Path, env: dict[str, str] | None = None) -> Served:
+async def start_serve(
+    data_dir: Path, env: dict[str, str] | None = None, *, embedded: bool = True
+) -> Served:
     """Start ``python -m sidecar serve`` (unconfigured unless ``env`` says); return once
-    every listener listens."""
+    every listener listens (and, with ``embedded``, the embedded Valkey's line is read)."""
     env = env if env is not None else dev_env(data_dir)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -88,7 +90,7 @@ async def start_serve(data_dir: Path, env: dict[str, str] | None = None) -> Serv
     await asyncio.wait_for(until_listening(), timeout=30)
     # The banner is printed before the listeners start, so it is all there now.
     banner = b""
-    while not banner.endswith(b"\n") or b"embedded Valkey (pid" not in banner:
+    while embedded and (not banner.endswith(b"\n") or b"embedded Valkey (pid" not in banner):
         banner += await asyncio.wait_for(process.stderr.readline(), timeout=5)
     return Served(process, banner.decode(), env, listening)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from sidecar import __version__
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
+from sidecar.cli.audit import SINCE_HELP
 from sidecar.cli.common import EXIT_CONFIG, EXIT_OK
 from sidecar.crypto import encode_kek, generate_kek
 from sidecar.errors import ConfigError, StartupFailed
@@ -42,9 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wisp-sidecar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, summary: str, description: str, *, settings: bool = True
+    ) -> argparse.ArgumentParser:
         return commands.add_parser(
-            name, help=summary, description=description, epilog=SETTINGS_EPILOG
+            name,
+            help=summary,
+            description=description,
+            epilog=SETTINGS_EPILOG if settings else None,
         )
 
     command(
@@ -66,16 +72,58 @@ def _parser() -> argparse.ArgumentParser:
     rewrap.add_argument(
         "--no-audit", action="store_true", help="do not add an op=rewrap entry to the audit logs"
     )
+    keys = command(
+        "keys",
+        "which keys seal the stored tokens",
+        "Report stored tokens by key id, with the key that sealed them, and which open "
+        "with this configuration's SIDECAR_KEK and SIDECAR_KEK_PREVIOUS.",
+    )
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    keys_commands.add_parser(
+        "status",
+        help="count stored tokens by key id, and which of them open",
+        description="Count stored tokens by the key id that sealed them, and open each "
+        "with the configured keys. Run it before retiring a previous key: a key that "
+        "still seals tokens must stay until `rewrap` moves them. Exits 0 when every "
+        "token opens, 1 otherwise.",
+        epilog=SETTINGS_EPILOG,
+    )
+    audit = command(
+        "audit",
+        "print an owner's audit log as JSON lines",
+        "Print the changes to an owner's secrets, oldest first, one JSON object a line: "
+        "time, op, name, version, actor. Tokens are never stored in it, so never printed.",
+    )
+    audit.add_argument("--did", required=True, help="the owner whose log to print")
+    audit.add_argument("--name", help="only the entries of this secret")
+    audit.add_argument("--since", help=f"entries from then on: {SINCE_HELP}")
+    audit.add_argument(
+        "--limit",
+        default="100",
+        help="at most this many entries (default 100): the first ones after --since, "
+        "else the latest ones",
+    )
+    command(
+        "doctor",
+        "check a deployed sidecar: Redis, durability, keys, listeners",
+        "Check, with the sidecar's own settings and from where it runs: that Redis "
+        "answers and what it is, that the replicas meet SIDECAR_DURABLE_REPLICAS, the "
+        "KEK and that every stored token opens with it, the API keys, and that the "
+        "three listeners answer. One line per check (ok, warn, skip or FAIL); exits 1 "
+        "on any FAIL. Run it after every deploy.",
+    )
     command(
         "keygen",
         "print a new key-encryption key (KEK)",
         "Print a new random key-encryption key, for SIDECAR_KEK or SIDECAR_KEK_FILE.",
+        settings=False,
     )
     apikey = command(
         "apikey",
         "print a new API key and its keys-file line",
         "Print a new API key (shown once) and the line to add to SIDECAR_API_KEYS_FILE, "
         "which holds only the key's digest.",
+        settings=False,
     )
     apikey.add_argument("--did", required=True, help="the owner DID the key acts as")
     apikey.add_argument("--label", default="", help="a label for the audit log")
@@ -96,6 +144,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             from sidecar.cli.rewrap import rewrap
 
             return rewrap(settings, audit=not args.no_audit)
+        if args.command == "keys":
+            from sidecar.cli.keys import status
+
+            return status(settings)
+        if args.command == "audit":
+            from sidecar.cli.audit import audit
+
+            return audit(settings, did=args.did, name=args.name, since=args.since, limit=args.limit)
+        if args.command == "doctor":
+            from sidecar.cli.doctor import doctor
+
+            return doctor(settings)
         from sidecar.cli.serve import serve
 
         return serve(settings)

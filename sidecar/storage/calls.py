@@ -100,6 +100,16 @@ class RedisCalls:
         info: Any = await self.run("replication", lambda: client.info("replication"))
         return [int(info["connected_slaves"])]
 
+    async def server_version(self) -> str:
+        """The server's name and version, such as ``valkey 9.0.0`` (a cluster: its seed's)."""
+        info: Any = await self.run("replication", lambda: self._redis.info("server"))
+        if "redis_version" not in info and info:
+            # A cluster client answers per node: {node name: info}.
+            info = next(iter(info.values()))
+        if "valkey_version" in info:
+            return f"valkey {info['valkey_version']}"
+        return f"redis {info.get('redis_version', 'unknown')}"
+
     async def fsync_refusal(self) -> str | None:
         """Why the primaries cannot confirm an fsync with WAITAOF, or None when they can."""
         client = self._redis
