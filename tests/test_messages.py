@@ -169,3 +169,32 @@ async def test_the_key_ids_are_logged_at_start(
     assert line["previous_kids"] == [parse_kek(previous, setting="t").kid]
     assert kek_text not in str(log_lines)
     assert previous not in str(log_lines)
+
+
+async def test_a_batch_item_that_does_not_open_is_logged_under_the_answers_request_id(
+    xrpc: Client,
+    keys: Keys,
+    aiohttp_client: AiohttpClient,
+    make_sidecar: SidecarFactory,
+    log_lines: list[str],
+) -> None:
+    """In a batch, an item whose envelope does not open is logged with its DID, name and the
+    request id the 200 answer carries, and each item gets its own error."""
+    assert (await call(xrpc, CREATE, keys.alice, {"name": "sealed"}))[0] == 200
+    lacking = await make_sidecar(SIDECAR_KEK=encode_kek(generate_kek()))
+    sign = await aiohttp_client(create_sign_app(lacking))
+    items = [
+        {"did": ALICE, "name": "sealed", "body_b64": "e30="},
+        {"did": ALICE, "name": "absent", "body_b64": "e30="},
+    ]
+    log_lines.clear()
+    async with sign.post("/v1/sign/batch", json={"items": items}) as response:
+        assert response.status == 200
+        rid = response.headers["X-Request-Id"]
+        results = (await response.json())["results"]
+    assert [result.get("error") for result in results] == [
+        "WebhookSecretEncryptionUnavailable",
+        "NotFound",
+    ]
+    (line,) = [line for line in parsed(log_lines) if line["event"] == "envelope_unopenable"]
+    assert (line["did"], line["name"], line["request_id"]) == (ALICE, "sealed", rid)

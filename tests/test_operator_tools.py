@@ -157,7 +157,7 @@ def test_keys_status_counts_envelopes_by_key_id_and_says_which_open(
         ),
         "keys: 4 stored, 2 do not open",
     ]
-    assert f"previous key {kid[previous]} still seals 1 secrets" in err
+    assert f"previous key {kid[previous]} still seals 1 secret:" in err
     assert f"cannot open 'm' of {ALICE} (kid={kid[missing]}, reason=unknown_key)" in err
     assert f"cannot open 'bad' of {BOB} (kid=-, reason=malformed)" in err
     for text in (active, previous, missing):
@@ -281,3 +281,23 @@ def test_doctor_fails_on_missing_replicas_and_unopenable_tokens(
     assert checks["envelopes"][1].startswith("1 do not open with these keys")
     assert f"{foreign.active_kid} (missing): 1" in checks["envelopes"][1]
     assert checks["api keys"][0] == "ok"
+
+
+async def test_doctor_beside_make_run_finds_the_development_sidecar(tmp_path: Path) -> None:
+    """With nothing configured but the ports, doctor checks the running development sidecar:
+    its Valkey, KEK, keys file and loopback listeners, and exits 0."""
+    env = dev_env(tmp_path, hosts=False)
+    served = await start_serve(tmp_path, env)
+    try:
+        status, out, err = await run_cli("doctor", env=env)
+    finally:
+        assert await stop_serve(served) == 0
+    checks = report(out)
+    assert status == 0, out + err
+    assert checks["redis"][1].startswith("one server 127.0.0.1:")
+    assert checks["api keys"][1].startswith(f"1 key for 1 DID in {tmp_path / 'dev-api-keys'}")
+    assert checks["listener xrpc"] == (
+        "ok",
+        f"127.0.0.1:{env['SIDECAR_XRPC_PORT']}: version {__version__}",
+    )
+    assert "wsa_" not in out + err

@@ -17,6 +17,11 @@ EXIT_FAILED: Final = 1
 EXIT_CONFIG: Final = 2
 
 
+def counted(number: int, noun: str) -> str:
+    """``1 key``, ``2 keys``: a count with its noun."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop

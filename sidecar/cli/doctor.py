@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from sidecar.cli.common import EXIT_FAILED, EXIT_OK, run
+from sidecar.cli.common import EXIT_FAILED, EXIT_OK, counted, run
 from sidecar.cli.devmode import dev_tool_settings
 from sidecar.cli.keys import role_of
 from sidecar.errors import ConfigError, StorageError, StorageUnavailable
@@ -67,20 +67,18 @@ async def _checks(settings: Settings) -> list[Check]:
     store = store_for(settings)
     try:
         redis = await _redis(settings, store)
+        answered = redis.status != "FAIL"
+        unchecked = "not checked: Redis did not answer"
         checks.append(redis)
-        if redis.status == "FAIL":
-            checks += [
-                Check("skip", name, "not checked: Redis did not answer")
-                for name in ("durability", "envelopes")
-            ]
-        else:
-            checks.append(await _durability(store))
-            checks.append(_kek(settings))
-            checks.append(await _envelopes(settings, store))
+        checks.append(
+            await _durability(store) if answered else Check("skip", "durability", unchecked)
+        )
+        checks.append(_kek(settings))
+        checks.append(
+            await _envelopes(settings, store) if answered else Check("skip", "envelopes", unchecked)
+        )
     finally:
         await store.close()
-    if redis.status == "FAIL":
-        checks.append(_kek(settings))
     checks.append(_api_keys(settings))
     checks += await _listeners(settings)
     return checks
@@ -199,7 +197,10 @@ def _api_keys(settings: Settings) -> Check:
         except ConfigError as exc:
             return Check("FAIL", "api keys", str(exc))
         owners = len({entry.did for entry in entries})
-        notes.append(f"{len(entries)} keys for {owners} DIDs in {settings.api_keys_file}")
+        notes.append(
+            f"{counted(len(entries), 'key')} for {counted(owners, 'DID')} "
+            f"in {settings.api_keys_file}"
+        )
     if settings.service_did is not None:
         notes.append(f"service auth on as {settings.service_did}")
     if not notes or (not entries and settings.service_did is None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from sidecar.cli.common import EXIT_FAILED, EXIT_OK, run
+from sidecar.cli.common import EXIT_FAILED, EXIT_OK, counted, run
 from sidecar.cli.devmode import dev_tool_settings
 from sidecar.cli.rewrap import unopenable_line
 from sidecar.errors import ConfigError, StorageUnavailable
@@ -78,7 +78,7 @@ def _status(settings: Settings) -> int:
     for kid, count in inventory.by_kid.items():
         if role_of(kid, keyring) == "previous" and count.secrets:
             print(
-                f"keys: previous key {kid} still seals {count.secrets} secrets: "
+                f"keys: previous key {kid} still seals {counted(count.secrets, 'secret')}: "
                 "run `wisp-sidecar rewrap` before retiring it",
                 file=sys.stderr,
             )
