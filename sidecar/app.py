@@ -30,6 +30,7 @@ from sidecar.auth.did_resolver import DidResolver
 from sidecar.auth.service_jwt import ServiceAuthVerifier
 from sidecar.crypto import Keyring, OpenedTokenCache
 from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
+from sidecar.listeners import ConnectionLimits, ListenerRunner, connection_cap
 from sidecar.metrics import KnownLabels, Metrics
 from sidecar.redis_url import scrub
 from sidecar.signing.reader import CoalescingReader
@@ -214,6 +215,7 @@ def create_xrpc_app(sidecar: Sidecar) -> web.Application:
         SecretMethods(sidecar.store, sidecar.keyring).handlers(),
         sidecar.authenticator,
         max_body_bytes=sidecar.settings.xrpc_max_bytes,
+        read_timeout_s=sidecar.settings.http_read_timeout_s,
         version=__version__,
         health=sidecar.redis_ok,
         observers=(metrics_observer(sidecar.metrics),),
@@ -235,6 +237,7 @@ def create_sign_app(sidecar: Sidecar) -> web.Application:
         max_body_bytes=settings.sign_max_bytes,
         max_batch_bytes=settings.sign_batch_max_bytes,
         sign_token=settings.sign_token,
+        read_timeout_s=settings.http_read_timeout_s,
         log_successes=settings.sign_access_log == "all",
     ).add_routes(app)
     return app
@@ -403,9 +406,20 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
         runners: dict[str, web.AppRunner] = {}
         sites: dict[str, web.TCPSite] = {}
         try:
+            xrpc_cap = connection_cap(settings.xrpc_max_connections)
             for name, app, host, port in listeners:
-                runner = web.AppRunner(
-                    app, access_log=None, shutdown_timeout=settings.shutdown_grace_s
+                runner = ListenerRunner(
+                    app,
+                    listener=name,
+                    limits=ConnectionLimits(
+                        read_timeout_s=settings.http_read_timeout_s,
+                        idle_timeout_s=settings.http_idle_timeout_s,
+                        # The public port is capped; the pod-local ones serve their own pod.
+                        max_connections=xrpc_cap if name == "xrpc" else None,
+                    ),
+                    on_closed=sidecar.metrics.connection_closed,
+                    access_log=None,
+                    shutdown_timeout=settings.shutdown_grace_s,
                 )
                 await runner.setup()
                 runners[name] = runner

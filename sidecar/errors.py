@@ -12,7 +12,8 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
     │   └── DataDirInUse            another embedded server holds its data directory
     ├── LexiconError                a lexicon is malformed, or an output breaks it (500)
     ├── InvalidInput                the caller's input breaks a rule (400 InvalidRequest)
-    │   └── PayloadTooLarge         the body is over the limit (413)
+    │   ├── PayloadTooLarge         the body is over the limit (413)
+    │   └── BodyTimedOut            the body did not arrive within the read timeout (408)
     ├── AuthenticationFailed        no or bad credentials (401); ``reason`` is private
     ├── Forbidden                   authenticated, but not on the allow-list (403)
     ├── DidResolutionError          a DID did not resolve to a usable ``#atproto`` key
@@ -76,6 +77,10 @@ class InvalidInput(SidecarError):
 
 class PayloadTooLarge(InvalidInput):
     """The request body is larger than the listener accepts."""
+
+
+class BodyTimedOut(InvalidInput):
+    """The request body did not arrive within ``SIDECAR_HTTP_READ_TIMEOUT_S``."""
 
 
 # Every ``AuthenticationFailed.reason``: the API's own (missing, malformed,

@@ -97,14 +97,40 @@ def configure_logging(
         redact,
         renderer,
     ]
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=_SinkLoggerFactory(sink) if sink else structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    # What aiohttp, asyncio and any library log through the standard library
+    # goes the same way: one JSON line, redacted, at the same threshold. Left
+    # to the default, it would reach stderr as plain multi-line tracebacks.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _ToStructlog):
+            root.removeHandler(handler)
+    root.addHandler(_ToStructlog())
+    root.setLevel(threshold)
+    logging.captureWarnings(True)
+    # A record that fails to log must not print its own traceback to stderr.
+    logging.raiseExceptions = False
+
+
+class _ToStructlog(logging.Handler):
+    """Hands each standard-library record to structlog, under the record's logger name."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            structlog.get_logger(record.name).log(
+                record.levelno,
+                record.getMessage(),
+                logger=record.name,
+                exc_info=record.exc_info or False,
+            )
+        except Exception:
+            self.handleError(record)
 
 
 class _SinkLogger:

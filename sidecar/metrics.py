@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 PREFIX = "wisp_sidecar"
 
+LISTENERS = ("xrpc", "sign", "ops")
+# Why a listener closed a connection itself (sidecar.listeners).
+CLOSE_REASONS = ("over_capacity", "read_timeout", "idle_timeout")
 # Every change that waits for durability (sidecar.store), exported at 0 from start.
 DURABLE_OPERATIONS = ("create", "rotate", "delete", "rewrap", "claim_jti")
 
@@ -241,6 +244,16 @@ class Metrics:
         )
         for operation in DURABLE_OPERATIONS:
             self.durability_failures.labels(operation=operation)
+        self.connections_closed = Counter(
+            f"{PREFIX}_http_connections_closed",
+            "Connections a listener closed itself: over its cap, or too slow to send a "
+            "request, or idle too long.",
+            ["listener", "reason"],
+            registry=registry,
+        )
+        for listener in LISTENERS:
+            for reason in CLOSE_REASONS:
+                self.connections_closed.labels(listener=listener, reason=reason)
         self.auth_failures = Counter(
             f"{PREFIX}_auth_failures",
             "Refused credentials, by reason.",
@@ -261,3 +274,6 @@ class Metrics:
 
     def not_durable(self, operation: str) -> None:
         self.durability_failures.labels(operation=operation).inc()
+
+    def connection_closed(self, listener: str, reason: str) -> None:
+        self.connections_closed.labels(listener=listener, reason=reason).inc()

@@ -202,6 +202,22 @@ class Settings:
         "Ops: /metrics, /healthz, /readyz. The address it binds.",
     )  # fmt: skip
     ops_port: int = _setting("SIDECAR_OPS_PORT", port, 9090, "Listeners", "Ops: its port.")
+    xrpc_max_connections: int = _setting(
+        "SIDECAR_XRPC_MAX_CONNECTIONS", int_between(1, 1_000_000), 1000, "Listeners",
+        "The most connections the XRPC listener holds at once; past it a new one is\n"
+        "closed at once. The process's file limit lowers it if need be, always keeping\n"
+        "room for the sign and ops listeners. 1..1000000.",
+    )  # fmt: skip
+    http_read_timeout_s: int = _setting(
+        "SIDECAR_HTTP_READ_TIMEOUT_S", int_between(1, 3600), 10, "Listeners",
+        "The most time a client gets to send a complete request head, and again its\n"
+        "body, on every listener; then the connection is closed (a body gets 408).\n"
+        "1..3600.",
+    )  # fmt: skip
+    http_idle_timeout_s: int = _setting(
+        "SIDECAR_HTTP_IDLE_TIMEOUT_S", int_between(1, 3600), 15, "Listeners",
+        "How long a kept-alive connection may sit idle between requests. 1..3600.",
+    )  # fmt: skip
     # --- Lifecycle
     shutdown_grace_s: int = _setting(
         # At least 1: aiohttp reads a shutdown timeout of 0 as "wait for ever".

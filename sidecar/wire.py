@@ -7,6 +7,7 @@ Anything unexpected is a 500 whose message never carries details.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import secrets
@@ -20,6 +21,7 @@ from aiohttp import StreamReader, web
 
 from sidecar.errors import (
     AuthenticationFailed,
+    BodyTimedOut,
     ChangeNotDurable,
     EncryptionUnavailable,
     EnvelopeError,
@@ -41,6 +43,8 @@ HTTP_ERROR_NAMES: Final = {404: "NotFound", 413: "PayloadTooLarge"}
 
 ERRORS_BY_TYPE: Final[dict[type[Exception], tuple[int, str, dict[str, str]]]] = {
     PayloadTooLarge: (413, "PayloadTooLarge", {}),
+    # The rest of the body may still be on its way: the connection is closed.
+    BodyTimedOut: (408, "InvalidRequest", {"Connection": "close"}),
     InvalidInput: (400, "InvalidRequest", {}),
     AuthenticationFailed: (401, "AuthenticationRequired", {"WWW-Authenticate": "Bearer"}),
     Forbidden: (403, "Forbidden", {}),
@@ -97,7 +101,12 @@ def json_answer(
 
 
 def error_response(error: WireError) -> web.Response:
-    return json_answer({"error": error.name, "message": error.message}, error.status, error.headers)
+    response = json_answer(
+        {"error": error.name, "message": error.message}, error.status, error.headers
+    )
+    if error.headers.get("Connection") == "close":
+        response.force_close()
+    return response
 
 
 def arrived_body(request: web.Request, limit: int) -> bytes | None:
@@ -119,19 +128,23 @@ def arrived_body(request: web.Request, limit: int) -> bytes | None:
     return body
 
 
-def read_body(request: web.Request, limit: int) -> Awaitable[bytes]:
-    """The whole request body, or ``PayloadTooLarge`` once it passes ``limit`` bytes.
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The whole request body, or ``PayloadTooLarge`` once it passes ``limit`` bytes,
+    or ``BodyTimedOut`` when it has not all arrived within ``timeout_s``.
 
     A declared Content-Length is refused before reading; a chunked body is
-    read only up to one byte past the limit. Returns the awaitable of the
-    cheapest read rather than being a coroutine itself: one less coroutine on
-    every request.
+    read only up to one byte past the limit. (A body that came with its head
+    is taken by ``arrived_body`` without waiting at all.)
     """
     declared = request.content_length
-    if declared is not None and declared <= limit:
-        # The common case, and the cheapest read: the length is known and fits.
-        return request.read()
-    return read_limited(request.content, declared, limit, _too_large(limit))
+    try:
+        async with asyncio.timeout(timeout_s):
+            if declared is not None and declared <= limit:
+                # The common case, and the cheapest read: the length is known and fits.
+                return await request.read()
+            return await read_limited(request.content, declared, limit, _too_large(limit))
+    except TimeoutError:
+        raise BodyTimedOut(f"The request body did not arrive within {timeout_s:g} s") from None
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

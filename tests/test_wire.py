@@ -37,7 +37,7 @@ async def test_a_body_still_arriving_is_left_to_read_body() -> None:
     """arrived_body declines a body still arriving, and read_body then reads it whole."""
     request = request_with([b"abc"], eof=False, declared=6)
     assert arrived_body(request, 6) is None
-    reading = asyncio.ensure_future(read_body(request, 6))
+    reading = asyncio.ensure_future(read_body(request, 6, timeout_s=5))
     request.content.feed_data(b"def")
     request.content.feed_eof()
     assert await reading == b"abcdef"

@@ -163,12 +163,14 @@ class SignApi:
         max_body_bytes: int,
         max_batch_bytes: int,
         sign_token: Secret | None,
+        read_timeout_s: float,
         log_successes: bool = False,
     ) -> None:
         self._signer = signer
         self._metrics = metrics
         self._max_body = max_body_bytes
         self._max_batch = max_batch_bytes
+        self._read_timeout_s = read_timeout_s
         self._sign_token = sign_token.reveal().encode() if sign_token is not None else None
         self._signatures = metrics.signatures
         self._sign_duration = metrics.sign_duration
@@ -287,7 +289,7 @@ class SignApi:
             target = _query_target(request.rel_url.raw_query_string, _SIGN_PARAMS)
             body = arrived_body(request, self._max_body)
             if body is None:
-                body = await read_body(request, self._max_body)
+                body = await read_body(request, self._max_body, self._read_timeout_s)
             stored = await self._signer.read(target.did, target.name)
             answer = self._signer.sign(target, body, stored)
         except Exception as exc:
@@ -306,7 +308,7 @@ class SignApi:
         try:
             self._authenticate(request)
             _check_params(request.query, frozenset())
-            items = _batch_items(await read_body(request, self._max_batch))
+            items = _batch_items(await read_body(request, self._max_batch, self._read_timeout_s))
             parsed: list[SignItem | Exception] = []
             for item in items:
                 try:
@@ -361,7 +363,7 @@ class SignApi:
         try:
             self._authenticate(request)
             target = _query_target(request.rel_url.raw_query_string, _VERIFY_PARAMS)
-            body = await read_body(request, self._max_body)
+            body = await read_body(request, self._max_body, self._read_timeout_s)
             try:
                 token, _ = await self._signer.current(target.did, target.name)
             except SecretNotFound:

@@ -72,6 +72,7 @@ class XrpcServer:
         authenticator: Authenticator,
         *,
         max_body_bytes: int,
+        read_timeout_s: float,
         version: str,
         health: HealthCheck,
         observers: tuple[Observer, ...] = (),
@@ -85,6 +86,7 @@ class XrpcServer:
         self._handlers = dict(handlers)
         self._auth = authenticator
         self._max_body = max_body_bytes
+        self._read_timeout_s = read_timeout_s
         self._version = version
         self._health = health
         self._observers = observers
@@ -164,7 +166,7 @@ class XrpcServer:
         return output
 
     async def _input(self, request: web.Request, method: MethodDef) -> Mapping[str, Any] | None:
-        raw = await read_body(request, self._max_body)
+        raw = await read_body(request, self._max_body, self._read_timeout_s)
         if method.input_schema is None and method.input_encoding is None:
             if raw:
                 raise InvalidInput(f"{method.nsid} takes no request body")
@@ -173,7 +175,9 @@ class XrpcServer:
             raise InvalidInput(f"Content-Type must be {method.input_encoding}")
         try:
             value = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
+            # ValueError covers bad UTF-8, bad JSON, and an integer of more
+            # digits than Python converts (4300).
             raise InvalidInput("Request body is not valid JSON") from None
         if not isinstance(value, dict):
             raise InvalidInput("Request body must be a JSON object")

@@ -1,0 +1,245 @@
+"""The HTTP connections of every listener: bounded in number and in time, and
+every answer aiohttp gives on its own made the JSON error shape.
+
+aiohttp answers some requests before any handler or middleware runs: a head
+its parser refuses (a stray byte in a header, a line over 8190 bytes, a bad
+request line), an ``Expect`` it does not know, a ``CONNECT``. Left alone it
+answers those in text/plain, echoing the refused bytes, and logs the whole
+head as an ERROR traceback, ``Authorization`` value included. Here such an
+answer is a JSON error with a fixed message, and the refusal one ``info`` line
+without a byte of the request.
+
+A connection gets ``read_timeout_s`` to send a complete request head, counted
+from when it opened or, on a kept-alive connection, from the first byte of the
+next request; between requests it may idle for ``idle_timeout_s``. A handler
+bounds its own body read by the same read timeout (``wire.read_body``). A
+listener may cap its connections: past the cap a new one is closed at once.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from sidecar.wire import HTTP_ERROR_NAMES, json_answer
+
+if TYPE_CHECKING:
+    import asyncio
+
+log = structlog.get_logger("sidecar.http")
+
+# File descriptors kept for everything but the capped listener: the sign and
+# ops listeners' connections (a dispatcher may hold a few hundred), Redis, and
+# the files the process opens.
+RESERVED_FDS: Final = 256
+
+ClosedHook = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """How many connections a listener takes, and how long each may take."""
+
+    read_timeout_s: float
+    idle_timeout_s: float
+    max_connections: int | None = None
+
+
+def _error_name(status: int) -> str:
+    if status >= 500:
+        return "InternalServerError" if status == 500 else "ServiceUnavailable"
+    return HTTP_ERROR_NAMES.get(status, "InvalidRequest")
+
+
+_MESSAGES: Final = {
+    400: "Malformed HTTP request",
+    417: "Only 'Expect: 100-continue' is supported",
+}
+
+
+def json_error(status: int, headers: Any = None) -> web.Response:
+    """The JSON error answer for ``status``, with a fixed message that echoes nothing."""
+    message = _MESSAGES.get(status) or HTTPStatus(status).phrase
+    return json_answer({"error": _error_name(status), "message": message}, status, headers)
+
+
+class _Connection(RequestHandler):
+    """One client connection: timed, capped, and answered only in JSON."""
+
+    _server: _Server
+    _timer: asyncio.TimerHandle | None = None
+    _waiting_for: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        server = self._manager
+        assert isinstance(server, _Server)  # only _Server makes these
+        self._server = server
+        if server.over_capacity():
+            server.closed("over_capacity")
+            self.force_close()
+            return
+        self._wait("read_timeout", server.limits.read_timeout_s)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiting_for == "idle_timeout":
+            # The next request has begun: its head gets the read timeout.
+            self._wait("read_timeout", self._server.limits.read_timeout_s)
+        super().data_received(data)
+
+    def head_received(self) -> None:
+        """A whole request head is in: the handler bounds the rest."""
+        self._stop_waiting()
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        if resp.status >= 400 and resp.content_type != "application/json":
+            # aiohttp's own answers (Expect, CONNECT, a route's 405): same status, JSON.
+            resp = json_error(resp.status, headers=_kept_headers(resp))
+        answer = await super().finish_response(request, resp, start_time)
+        if self.transport is not None and not self._force_close:
+            self._wait("idle_timeout", self._server.limits.idle_timeout_s)
+        return answer
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # Never the exception's text or ``message``: both quote the request.
+        reason = type(exc).__name__ if exc is not None else None
+        if status >= 500:
+            log.error("http_error", listener=self._server.listener, status=status, reason=reason)
+        else:
+            log.info(
+                "http_request_refused", listener=self._server.listener, status=status, reason=reason
+            )
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response had begun; the connection is closed instead")
+        response = json_error(status)
+        response.force_close()
+        return response
+
+    def _wait(self, reason: str, seconds: float) -> None:
+        self._stop_waiting()
+        self._waiting_for = reason
+        self._timer = self._loop.call_later(seconds, self._expire, reason)
+
+    def _stop_waiting(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._waiting_for = None, None
+
+    def _expire(self, reason: str) -> None:
+        self._timer, self._waiting_for = None, None
+        self._server.closed(reason)
+        self.force_close()
+
+
+def _kept_headers(resp: web.StreamResponse) -> dict[str, str]:
+    allow = resp.headers.get("Allow")
+    return {"Allow": allow} if allow is not None else {}
+
+
+class _Server(web.Server):
+    """aiohttp's server for one listener, making ``_Connection``s."""
+
+    def __init__(
+        self, plain: web.Server, *, listener: str, limits: ConnectionLimits, on_closed: ClosedHook
+    ) -> None:
+        factory = plain.request_factory
+
+        def request_factory(*args: Any) -> web.BaseRequest:
+            # (message, payload, protocol, writer, task): the head is complete.
+            protocol: _Connection = args[2]
+            protocol.head_received()
+            return factory(*args)
+
+        super().__init__(
+            plain.request_handler,
+            request_factory=request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            # aiohttp keeps the connections' settings only on the server it built.
+            **plain._kwargs,
+        )
+        self.listener = listener
+        self.limits = limits
+        self._on_closed = on_closed
+
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+    def over_capacity(self) -> bool:
+        cap = self.limits.max_connections
+        return cap is not None and len(self.connections) > cap
+
+    def closed(self, reason: str) -> None:
+        log.info("http_connection_closed", listener=self.listener, reason=reason)
+        self._on_closed(self.listener, reason)
+
+
+class ListenerRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections are bounded and answer only in JSON."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        listener: str,
+        limits: ConnectionLimits,
+        on_closed: ClosedHook,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(app, keepalive_timeout=limits.idle_timeout_s, **kwargs)
+        self._listener = listener
+        self._limits = limits
+        self._on_closed = on_closed
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        return _Server(
+            plain, listener=self._listener, limits=self._limits, on_closed=self._on_closed
+        )
+
+
+def connection_cap(configured: int) -> int:
+    """The XRPC connection cap the process's file limit leaves room for.
+
+    The soft limit is raised to the hard one first, as servers do. Whatever
+    the cap, ``RESERVED_FDS`` stay free, so however the public port is
+    flooded, the sign and ops listeners can still accept and Redis connect.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    room = max(0, soft - RESERVED_FDS)
+    if configured > room:
+        log.warning(
+            "xrpc_connections_capped",
+            configured=configured,
+            cap=room,
+            file_limit=soft,
+            hint="raise the file limit (ulimit -n) or lower SIDECAR_XRPC_MAX_CONNECTIONS",
+        )
+        return room
+    return configured
