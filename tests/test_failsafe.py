@@ -53,7 +53,8 @@ async def test_embedded_redis_on_request_serves_the_configured_keys(
     kek_text: str, keys: Keys, tmp_path: Path
 ) -> None:
     """SIDECAR_EMBEDDED_REDIS=1 with a KEK and keys file starts the embedded Valkey and
-    serves with those keys, making no development key and printing no banner."""
+    serves with those keys, making no development key and printing no banner; the
+    operator tools find that Valkey too."""
     data_dir = tmp_path / "data"
     env = dev_env(
         data_dir,
@@ -69,6 +70,9 @@ async def test_embedded_redis_on_request_serves_the_configured_keys(
             session.post(f"{served.base}/xrpc/{CREATE}", json={"name": "orders"}) as response,
         ):
             assert response.status == 200
+        # The operator tools find the same embedded server from the same settings.
+        status, out, err = await run_cli("keys", "status", env=env)
+        assert (status, out.splitlines()[-1]) == (0, "keys: 1 stored, 0 do not open"), err
     finally:
         assert await stop_serve(served) == 0
     assert not (data_dir / "dev-kek").exists()

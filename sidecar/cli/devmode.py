@@ -124,25 +124,33 @@ def embedded_binary() -> Path:
 
 @contextlib.contextmanager
 def dev_tool_settings(settings: Settings) -> Iterator[Settings]:
-    """For a command run beside ``make run`` (rewrap, keys, audit, doctor): ``settings``
-    with the development KEK, keys file and embedded server's address filled in.
+    """For a command run beside a sidecar on the embedded Valkey (``make run``, or
+    ``SIDECAR_EMBEDDED_REDIS``): ``settings`` with that server's address, and in
+    development mode the development KEK and keys file, filled in.
 
-    Outside development mode, ``settings`` unchanged. When no sidecar holds the
+    With ``REDIS_URL`` set, ``settings`` unchanged. When no sidecar holds the
     data directory, its embedded server is started here for the command's run.
     """
-    if not wants_dev_mode(settings):
+    if settings.redis_url is not None:
         yield settings
         return
-    kek_path = settings.data_dir / KEK_FILE
-    if not kek_path.exists():
-        raise ConfigError(
-            "REDIS_URL",
-            f"is not set, and {settings.data_dir} holds no development data: set REDIS_URL "
-            "and the key settings of the sidecars to inspect, or run `make run` first",
-        )
-    kek = parse_kek(kek_path.read_text(encoding="utf-8"), setting=str(kek_path))
-    keys_path = settings.data_dir / API_KEYS_FILE
-    found = replace(settings, kek=kek, api_keys_file=keys_path if keys_path.exists() else None)
+    found = settings
+    if wants_dev_mode(settings):
+        kek_path = settings.data_dir / KEK_FILE
+        if not kek_path.exists():
+            raise ConfigError(
+                "REDIS_URL",
+                f"is not set, and {settings.data_dir} holds no development data: set "
+                "REDIS_URL and the key settings of the sidecars to inspect, or run "
+                "`make run` first",
+            )
+        kek = parse_kek(kek_path.read_text(encoding="utf-8"), setting=str(kek_path))
+        keys_path = settings.data_dir / API_KEYS_FILE
+        found = replace(settings, kek=kek, api_keys_file=keys_path if keys_path.exists() else None)
+    elif not settings.embedded_redis:
+        # The command itself says what it needs REDIS_URL for.
+        yield settings
+        return
     try:
         binary = embedded_binary()
     except EmbeddedServerError as exc:
@@ -155,7 +163,7 @@ def dev_tool_settings(settings: Settings) -> Iterator[Settings]:
     else:
         running = False
     if running:
-        # A development sidecar is running: use its server.
+        # A sidecar is running on it: use its server.
         try:
             url = (server.data_dir / ADDRESS_FILE).read_text(encoding="utf-8").strip()
         except FileNotFoundError:
