@@ -31,10 +31,11 @@ from sidecar.auth.service_jwt import ServiceAuthVerifier
 from sidecar.crypto import Keyring, OpenedTokenCache
 from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
 from sidecar.listeners import ConnectionLimits, ListenerRunner, connection_cap
-from sidecar.metrics import Metrics
+from sidecar.metrics import KnownLabels, Metrics
 from sidecar.redis_url import scrub
 from sidecar.signing.reader import CoalescingReader
 from sidecar.signing.schemes import SCHEMES
+from sidecar.storage.calls import OPERATIONS as REDIS_OPERATIONS
 from sidecar.storage.calls import ErrorHook, RedisCalls
 from sidecar.storage.connection import connect
 from sidecar.storage.durability import Durability, ReplicaCheck
@@ -42,6 +43,7 @@ from sidecar.storage.replay import ReplayRecords
 from sidecar.storage.store import SecretStore
 from sidecar.wire import http_middleware
 from sidecar.xrpc.lexicon import LexiconRegistry, default_lexicon_dir
+from sidecar.xrpc.methods import OUTCOMES as XRPC_OUTCOMES
 from sidecar.xrpc.methods import SecretMethods, metrics_observer
 from sidecar.xrpc.server import XrpcServer
 
@@ -49,7 +51,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sidecar.settings import Settings
-from sidecar.signing.api import SignApi
+from sidecar.signing.api import OUTCOMES as SIGN_OUTCOMES
+from sidecar.signing.api import VERIFY_REASONS, SignApi
 from sidecar.signing.signer import Signer
 
 log = structlog.get_logger("sidecar.app")
@@ -134,9 +137,23 @@ async def open_sidecar(
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")
     metrics = Metrics(
-        registry if registry is not None else CollectorRegistry(), sign_schemes=SCHEMES
+        registry if registry is not None else CollectorRegistry(),
+        known=KnownLabels(
+            sign_schemes=SCHEMES,
+            sign_outcomes=SIGN_OUTCOMES,
+            verify_reasons=VERIFY_REASONS,
+            xrpc_outcomes=XRPC_OUTCOMES,
+            redis_operations=REDIS_OPERATIONS,
+        ),
     )
     keyring = Keyring(settings.kek, settings.kek_previous)
+    # Key ids are public (every envelope names one); a pod missing the one that
+    # sealed some secrets is then visible before its signatures fail.
+    log.info(
+        "keys",
+        active_kid=keyring.active_kid,
+        previous_kids=[kid for kid in keyring.kids if kid != keyring.active_kid],
+    )
     entries = load_api_keys(settings.api_keys_file) if settings.api_keys_file else []
     _warn_about_credentials(settings, entries)
     async with contextlib.AsyncExitStack() as resources:
@@ -203,6 +220,7 @@ def create_xrpc_app(sidecar: Sidecar) -> web.Application:
         version=__version__,
         health=sidecar.redis_ok,
         observers=(metrics_observer(sidecar.metrics),),
+        input_rules=SecretMethods.INPUT_RULES,
     )
     server.add_routes(app)
     return app

@@ -322,13 +322,19 @@ class Keyring:
         kid, nonce, sealed = _parse_envelope(envelope)
         kek = self._by_kid.get(kid)
         if kek is None:
-            raise EnvelopeError("envelope was sealed under a key that is not in the keyring")
+            raise EnvelopeError(
+                "envelope was sealed under a key that is not in the keyring",
+                reason="unknown_key",
+                kid=kid,
+            )
         try:
             plaintext = crypto_aead_xchacha20poly1305_ietf_decrypt(
                 sealed, _associated_data(kid, did, name), nonce, kek.key
             )
         except CryptoError:
-            raise EnvelopeError("envelope failed authentication") from None
+            raise EnvelopeError(
+                "envelope failed authentication", reason="undecryptable", kid=kid
+            ) from None
         try:
             token: str | None = plaintext.decode("utf-8")
         except UnicodeDecodeError:
@@ -337,8 +343,17 @@ class Keyring:
             # Raised outside the except block on purpose: a UnicodeDecodeError
             # holds the decrypted bytes, and chaining it (even suppressed, via
             # __context__) could carry them into an error reporter.
-            raise EnvelopeError("envelope plaintext is not UTF-8")
+            raise EnvelopeError("envelope plaintext is not UTF-8", reason="undecryptable", kid=kid)
         return token
+
+    @staticmethod
+    def kid_of(envelope: str) -> str | None:
+        """The key id an envelope names, or None when it is malformed."""
+        try:
+            kid, _, _ = _parse_envelope(envelope)
+        except EnvelopeError:
+            return None
+        return kid
 
     def needs_rewrap(self, envelope: str) -> bool:
         """Whether the re-wrap command should re-seal this envelope under the active key.

@@ -9,6 +9,7 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
     ├── ConfigError                 a setting is missing or malformed (exit 2 at start)
     ├── StartupFailed               something needed at start is not there (exit 2)
     ├── EmbeddedServerError         the embedded development server did not start
+    │   └── DataDirInUse            another embedded server holds its data directory
     ├── LexiconError                a lexicon is malformed, or an output breaks it (500)
     ├── InvalidInput                the caller's input breaks a rule (400 InvalidRequest)
     │   ├── PayloadTooLarge         the body is over the limit (413)
@@ -29,7 +30,7 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -62,6 +63,10 @@ class EmbeddedServerError(SidecarError):
     """The embedded server could not be found or started."""
 
 
+class DataDirInUse(EmbeddedServerError):
+    """Another embedded server (or the sidecar that started it) holds the data directory."""
+
+
 class LexiconError(SidecarError):
     """A lexicon is malformed, or a value we produced breaks its lexicon (our bug)."""
 
@@ -78,6 +83,26 @@ class BodyTimedOut(InvalidInput):
     """The request body did not arrive within ``SIDECAR_HTTP_READ_TIMEOUT_S``."""
 
 
+# Every ``AuthenticationFailed.reason``: the API's own (missing, malformed,
+# unknown_key) and the service JWT checks' (docs/authentication.md). The
+# auth_failures metric shows each at 0 from start.
+AUTH_FAILURE_REASONS: Final = (
+    "missing",
+    "malformed",
+    "unknown_key",
+    "bad_jwt",
+    "bad_alg",
+    "bad_type",
+    "bad_audience",
+    "bad_lxm",
+    "expired",
+    "too_long_lived",
+    "replayed",
+    "bad_signature",
+    "unresolved_did",
+)
+
+
 class AuthenticationFailed(SidecarError):
     """Credentials are missing or invalid.
 
@@ -86,7 +111,14 @@ class AuthenticationFailed(SidecarError):
     """
 
     def __init__(self, reason: str) -> None:
-        super().__init__("authentication required")
+        # Two messages only: what was missing, or that it did not pass, and
+        # nothing more (which check failed is for logs and metrics).
+        super().__init__(
+            "Authentication required: no credential was sent; "
+            "send it as 'Authorization: Bearer <credential>'"
+            if reason == "missing"
+            else "Authentication failed: the credential was not recognised"
+        )
         self.reason = reason
 
 
@@ -118,8 +150,21 @@ class EncryptionUnavailable(SidecarError):
     """No active key-encryption key is configured, so nothing new can be sealed."""
 
 
+# Why an envelope did not open, for logs and the envelopes_unopenable metric.
+ENVELOPE_FAILURE_REASONS: Final = ("malformed", "unknown_key", "undecryptable")
+
+
 class EnvelopeError(SidecarError):
-    """A stored envelope is malformed, sealed under an unknown key, or fails authentication."""
+    """A stored envelope is malformed, sealed under an unknown key, or fails authentication.
+
+    ``reason`` is one of ``ENVELOPE_FAILURE_REASONS``; ``kid`` is the key id the
+    envelope names (public: it is written in every envelope), when it has one.
+    """
+
+    def __init__(self, message: str, *, reason: str = "malformed", kid: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.kid = kid
 
 
 class StorageUnavailable(SidecarError):

@@ -7,6 +7,7 @@ DID, a secret name or a token, for cardinality and for privacy alike.
 from __future__ import annotations
 
 from bisect import bisect_left
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -20,6 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from sidecar.errors import AUTH_FAILURE_REASONS, ENVELOPE_FAILURE_REASONS
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -119,6 +122,27 @@ class LoopHistogram(Collector):
         )
 
 
+@dataclass(frozen=True)
+class KnownLabels:
+    """Label values known before the first event, so each series is exported at 0 from
+    start (alerts and dashboards then work on a fresh pod). Passed in, because the
+    listeners and the storage own them, not the core."""
+
+    # The sign schemes, and the outcomes of a signature.
+    sign_schemes: Sequence[str] = ()
+    sign_outcomes: Sequence[str] = ()
+    # The reasons a verification gives.
+    verify_reasons: Sequence[str] = ()
+    # The outcomes of an XRPC call (rotations and the other secret operations).
+    xrpc_outcomes: Sequence[str] = ()
+    # The operations a failed Redis call is counted under.
+    redis_operations: Sequence[str] = ()
+
+
+# The secret operations counted beside rotations, by their operation label.
+SECRET_OPERATIONS = ("create", "list", "delete")
+
+
 class Metrics:
     """The sidecar's metric objects, registered on one registry."""
 
@@ -126,9 +150,10 @@ class Metrics:
         self,
         registry: CollectorRegistry,
         *,
-        sign_schemes: Sequence[str] = (),
+        known: KnownLabels | None = None,
         default_collectors: bool = True,
     ) -> None:
+        known = known or KnownLabels()
         self.registry = registry
         if default_collectors:
             process_collector.ProcessCollector(registry=registry)
@@ -140,6 +165,8 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        for outcome in known.xrpc_outcomes:
+            self.rotations.labels(outcome=outcome)
         self.rotation_duration = Histogram(
             f"{PREFIX}_rotation_duration_seconds",
             "Time to handle a rotate request.",
@@ -157,13 +184,19 @@ class Metrics:
             ["operation", "outcome"],
             registry=registry,
         )
+        for operation in SECRET_OPERATIONS:
+            for outcome in known.xrpc_outcomes:
+                self.secret_operations.labels(operation=operation, outcome=outcome)
         self.signatures = LoopCounter(
             registry,
             f"{PREFIX}_signatures",
             "Signatures requested, by scheme and outcome (batch items count one by one).",
             ["scheme", "outcome"],
-            # Passed in: the scheme names are the sign listener's, not the core's.
-            initial=[(scheme, "ok") for scheme in sign_schemes],
+            initial=[
+                (scheme, outcome)
+                for scheme in known.sign_schemes
+                for outcome in ("ok", *known.sign_outcomes)
+            ],
         )
         self.sign_duration = LoopHistogram(
             registry,
@@ -183,12 +216,26 @@ class Metrics:
             ["scheme", "reason"],
             registry=registry,
         )
+        for scheme in known.sign_schemes:
+            for reason in known.verify_reasons:
+                self.verifications.labels(scheme=scheme, reason=reason)
         self.redis_errors = Counter(
             f"{PREFIX}_redis_errors",
             "Redis calls that failed or timed out, by operation.",
             ["operation"],
             registry=registry,
         )
+        for operation in known.redis_operations:
+            self.redis_errors.labels(operation=operation)
+        self.envelopes_unopenable = Counter(
+            f"{PREFIX}_envelopes_unopenable",
+            "Stored envelopes a request needed but the keyring could not open, by reason: "
+            "malformed, unknown_key (sealed under a KEK this process lacks), undecryptable.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ENVELOPE_FAILURE_REASONS:
+            self.envelopes_unopenable.labels(reason=reason)
         self.durability_failures = Counter(
             f"{PREFIX}_durability_failures",
             "Changes answered 503 because they were not confirmed as durable as configured.",
@@ -213,6 +260,8 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        for reason in AUTH_FAILURE_REASONS:
+            self.auth_failures.labels(reason=reason)
         self.xrpc_requests = Counter(
             f"{PREFIX}_xrpc_requests",
             "XRPC requests, by method NSID (or 'unknown') and HTTP status.",

@@ -28,10 +28,19 @@ def is_valid_name(name: str) -> bool:
     )
 
 
-def validate_name(name: object) -> str:
-    """Return ``name`` unchanged, or raise ``InvalidInput`` saying what a name must be."""
+def validate_name(name: object, field: str = "name") -> str:
+    """Return ``name`` unchanged, or raise ``InvalidInput`` saying what a name must be.
+
+    ``field`` is how the message names the value (``Input/name`` on XRPC).
+    """
     if not isinstance(name, str) or not is_valid_name(name):
-        raise InvalidInput(f"name must be {NAME_RULE}")
+        if isinstance(name, str) and name.startswith(_TOKEN_PREFIX):
+            # Not echoed: it may well be a real token.
+            raise InvalidInput(
+                f"{field} must not start with '{_TOKEN_PREFIX}', which is how tokens start: "
+                "a name is stored and listed in plain text, so a token must never be one"
+            )
+        raise InvalidInput(f"{field} must be {NAME_RULE}")
     return name
 
 

@@ -16,6 +16,7 @@ stop with one line that says what to fix.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +115,17 @@ class Settings:
         "  rediss+sentinel://...                            Sentinel and data nodes over TLS\n"
         "The credentials of a Sentinel URL are the data nodes'. No query options but\n"
         "db: timeouts and TLS come from the settings below.\n"
-        "Unset: the sidecar starts an embedded Valkey on loopback, persisted under\n"
-        "data_dir/valkey (development and single node only).",
+        "Unset: only in development mode (no KEK and no API keys file either) or with\n"
+        "embedded_redis does the sidecar start an embedded Valkey; otherwise it\n"
+        "refuses to start.",
         example='"redis://redis.internal:6379/0"',
+    )  # fmt: skip
+    embedded_redis: bool = _setting(
+        "SIDECAR_EMBEDDED_REDIS", flag, False, "Redis",
+        "Start an embedded Valkey on loopback, persisted under data_dir/valkey, although\n"
+        "a KEK or an API keys file is set. For a single node that keeps its data\n"
+        "directory on a lasting disk; never with REDIS_URL. Without it, only\n"
+        "development mode (nothing configured) starts one. 1/0/true/false.",
     )  # fmt: skip
     redis_cluster: bool = _setting(
         "SIDECAR_REDIS_CLUSTER", flag, False, "Redis",
@@ -312,6 +321,9 @@ class Settings:
     )  # fmt: skip
     # Not a setting: the XRPC input limit of docs/architecture.md §4.
     xrpc_max_bytes: int = 64 * 1024
+    # Not a setting: the variables that were given (environment or file), so a
+    # default can be told from the same value set on purpose.
+    given: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
     @property
     def redis_timeout_s(self) -> float:
@@ -338,13 +350,33 @@ VARIABLES: Final = tuple(
     for variable in (spec.variable, spec.file_variable)
     if variable is not None
 )
+# SIDECAR_* variables that are no setting but are not mistakes either: the
+# file of settings, and the test suite's own (CONTRIBUTING.md), which a
+# developer may keep exported while running the sidecar.
+NOT_SETTINGS: Final = ("SIDECAR_CONFIG", "SIDECAR_TEST_REDIS_URL", "SIDECAR_TEST_REDIS_SERVER")
 
 
 def toml_key(variable: str) -> str:
     return variable.removeprefix("SIDECAR_").lower()
 
 
+def _did_you_mean(given: str, known: tuple[str, ...]) -> str:
+    # Compared without the prefix they all share, which would make anything look close.
+    by_stem = {name.removeprefix("SIDECAR_"): name for name in known}
+    close = difflib.get_close_matches(given.removeprefix("SIDECAR_"), by_stem, n=1)
+    return f"; did you mean {by_stem[close[0]]}?" if close else ""
+
+
+def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
+    """A misspelt variable would be dropped silently, leaving its default in force."""
+    known = (*VARIABLES, *NOT_SETTINGS)
+    for variable in sorted(environ):
+        if variable.startswith("SIDECAR_") and variable not in known:
+            raise ConfigError(variable, f"unknown setting{_did_you_mean(variable, VARIABLES)}")
+
+
 def _merged_sources(environ: Mapping[str, str]) -> dict[str, str]:
+    _refuse_unknown_variables(environ)
     merged: dict[str, str] = {}
     config_path = environ.get("SIDECAR_CONFIG")
     if config_path:
@@ -375,7 +407,8 @@ def _read_toml(path: Path) -> dict[str, str]:
     for key, value in document.items():
         variable = by_key.get(key)
         if variable is None:
-            raise ConfigError("SIDECAR_CONFIG", f"{path}: unknown setting {key!r}")
+            hint = _did_you_mean(key, tuple(by_key))
+            raise ConfigError("SIDECAR_CONFIG", f"{path}: unknown setting {key!r}{hint}")
         if isinstance(value, bool):
             # Spelled out, so a boolean given for a number is refused, not 1.
             values[variable] = "true" if value else "false"
@@ -401,7 +434,7 @@ def _parse(raw: Mapping[str, str]) -> Settings:
             values[name] = spec.parse(spec.file_variable, contents)
         elif text is not None:
             values[name] = spec.parse(spec.variable, text)
-    settings = Settings(**values)
+    settings = Settings(**values, given=frozenset(raw))
     _check_together(settings)
     return settings
 
@@ -411,6 +444,8 @@ def _check_together(settings: Settings) -> None:
     # The keyring owns the rules of a key set (how many, no duplicates).
     Keyring(settings.kek, settings.kek_previous)
     target = redis_target(settings.redis_url, cluster=settings.redis_cluster)
+    if settings.embedded_redis and target is not None:
+        raise ConfigError("SIDECAR_EMBEDDED_REDIS", "is set, and so is REDIS_URL: choose one Redis")
     if settings.redis_sentinel_password is not None and not isinstance(target, SentinelTarget):
         raise ConfigError(
             "SIDECAR_REDIS_SENTINEL_PASSWORD",

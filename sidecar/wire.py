@@ -58,7 +58,6 @@ ERRORS_BY_TYPE: Final[dict[type[Exception], tuple[int, str, dict[str, str]]]] = 
 }
 
 _MESSAGES: Final[dict[type[Exception], str]] = {
-    AuthenticationFailed: "Authentication required: send 'Authorization: Bearer <key>'",
     Forbidden: "This DID is not allowed to use this service",
     EncryptionUnavailable: "No active key-encryption key is configured; cannot seal new tokens",
     EnvelopeError: "The secret cannot be opened with the configured key-encryption keys",

@@ -429,5 +429,11 @@ def test_failure_text_holds_neither_reason_nor_credential(header: str | None) ->
     for text in (str(info.value), repr(info.value)):
         assert info.value.reason not in text
         assert ALICE_KEY not in text
-    assert str(info.value) == "authentication required"
-    assert info.value.args == ("authentication required",)
+    expected = (
+        "Authentication required: no credential was sent; "
+        "send it as 'Authorization: Bearer <credential>'"
+        if header is None
+        else "Authentication failed: the credential was not recognised"
+    )
+    assert str(info.value) == expected
+    assert info.value.args == (expected,)

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import stat
 import sys
 from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
+from serving import start_serve, stop_serve
 from support import CREATE, LIST, ROTATE, bearer
 
 from sidecar.auth.api_keys import ApiKeys, parse_api_keys
 from sidecar.cli import main
 from sidecar.crypto import parse_kek
-from sidecar.storage.embedded import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -86,63 +84,6 @@ async def test_a_bad_setting_stops_serve_with_exit_2_and_one_line(
         assert value not in lines[0]
         assert "hunter2" not in lines[0]
     assert not (tmp_path / "valkey").exists()
-
-
-class Served:
-    """A running ``python -m sidecar serve`` and what it printed."""
-
-    def __init__(self, process: asyncio.subprocess.Process, banner: str, port: int) -> None:
-        self.process = process
-        self.banner = banner
-        self.base = f"http://127.0.0.1:{port}"
-
-
-async def start_serve(data_dir: Path) -> Served:
-    """Start an unconfigured ``python -m sidecar serve`` on free ports; return once it listens."""
-    port = free_port()
-    env = {
-        "PATH": os.environ["PATH"],
-        "SIDECAR_DATA_DIR": str(data_dir),
-        "SIDECAR_XRPC_HOST": "127.0.0.1",
-        "SIDECAR_XRPC_PORT": str(port),
-        "SIDECAR_OPS_HOST": "127.0.0.1",
-        "SIDECAR_OPS_PORT": str(free_port()),
-        # Not the default 8081: two test runs on one host must not collide.
-        "SIDECAR_SIGN_PORT": str(free_port()),
-        "SIDECAR_LOG_FORMAT": "json",
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    assert process.stderr is not None
-
-    async def until_listening() -> None:
-        assert process.stdout is not None
-        while line := await process.stdout.readline():
-            event = json.loads(line)
-            if event.get("event") == "listening" and event.get("listener") == "xrpc":
-                return
-        raise AssertionError("serve exited before listening")
-
-    await asyncio.wait_for(until_listening(), timeout=30)
-    # The banner is printed before the listeners start, so it is all there now.
-    banner = b""
-    while not banner.endswith(b"\n") or b"embedded Valkey at" not in banner:
-        banner += await asyncio.wait_for(process.stderr.readline(), timeout=5)
-    return Served(process, banner.decode(), port)
-
-
-async def stop_serve(served: Served) -> int:
-    """Send the served process SIGTERM and return its exit code."""
-    served.process.send_signal(signal.SIGTERM)
-    return await asyncio.wait_for(served.process.wait(), timeout=30)
 
 
 async def test_serve_in_development_mode_works_as_the_quick_start_says(tmp_path: Path) -> None:

@@ -29,10 +29,10 @@ def test_each_variable_is_in_the_example_and_the_reference(variable: str) -> Non
     assert re.search(rf"^\| (`\S+` or )?`{variable}`( or `\S+`)? \|", render_reference(), re.M)
 
 
-def test_every_field_but_the_fixed_limit_is_a_setting() -> None:
+def test_every_field_but_the_fixed_limit_and_the_record_of_given_ones_is_a_setting() -> None:
     """Each field of Settings is declared with its variable, so none is parsed by hand."""
     fields = set(Settings.__dataclass_fields__)
-    assert fields - set(SPECS) == {"xrpc_max_bytes"}
+    assert fields - set(SPECS) == {"xrpc_max_bytes", "given"}
 
 
 def test_example_loads_to_the_defaults() -> None:

@@ -51,9 +51,8 @@ BAD_NAMES = [
     "a*",
     "\u0661",  # an Arabic-Indic digit, which \d or \w would accept
     "\uff41",  # a full-width "a"
-    "wsk_",
-    "wsk_" + "A" * 32,  # a token pasted as a name
 ]
+TOKEN_LIKE_NAMES = ["wsk_", "wsk_" + "A" * 32, "wsk_a:b"]
 
 GOOD_DIDS = [
     "did:plc:abc",
@@ -104,6 +103,17 @@ def test_invalid_names(name: str) -> None:
     with pytest.raises(InvalidInput) as info:
         validate_name(name)
     assert str(info.value) == NAME_MESSAGE
+
+
+@pytest.mark.parametrize("name", TOKEN_LIKE_NAMES)
+def test_a_name_shaped_like_a_token_is_refused_as_one(name: str) -> None:
+    """A name starting 'wsk_' is refused with a message saying tokens start so, without it."""
+    assert is_valid_name(name) is False
+    with pytest.raises(InvalidInput) as info:
+        validate_name(name, "Input/name")
+    message = str(info.value)
+    assert message.startswith("Input/name must not start with 'wsk_', which is how tokens start")
+    assert name not in message.replace("'wsk_'", "")
 
 
 def test_name_rule_states_the_constraints() -> None:

@@ -1,51 +1,130 @@
-"""The ``wisp-sidecar`` command: ``serve``, ``rewrap``, ``keygen`` and ``apikey``.
+"""The ``wisp-sidecar`` command: ``serve`` and the operator tools.
 
-The only reader of ``os.environ``. A bad setting ends the process with exit
-code 2 and one line that names it.
+This package is the only reader of ``os.environ``. A bad setting ends the
+process with exit code 2 and one line that names it.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Final
 
+from sidecar import __version__
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
+from sidecar.cli.audit import SINCE_HELP
+from sidecar.cli.common import EXIT_CONFIG, EXIT_OK
 from sidecar.crypto import encode_kek, generate_kek
-from sidecar.errors import (
-    ChangeNotDurable,
-    ConfigError,
-    EmbeddedServerError,
-    StartupFailed,
-    StorageUnavailable,
-)
+from sidecar.errors import ConfigError, StartupFailed
 from sidecar.names import is_valid_did
-from sidecar.settings import Secret, Settings
-from sidecar.storage.embedded import EmbeddedValkey
+from sidecar.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
-T = TypeVar("T")
-
-EXIT_CONFIG = 2
+# What --help shows: for the person at the terminal, not for the code's readers.
+DESCRIPTION: Final = (
+    "wisp-sidecar keeps webhook signing secrets in Redis, sealed under a key-encryption "
+    "key (KEK), serves the XRPC secret API, and signs payloads for the dispatcher."
+)
+SETTINGS_EPILOG: Final = (
+    "Settings come from environment variables (REDIS_URL, SIDECAR_*) or from the TOML "
+    "file named by SIDECAR_CONFIG; the same ones as `serve`. Every setting is described "
+    "in the configuration reference, docs/configuration.md, and in "
+    "config/sidecar.example.toml. A bad setting exits 2 with one line naming it."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wisp-sidecar", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the sidecar in the foreground")
-    rewrap = commands.add_parser(
-        "rewrap", help="re-seal every stored token under the active KEK (after a KEK rotation)"
+    parser = argparse.ArgumentParser(
+        prog="wisp-sidecar", description=DESCRIPTION, epilog=SETTINGS_EPILOG
+    )
+    parser.add_argument("--version", action="version", version=f"wisp-sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, summary: str, description: str, *, settings: bool = True
+    ) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=SETTINGS_EPILOG if settings else None,
+        )
+
+    command(
+        "serve",
+        "run the sidecar in the foreground",
+        "Run the XRPC, sign and ops listeners until SIGTERM. With nothing configured, "
+        "this is development mode: an embedded Valkey and a development KEK and API key "
+        "under SIDECAR_DATA_DIR, on loopback only.",
+    )
+    rewrap = command(
+        "rewrap",
+        "re-seal every stored token under the active KEK",
+        "Re-seal every stored token under the active KEK, the last step of a KEK "
+        "rotation. Safe to run while sidecars serve, and to run again. Exits 0 when "
+        "every token is under the active key, 1 when some did not open or Redis "
+        "stopped answering. In development mode it finds the development KEK and "
+        "Valkey by itself.",
     )
     rewrap.add_argument(
         "--no-audit", action="store_true", help="do not add an op=rewrap entry to the audit logs"
     )
-    commands.add_parser("keygen", help="print a new key-encryption key (KEK)")
-    apikey = commands.add_parser("apikey", help="print a new API key and its keys-file line")
+    keys = command(
+        "keys",
+        "which keys seal the stored tokens",
+        "Report stored tokens by key id, with the key that sealed them, and which open "
+        "with this configuration's SIDECAR_KEK and SIDECAR_KEK_PREVIOUS.",
+    )
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    keys_commands.add_parser(
+        "status",
+        help="count stored tokens by key id, and which of them open",
+        description="Count stored tokens by the key id that sealed them, and open each "
+        "with the configured keys. Run it before retiring a previous key: a key that "
+        "still seals tokens must stay until `rewrap` moves them. Exits 0 when every "
+        "token opens, 1 otherwise.",
+        epilog=SETTINGS_EPILOG,
+    )
+    audit = command(
+        "audit",
+        "print an owner's audit log as JSON lines",
+        "Print the changes to an owner's secrets, oldest first, one JSON object a line: "
+        "time, op, name, version, actor. Tokens are never stored in it, so never printed.",
+    )
+    audit.add_argument("--did", required=True, help="the owner whose log to print")
+    audit.add_argument("--name", help="only the entries of this secret")
+    audit.add_argument("--since", help=f"entries from then on: {SINCE_HELP}")
+    audit.add_argument(
+        "--limit",
+        default="100",
+        help="at most this many entries (default 100): the first ones after --since, "
+        "else the latest ones",
+    )
+    command(
+        "doctor",
+        "check a deployed sidecar: Redis, durability, keys, listeners",
+        "Check, with the sidecar's own settings and from where it runs: that Redis "
+        "answers and what it is, that the replicas meet SIDECAR_DURABLE_REPLICAS, the "
+        "KEK and that every stored token opens with it, the API keys, and that the "
+        "three listeners answer. One line per check (ok, warn, skip or FAIL); exits 1 "
+        "on any FAIL. Run it after every deploy.",
+    )
+    command(
+        "keygen",
+        "print a new key-encryption key (KEK)",
+        "Print a new random key-encryption key, for SIDECAR_KEK or SIDECAR_KEK_FILE.",
+        settings=False,
+    )
+    apikey = command(
+        "apikey",
+        "print a new API key and its keys-file line",
+        "Print a new API key (shown once) and the line to add to SIDECAR_API_KEYS_FILE, "
+        "which holds only the key's digest.",
+        settings=False,
+    )
     apikey.add_argument("--did", required=True, help="the owner DID the key acts as")
     apikey.add_argument("--label", default="", help="a label for the audit log")
     return parser
@@ -57,12 +136,29 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if args.command == "keygen":
             print(encode_kek(generate_kek()))
-            return 0
+            return EXIT_OK
         if args.command == "apikey":
             return _apikey(args.did, args.label)
+        settings = Settings.from_env(env)
         if args.command == "rewrap":
-            return _rewrap(Settings.from_env(env), audit=not args.no_audit)
-        return _serve(Settings.from_env(env))
+            from sidecar.cli.rewrap import rewrap
+
+            return rewrap(settings, audit=not args.no_audit)
+        if args.command == "keys":
+            from sidecar.cli.keys import status
+
+            return status(settings)
+        if args.command == "audit":
+            from sidecar.cli.audit import audit
+
+            return audit(settings, did=args.did, name=args.name, since=args.since, limit=args.limit)
+        if args.command == "doctor":
+            from sidecar.cli.doctor import doctor
+
+            return doctor(settings)
+        from sidecar.cli.serve import serve
+
+        return serve(settings)
     except ConfigError as exc:
         print(f"wisp-sidecar: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -80,95 +176,4 @@ def _apikey(did: str, label: str) -> int:
     print(f"API key (shown once; give it to the caller): {key}")
     print("Add this line to the SIDECAR_API_KEYS_FILE:")
     print(keys_file_line(did, key, label))
-    return 0
-
-
-def _serve(settings: Settings) -> int:
-    # Imported here so keygen and apikey start fast and need no event loop.
-    from sidecar.app import serve
-    from sidecar.cli.devmode import embedded_binary, prepare_dev_mode, wants_dev_mode
-    from sidecar.log import configure_logging
-
-    configure_logging(settings.log_level, settings.log_format)
-    embedded: EmbeddedValkey | None = None
-    if settings.redis_url is None:
-        try:
-            # Found first: without the server, no development key is made either.
-            binary = embedded_binary()
-        except EmbeddedServerError as exc:
-            raise ConfigError("REDIS_URL", f"unset, and {exc}") from exc
-        if wants_dev_mode(settings):
-            settings, banner = prepare_dev_mode(settings)
-            print("\n".join(banner), file=sys.stderr, flush=True)
-        try:
-            embedded = EmbeddedValkey(settings.data_dir / "valkey", binary=binary, persist=True)
-            embedded.start()
-        except EmbeddedServerError as exc:
-            raise ConfigError("REDIS_URL", f"unset, and the embedded Valkey failed: {exc}") from exc
-        print(f"embedded Valkey at {embedded.url}, data in {embedded.data_dir}", file=sys.stderr)
-        settings = replace(settings, redis_url=Secret(embedded.url))
-    try:
-        _run(serve(settings))
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    return 0
-
-
-def _rewrap(settings: Settings, *, audit: bool) -> int:
-    """Exit 0 when every secret is current or was re-wrapped, 1 otherwise."""
-    from sidecar.app import store_for
-    from sidecar.crypto import Keyring
-    from sidecar.storage.rewrap import Rewrap
-
-    if settings.redis_url is None:
-        raise ConfigError("REDIS_URL", "is not set: rewrap works on the Redis your sidecars use")
-    keyring = Keyring(settings.kek, settings.kek_previous)
-    if not keyring.can_seal:
-        raise ConfigError("SIDECAR_KEK", "is not set: rewrap seals under the active key")
-
-    def failed(did: str, name: str, reason: str) -> None:
-        print(f"rewrap: cannot open {name!r} of {did}: {reason}", file=sys.stderr)
-
-    async def run() -> int:
-        store = store_for(settings)
-        job = Rewrap(store, keyring, actor="rewrap" if audit else None, on_failure=failed)
-        try:
-            await job.run()
-        except ChangeNotDurable:
-            print(f"rewrap: {job.report.summary()}")
-            print(
-                "rewrap: a re-sealed envelope was not confirmed by the replicas "
-                "SIDECAR_DURABLE_REPLICAS asks for; it may or may not have been applied, "
-                "run it again",
-                file=sys.stderr,
-            )
-            return 1
-        except StorageUnavailable:
-            print(f"rewrap: {job.report.summary()}")
-            print(
-                "rewrap: Redis did not answer in time; stopped with nothing half-done, "
-                "run it again",
-                file=sys.stderr,
-            )
-            return 1
-        finally:
-            await store.close()
-        print(f"rewrap: {job.report.summary()}")
-        if job.report.skipped_changed:
-            print(
-                "rewrap: some secrets changed during the run and were left to their writers; "
-                "run it again to check that they are current",
-                file=sys.stderr,
-            )
-        return 1 if job.report.failed_to_open else 0
-
-    return _run(run())
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional off Linux/macOS
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    return EXIT_OK

@@ -12,14 +12,20 @@ import binascii
 import functools
 import hmac
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, get_args
 
 import orjson
 import structlog
 from yarl import URL
 
-from sidecar.errors import AuthenticationFailed, InvalidInput, SecretNotFound, WireError
-from sidecar.names import validate_did, validate_name
+from sidecar.errors import (
+    AuthenticationFailed,
+    EnvelopeError,
+    InvalidInput,
+    SecretNotFound,
+    WireError,
+)
+from sidecar.names import is_valid_did, is_valid_name, validate_did, validate_name
 from sidecar.signing import schemes
 from sidecar.signing.signer import SignItem, SignTarget
 from sidecar.wire import (
@@ -59,6 +65,12 @@ _OUTCOMES: Final = {
     "StorageUnavailable": "storage_unavailable",
     "WebhookSecretEncryptionUnavailable": "undecryptable",
 }
+
+
+# Every outcome label of a signature, and every reason of a verification,
+# for the metrics to show at 0 from start.
+OUTCOMES: Final = (*dict.fromkeys(_OUTCOMES.values()), "error")
+VERIFY_REASONS: Final = (*get_args(schemes.Reason), "unknown_secret")
 
 
 def _check_params(query: Any, allowed: frozenset[str]) -> None:
@@ -126,6 +138,16 @@ def _query_target(raw_query: str, allowed: frozenset[str]) -> SignTarget:
     return _sign_target(query)
 
 
+def _asked_ref(fields: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The DID and name a failed request asked for, for its log lines: each only when
+    well-formed, since anything else is the caller's arbitrary text."""
+    did, name = fields.get("did"), fields.get("name")
+    return (
+        did if isinstance(did, str) and is_valid_did(did) else None,
+        name if isinstance(name, str) and is_valid_name(name) else None,
+    )
+
+
 def _scheme_label(value: object) -> str:
     return value if isinstance(value, str) and value in schemes.SCHEMES else "unknown"
 
@@ -170,16 +192,43 @@ class SignApi:
             app.router.add_route("*", path, self._wrong_method)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
 
-    def _finish(self, request: web.Request, response: web.Response, started: float) -> web.Response:
-        """Echo or make the request id, and log the request line when it is due."""
+    def _finish(
+        self,
+        request: web.Request,
+        response: web.Response,
+        started: float,
+        rid: str | None = None,
+        **fields: Any,
+    ) -> web.Response:
+        """Echo or make the request id, and log the request line when it is due.
+
+        ``fields`` (the DID, name and error code of a failure) go on that line.
+        """
         status = response.status
         if status >= 400 or self._log_successes:
-            rid = request_id(request)
+            rid = rid or request_id(request)
             response.headers["X-Request-Id"] = rid
-            log_request("sign", request, status, started, request_id=rid)
-        elif "X-Request-Id" in request.headers:
-            response.headers["X-Request-Id"] = request_id(request)
+            log_request("sign", request, status, started, request_id=rid, **fields)
+        elif rid is not None or "X-Request-Id" in request.headers:
+            # A batch with failed items logged them under this id.
+            response.headers["X-Request-Id"] = rid or request_id(request)
         return response
+
+    def _failed(
+        self,
+        request: web.Request,
+        exc: Exception,
+        started: float,
+        did: str | None,
+        name: str | None,
+    ) -> tuple[web.Response, WireError]:
+        """The answer to a request that failed, with its request line."""
+        rid = request_id(request)
+        error = self._failure(exc, rid=rid, did=did, name=name)
+        response = error_response(error)
+        fields = {"did": did, "name": name, "error": error.name}
+        known = {key: value for key, value in fields.items() if value is not None}
+        return self._finish(request, response, started, rid, **known), error
 
     async def _wrong_method(self, request: web.Request) -> web.Response:
         error = WireError(405, "InvalidRequest", "Use POST", {"Allow": "POST"})
@@ -201,15 +250,31 @@ class SignApi:
             log.info("auth_failed", reason=exc.reason)
             raise
 
-    def _failure(self, exc: Exception) -> WireError:
+    def _failure(
+        self,
+        exc: Exception,
+        *,
+        rid: str | None = None,
+        did: str | None = None,
+        name: str | None = None,
+    ) -> WireError:
         wire = to_wire(exc)
         if wire is None:
-            log.exception("sign_failed")
+            log.exception("sign_failed", request_id=rid)
             return INTERNAL
-        if wire.name == "WebhookSecretEncryptionUnavailable":
+        if isinstance(exc, EnvelopeError):
             # An envelope the ring cannot open means a missing previous KEK:
             # an operator must act, so say it loudly (without the envelope).
-            log.error("envelope_unopenable", error=str(exc))
+            self._metrics.envelopes_unopenable.labels(reason=exc.reason).inc()
+            log.error(
+                "envelope_unopenable",
+                did=did,
+                name=name,
+                kid=exc.kid,
+                reason=exc.reason,
+                error=str(exc),
+                request_id=rid,
+            )
         return wire
 
     def _count(self, scheme: str, error: WireError | None) -> None:
@@ -228,10 +293,11 @@ class SignApi:
             stored = await self._signer.read(target.did, target.name)
             answer = self._signer.sign(target, body, stored)
         except Exception as exc:
-            error = self._failure(exc)
+            did, name = _asked_ref(request.query)
+            response, error = self._failed(request, exc, started, did, name)
             scheme = request.query.get("scheme") or schemes.DEFAULT_SCHEME
             self._count(_scheme_label(scheme), error)
-            return self._finish(request, error_response(error), started)
+            return response
         finally:
             self._sign_duration.observe(time.perf_counter() - started)
         self._signatures.inc(target.scheme, "ok")
@@ -252,22 +318,25 @@ class SignApi:
             valid = [p for p in parsed if not isinstance(p, Exception)]
             signed = iter(await self._signer.sign_many(valid))
         except Exception as exc:
-            return self._finish(request, error_response(self._failure(exc)), started)
+            return self._failed(request, exc, started, None, None)[0]
         finally:
             self._sign_duration.observe(time.perf_counter() - started)
         results: list[dict[str, Any]] = []
+        rid: str | None = None
         for item, entry in zip(items, parsed, strict=True):
             outcome = entry if isinstance(entry, Exception) else next(signed)
             asked = item.get("scheme") if isinstance(item, dict) else None
             scheme = _scheme_label(asked or schemes.DEFAULT_SCHEME)
             if isinstance(outcome, Exception):
-                error = self._failure(outcome)
+                rid = rid or request_id(request)
+                did, name = _asked_ref(item) if isinstance(item, dict) else (None, None)
+                error = self._failure(outcome, rid=rid, did=did, name=name)
                 self._count(scheme, error)
                 results.append({"error": error.name, "message": error.message})
             else:
                 self._count(scheme, None)
                 results.append(outcome)
-        return self._finish(request, json_answer({"results": results}), started)
+        return self._finish(request, json_answer({"results": results}), started, rid)
 
     def _batch_item(self, item: Any) -> SignItem:
         if not isinstance(item, dict):
@@ -303,7 +372,8 @@ class SignApi:
                 result = schemes.verify(target.scheme, token, body, request.headers)
                 verdict = {"valid": result.valid, "reason": result.reason}
         except Exception as exc:
-            return self._finish(request, error_response(self._failure(exc)), started)
+            did, name = _asked_ref(request.query)
+            return self._failed(request, exc, started, did, name)[0]
         self._metrics.verifications.labels(scheme=scheme, reason=verdict["reason"]).inc()
         return self._finish(request, json_answer(verdict), started)
 

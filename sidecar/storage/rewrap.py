@@ -63,7 +63,7 @@ class Rewrap:
         keyring: Keyring,
         *,
         actor: str | None = "rewrap",
-        on_failure: Callable[[str, str, str], None] | None = None,
+        on_failure: Callable[[str, str, EnvelopeError], None] | None = None,
     ) -> None:
         if not keyring.can_seal:
             raise EncryptionUnavailable("re-wrapping needs an active key-encryption key")
@@ -115,7 +115,7 @@ class Rewrap:
             except EnvelopeError as exc:
                 self.report.failed_to_open += 1
                 if self._on_failure is not None:
-                    self._on_failure(did, name, str(exc))
+                    self._on_failure(did, name, exc)
                 return
             envelope = self._keyring.seal(token, did=did, name=name)
             if await self._store.replace_envelope(

@@ -46,6 +46,10 @@ def _name(call: XrpcCall) -> str:
 class SecretMethods:
     """Handlers for create, list, rotate and delete."""
 
+    # The lexicons call a name a record-key, which allows more (':', '~', 512
+    # characters) than a secret name does; the server checks this rule first.
+    INPUT_RULES: Final = {"name": validate_name}
+
     def __init__(self, store: SecretStore, keyring: Keyring) -> None:
         self._store = store
         self._keyring = keyring
@@ -113,6 +117,8 @@ _OUTCOMES: Final = {
     "StorageUnavailable": "storage_unavailable",
 }
 _OPERATIONS: Final = {CREATE: "create", LIST: "list", DELETE: "delete"}
+# Every outcome label a call can get, for the metrics to show at 0 from start.
+OUTCOMES: Final = (*dict.fromkeys(_OUTCOMES.values()), "error")
 
 
 def metrics_observer(metrics: Metrics) -> Any:

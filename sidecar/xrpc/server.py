@@ -57,6 +57,9 @@ class Outcome:
 Handler = Callable[[XrpcCall], Awaitable[Mapping[str, Any]]]
 Observer = Callable[[Outcome], None]
 HealthCheck = Callable[[], Awaitable[bool]]
+# A check of one input property, stricter than its lexicon's format, given the
+# value and its path; it raises InvalidInput stating the rule that applies.
+InputRule = Callable[[str, str], object]
 
 
 class XrpcServer:
@@ -73,6 +76,7 @@ class XrpcServer:
         version: str,
         health: HealthCheck,
         observers: tuple[Observer, ...] = (),
+        input_rules: Mapping[str, InputRule] | None = None,
     ) -> None:
         undeclared = sorted(set(handlers) - set(lexicons.methods))
         if undeclared:
@@ -86,6 +90,7 @@ class XrpcServer:
         self._version = version
         self._health = health
         self._observers = observers
+        self._input_rules = dict(input_rules or {})
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(HEALTH_PATH, self.health, allow_head=False)
@@ -138,7 +143,12 @@ class XrpcServer:
         if method is None or handler is None:
             # Echo the NSID only when it is one: the path is the caller's text.
             named = f": {nsid}" if is_valid_nsid(nsid) else ""
-            raise WireError(501, "MethodNotImplemented", f"Method not implemented{named}")
+            implemented = ", ".join(sorted(self._handlers))
+            raise WireError(
+                501,
+                "MethodNotImplemented",
+                f"Method not implemented{named}. This server implements: {implemented}",
+            )
         if request.method != method.http_method:
             raise WireError(
                 405,
@@ -171,5 +181,12 @@ class XrpcServer:
             raise InvalidInput("Request body is not valid JSON") from None
         if not isinstance(value, dict):
             raise InvalidInput("Request body must be a JSON object")
+        declared = (method.input_schema or {}).get("properties", {})
+        for field, rule in self._input_rules.items():
+            given = value.get(field)
+            # Before the lexicon's own check, so a caller hears one rule, not a
+            # looser format first and this one after it.
+            if field in declared and isinstance(given, str):
+                rule(given, f"Input/{field}")
         method.validate_input(value)
         return value
