@@ -155,7 +155,9 @@ def dev_tool_settings(settings: Settings) -> Iterator[Settings]:
         binary = embedded_binary()
     except EmbeddedServerError as exc:
         raise ConfigError("REDIS_URL", f"unset, and {exc}") from exc
-    server = EmbeddedValkey(settings.data_dir / "valkey", binary=binary, persist=True)
+    server = EmbeddedValkey(
+        settings.data_dir / "valkey", binary=binary, persist=True, die_with_parent=True
+    )
     try:
         server.claim()
     except DataDirInUse:

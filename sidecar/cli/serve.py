@@ -37,7 +37,9 @@ def serve(settings: Settings) -> int:
         binary = embedded_binary()
     except EmbeddedServerError as exc:
         raise ConfigError("REDIS_URL", f"unset, and {exc}") from exc
-    embedded = EmbeddedValkey(settings.data_dir / "valkey", binary=binary, persist=True)
+    embedded = EmbeddedValkey(
+        settings.data_dir / "valkey", binary=binary, persist=True, die_with_parent=True
+    )
     try:
         # Claimed before any development key is made or shown.
         embedded.claim()

@@ -11,9 +11,11 @@ Two guards keep a data directory to one server:
 - A lock (``flock`` on ``<data dir>/lock``) taken before the server starts and
   shared with it, so it is held while either this process or the server
   lives; a second server on the same directory is refused (``DataDirInUse``).
-- On Linux the server gets SIGTERM when the thread that started it dies
-  (``PR_SET_PDEATHSIG``), even by SIGKILL, so a killed sidecar leaves no
-  server behind. Start it from a thread that lives as long as it should.
+- With ``die_with_parent`` (the CLI's servers), on Linux the server gets
+  SIGTERM when the thread that started it dies (``PR_SET_PDEATHSIG``), even
+  by SIGKILL, so a killed sidecar leaves no server behind. Off by default:
+  the tests and the fault-injection suite start servers from worker threads
+  that end long before the servers should.
 """
 
 from __future__ import annotations
@@ -61,8 +63,10 @@ class EmbeddedValkey:
         port: int | None = None,
         persist: bool = True,
         extra_args: tuple[str, ...] = (),
+        die_with_parent: bool = False,
     ) -> None:
         self.binary = binary
+        self.die_with_parent = die_with_parent
         self.data_dir = data_dir
         self.host = host
         self.port = port or free_port(host)
@@ -143,7 +147,7 @@ class EmbeddedValkey:
                 stderr=subprocess.DEVNULL,
                 # The server holds the lock too, so it stays taken while it runs.
                 pass_fds=(self._lock,),
-                preexec_fn=_die_with_parent(),
+                preexec_fn=_die_with_parent() if self.die_with_parent else None,
             )
         except OSError as exc:
             self._release()
