@@ -6,6 +6,7 @@ DID, a secret name or a token, for cardinality and for privacy alike.
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -143,6 +144,21 @@ class KnownLabels:
 SECRET_OPERATIONS = ("create", "list", "delete")
 
 
+def _counter(
+    registry: CollectorRegistry,
+    name: str,
+    documentation: str,
+    labelnames: Sequence[str],
+    zeros: Iterable[Sequence[str]] = (),
+) -> Counter:
+    """A labelled counter whose series in ``zeros`` show as 0 before their first
+    event, so alerts and dashboards work on a fresh pod."""
+    counter = Counter(f"{PREFIX}_{name}", documentation, labelnames, registry=registry)
+    for values in zeros:
+        counter.labels(*values)
+    return counter
+
+
 class Metrics:
     """The sidecar's metric objects, registered on one registry."""
 
@@ -159,14 +175,13 @@ class Metrics:
             process_collector.ProcessCollector(registry=registry)
             platform_collector.PlatformCollector(registry=registry)
             gc_collector.GCCollector(registry=registry)
-        self.rotations = Counter(
-            f"{PREFIX}_rotations",
+        self.rotations = _counter(
+            registry,
+            "rotations",
             "Rotate requests, by outcome.",
             ["outcome"],
-            registry=registry,
+            [(outcome,) for outcome in known.xrpc_outcomes],
         )
-        for outcome in known.xrpc_outcomes:
-            self.rotations.labels(outcome=outcome)
         self.rotation_duration = Histogram(
             f"{PREFIX}_rotation_duration_seconds",
             "Time to handle a rotate request.",
@@ -178,15 +193,13 @@ class Metrics:
             "Unix time of the last successful rotation this process performed.",
             registry=registry,
         )
-        self.secret_operations = Counter(
-            f"{PREFIX}_secret_operations",
+        self.secret_operations = _counter(
+            registry,
+            "secret_operations",
             "Create, list and delete requests, by operation and outcome.",
             ["operation", "outcome"],
-            registry=registry,
+            itertools.product(SECRET_OPERATIONS, known.xrpc_outcomes),
         )
-        for operation in SECRET_OPERATIONS:
-            for outcome in known.xrpc_outcomes:
-                self.secret_operations.labels(operation=operation, outcome=outcome)
         self.signatures = LoopCounter(
             registry,
             f"{PREFIX}_signatures",
@@ -210,63 +223,55 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
             registry=registry,
         )
-        self.verifications = Counter(
-            f"{PREFIX}_verifications",
+        self.verifications = _counter(
+            registry,
+            "verifications",
             "Verify requests, by scheme and reason.",
             ["scheme", "reason"],
-            registry=registry,
+            itertools.product(known.sign_schemes, known.verify_reasons),
         )
-        for scheme in known.sign_schemes:
-            for reason in known.verify_reasons:
-                self.verifications.labels(scheme=scheme, reason=reason)
-        self.redis_errors = Counter(
-            f"{PREFIX}_redis_errors",
+        self.redis_errors = _counter(
+            registry,
+            "redis_errors",
             "Redis calls that failed or timed out, by operation.",
             ["operation"],
-            registry=registry,
+            [(operation,) for operation in known.redis_operations],
         )
-        for operation in known.redis_operations:
-            self.redis_errors.labels(operation=operation)
-        self.envelopes_unopenable = Counter(
-            f"{PREFIX}_envelopes_unopenable",
+        self.envelopes_unopenable = _counter(
+            registry,
+            "envelopes_unopenable",
             "Stored envelopes a request needed but the keyring could not open, by reason: "
             "malformed, unknown_key (sealed under a KEK this process lacks), undecryptable.",
             ["reason"],
-            registry=registry,
+            [(reason,) for reason in ENVELOPE_FAILURE_REASONS],
         )
-        for reason in ENVELOPE_FAILURE_REASONS:
-            self.envelopes_unopenable.labels(reason=reason)
-        self.durability_failures = Counter(
-            f"{PREFIX}_durability_failures",
+        self.durability_failures = _counter(
+            registry,
+            "durability_failures",
             "Changes answered 503 because they were not confirmed as durable as configured.",
             ["operation"],
-            registry=registry,
+            [(operation,) for operation in DURABLE_OPERATIONS],
         )
-        for operation in DURABLE_OPERATIONS:
-            self.durability_failures.labels(operation=operation)
-        self.connections_closed = Counter(
-            f"{PREFIX}_http_connections_closed",
+        self.connections_closed = _counter(
+            registry,
+            "http_connections_closed",
             "Connections a listener closed itself: over its cap, or too slow to send a "
             "request, or idle too long.",
             ["listener", "reason"],
-            registry=registry,
+            itertools.product(LISTENERS, CLOSE_REASONS),
         )
-        for listener in LISTENERS:
-            for reason in CLOSE_REASONS:
-                self.connections_closed.labels(listener=listener, reason=reason)
-        self.auth_failures = Counter(
-            f"{PREFIX}_auth_failures",
+        self.auth_failures = _counter(
+            registry,
+            "auth_failures",
             "Refused credentials, by reason.",
             ["reason"],
-            registry=registry,
+            [(reason,) for reason in AUTH_FAILURE_REASONS],
         )
-        for reason in AUTH_FAILURE_REASONS:
-            self.auth_failures.labels(reason=reason)
-        self.xrpc_requests = Counter(
-            f"{PREFIX}_xrpc_requests",
+        self.xrpc_requests = _counter(
+            registry,
+            "xrpc_requests",
             "XRPC requests, by method NSID (or 'unknown') and HTTP status.",
             ["method", "status"],
-            registry=registry,
         )
 
     def redis_error(self, operation: str) -> None:

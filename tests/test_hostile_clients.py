@@ -61,6 +61,23 @@ def assert_output_is_json_and_clean(served: Served) -> None:
         assert credential not in text
 
 
+def assert_sign_and_ops_answer(served: Served) -> None:
+    """The sign listener answers a sign request (404 for an absent secret), and /readyz 200."""
+    signed = exchange(
+        served.ports["sign"],
+        head(
+            "POST",
+            f"/v1/sign?did={ALICE}&name=absent",
+            f"Authorization: Bearer {SIGN_TOKEN}".encode(),
+            b"Content-Length: 0",
+        ),
+    )
+    assert assert_json_error(signed, 404)["error"] == "NotFound"
+    ready = exchange(served.ports["ops"], head("GET", "/readyz"))
+    assert ready is not None
+    assert ready.status == 200
+
+
 def head(method: str, path: str, *lines: bytes) -> bytes:
     """A request head with ``Connection: close`` and the given header lines."""
     start = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
@@ -205,19 +222,7 @@ def test_past_the_cap_new_xrpc_connections_are_closed_and_signing_goes_on(served
     try:
         with socket.create_connection(("127.0.0.1", served.ports["xrpc"])) as extra:
             assert closed_by_server(extra, READ_TIMEOUT_S / 2)
-        signed = exchange(
-            served.ports["sign"],
-            head(
-                "POST",
-                f"/v1/sign?did={ALICE}&name=absent",
-                f"Authorization: Bearer {SIGN_TOKEN}".encode(),
-                b"Content-Length: 0",
-            ),
-        )
-        assert assert_json_error(signed, 404)["error"] == "NotFound"
-        ready = exchange(served.ports["ops"], head("GET", "/readyz"))
-        assert ready is not None
-        assert ready.status == 200
+        assert_sign_and_ops_answer(served)
     finally:
         for sock in held:
             sock.close()
@@ -247,19 +252,7 @@ def test_under_a_file_limit_of_1024_a_flooded_xrpc_port_leaves_signing_working(
         assert capped[0]["cap"] < 1000
         for _ in range(1000):
             held.append(socket.create_connection(("127.0.0.1", process.ports["xrpc"])))
-        signed = exchange(
-            process.ports["sign"],
-            head(
-                "POST",
-                f"/v1/sign?did={ALICE}&name=absent",
-                f"Authorization: Bearer {SIGN_TOKEN}".encode(),
-                b"Content-Length: 0",
-            ),
-        )
-        assert assert_json_error(signed, 404)["error"] == "NotFound"
-        ready = exchange(process.ports["ops"], head("GET", "/readyz"))
-        assert ready is not None
-        assert ready.status == 200
+        assert_sign_and_ops_answer(process)
     finally:
         for sock in held:
             sock.close()

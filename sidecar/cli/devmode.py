@@ -151,13 +151,7 @@ def dev_tool_settings(settings: Settings) -> Iterator[Settings]:
         # The command itself says what it needs REDIS_URL for.
         yield settings
         return
-    try:
-        binary = embedded_binary()
-    except EmbeddedServerError as exc:
-        raise ConfigError("REDIS_URL", f"unset, and {exc}") from exc
-    server = EmbeddedValkey(
-        settings.data_dir / "valkey", binary=binary, persist=True, die_with_parent=True
-    )
+    server = embedded_server(settings)
     try:
         server.claim()
     except DataDirInUse:
@@ -182,3 +176,15 @@ def dev_tool_settings(settings: Settings) -> Iterator[Settings]:
         yield replace(found, redis_url=Secret(server.url))
     finally:
         server.stop()
+
+
+def embedded_server(settings: Settings) -> EmbeddedValkey:
+    """The embedded server under the data directory, not started; ``ConfigError``
+    naming REDIS_URL when the ``[embedded]`` extra is not installed."""
+    try:
+        binary = embedded_binary()
+    except EmbeddedServerError as exc:
+        raise ConfigError("REDIS_URL", f"unset, and {exc}") from exc
+    return EmbeddedValkey(
+        settings.data_dir / "valkey", binary=binary, persist=True, die_with_parent=True
+    )

@@ -6,10 +6,9 @@ import sys
 from dataclasses import replace
 
 from sidecar.cli.common import EXIT_OK, run
-from sidecar.cli.devmode import embedded_binary, prepare_dev_mode, wants_dev_mode
+from sidecar.cli.devmode import embedded_server, prepare_dev_mode, wants_dev_mode
 from sidecar.errors import ConfigError, DataDirInUse, EmbeddedServerError
 from sidecar.settings import Secret, Settings
-from sidecar.storage.embedded import EmbeddedValkey
 
 NO_REDIS: str = (
     "is not set, but SIDECAR_KEK, SIDECAR_KEK_PREVIOUS or SIDECAR_API_KEYS_FILE is: "
@@ -32,14 +31,8 @@ def serve(settings: Settings) -> int:
         # A production configuration without its Redis: an embedded one would
         # keep every secret on the pod's disk, and lose it with the pod.
         raise ConfigError("REDIS_URL", NO_REDIS)
-    try:
-        # Found first: without the server, no development key is made either.
-        binary = embedded_binary()
-    except EmbeddedServerError as exc:
-        raise ConfigError("REDIS_URL", f"unset, and {exc}") from exc
-    embedded = EmbeddedValkey(
-        settings.data_dir / "valkey", binary=binary, persist=True, die_with_parent=True
-    )
+    # Found first: without the server, no development key is made either.
+    embedded = embedded_server(settings)
     try:
         # Claimed before any development key is made or shown.
         embedded.claim()

@@ -305,11 +305,16 @@ def _verify_standard(
     if not _within(timestamp, tolerance_s, now):
         return _STALE
     expected = _mac(token, _standard_prefix(msg_id, timestamp), body)
-    # Compare against every entry, so the time taken does not depend on which one matched.
+    return _OK if _any_matches(expected, given) else _MISMATCH
+
+
+def _any_matches(expected: bytes, given: list[bytes]) -> bool:
+    """Whether any entry equals ``expected``, comparing against every entry so the
+    time taken does not depend on which one matched."""
     matched = False
     for candidate in given:
         matched |= hmac.compare_digest(expected, candidate)
-    return _OK if matched else _MISMATCH
+    return matched
 
 
 def _verify_stripe(
@@ -348,10 +353,7 @@ def _verify_stripe(
     if not _within(timestamp, tolerance_s, now):
         return _STALE
     expected = _mac(token, _stripe_prefix(timestamp), body)
-    matched = False
-    for candidate in given:
-        matched |= hmac.compare_digest(expected, candidate)
-    return _OK if matched else _MISMATCH
+    return _OK if _any_matches(expected, given) else _MISMATCH
 
 
 def verify(
