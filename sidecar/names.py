@@ -1,4 +1,5 @@
-"""The shapes of owner DIDs and secret names, checked before they reach a Redis key."""
+"""The shapes of owner DIDs, secret names and caller-supplied tokens, checked before
+they reach a Redis key or an envelope."""
 
 from __future__ import annotations
 
@@ -54,3 +55,28 @@ def validate_did(did: object) -> str:
     if not isinstance(did, str) or not is_valid_did(did):
         raise InvalidInput("did must be a DID, such as did:plc:abc123 or did:web:example.com")
     return did
+
+
+# A token a caller brings (issue 14: the tokens receivers already hold), as
+# wisp.place's secret.create takes it: printable ASCII, no whitespace. The
+# lexicon bounds the length too; this also checks the alphabet, which it cannot.
+MIN_TOKEN_LENGTH = 32
+MAX_TOKEN_LENGTH = 256
+_TOKEN_RE = re.compile(rf"[\x21-\x7e]{{{MIN_TOKEN_LENGTH},{MAX_TOKEN_LENGTH}}}")
+TOKEN_RULE = f"{MIN_TOKEN_LENGTH}-{MAX_TOKEN_LENGTH} printable ASCII characters, with no whitespace"
+
+
+def is_valid_token(token: str) -> bool:
+    """Whether ``token`` may be imported as a signing token."""
+    return _TOKEN_RE.fullmatch(token) is not None
+
+
+def validate_token(token: object, field: str = "token") -> str:
+    """Return ``token`` unchanged, or raise ``InvalidInput`` stating the rule.
+
+    The message never quotes the value, nor says which character broke the
+    rule: either would put part of a real secret in an error body or a log.
+    """
+    if not isinstance(token, str) or not is_valid_token(token):
+        raise InvalidInput(f"{field} must be {TOKEN_RULE}")
+    return token

@@ -30,7 +30,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: secret hash, index, audit log. ARGV: name, envelope, actor, log cap.
+# KEYS: secret hash, index, audit log. ARGV: name, envelope, actor, log cap, and
+# the op the audit entry records: 'create', or 'import' for a token the caller
+# brought. One script for both, so an import can never drift from a create.
 CREATE: Final = (
     PRIMARY_ONLY
     + NOW_MS
@@ -45,7 +47,7 @@ local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 1 end
 redis.call('ZADD', KEYS[2], string.format('%d', score), ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
-  'op', 'create', 'name', ARGV[1], 'ver', 1, 'at', now, 'actor', ARGV[3])
+  'op', ARGV[5], 'name', ARGV[1], 'ver', 1, 'at', now, 'actor', ARGV[3])
 return {'ok', 1, now}
 """
 )

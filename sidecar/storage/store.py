@@ -94,12 +94,19 @@ class SecretStore:
         finally:
             await self._calls.close()
 
-    async def create(self, did: str, name: str, envelope: str, *, actor: str) -> SecretChange:
-        """Store a new secret; ``SecretExists`` if the owner has one of that name."""
-        reply, waited = await self._script("create", scripts.CREATE, did, name, envelope, actor)
+    async def create(
+        self, did: str, name: str, envelope: str, *, actor: str, imported: bool = False
+    ) -> SecretChange:
+        """Store a new secret; ``SecretExists`` if the owner has one of that name.
+
+        ``imported`` marks a token the caller brought: the audit entry and the
+        event say ``op=import``; everything else is a create's.
+        """
+        op = "import" if imported else "create"
+        reply, waited = await self._script("create", scripts.CREATE, did, name, envelope, actor, op)
         if reply[0] == b"exists":
             raise SecretExists(f"a secret named {name!r} already exists")
-        return await self._changed("create", did, name, reply, waited)
+        return await self._changed("create", did, name, reply, waited, event=op)
 
     async def rotate(self, did: str, name: str, envelope: str, *, actor: str) -> SecretChange:
         """Replace a secret's envelope and bump its version; ``SecretNotFound`` if absent."""
@@ -116,11 +123,18 @@ class SecretStore:
         return await self._changed("delete", did, name, reply, waited)
 
     async def _changed(
-        self, operation: str, did: str, name: str, reply: list[Any], waited: Any
+        self,
+        operation: str,
+        did: str,
+        name: str,
+        reply: list[Any],
+        waited: Any,
+        *,
+        event: str | None = None,
     ) -> SecretChange:
         self._calls.require_durable(operation, waited)
         change = SecretChange(name=name, version=int(reply[1]), at_ms=int(reply[2]))
-        await self._publish(did, operation, change)
+        await self._publish(did, event or operation, change)
         return change
 
     async def list_secrets(self, did: str) -> list[SecretMeta]:
@@ -263,13 +277,20 @@ class SecretStore:
         return int(reply[0]), list(reply[1])
 
     async def _script(
-        self, operation: str, script: str, did: str, name: str, envelope: str, actor: str
+        self,
+        operation: str,
+        script: str,
+        did: str,
+        name: str,
+        envelope: str,
+        actor: str,
+        *extra: str,
     ) -> tuple[list[Any], Any]:
         validate_did(did)
         validate_name(name)
         key = secret_key(did, name)
         command = ("EVAL", script, 3, key, index_key(did), log_key(did))
-        args = (name, envelope, actor, self._audit_max_len)
+        args: tuple[str | int, ...] = (name, envelope, actor, self._audit_max_len, *extra)
         reply, waited = await self._calls.change(operation, key, (*command, *args))
         return list(reply), waited
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from sidecar.crypto import Keyring, generate_token
-from sidecar.names import validate_name
+from sidecar.names import validate_name, validate_token
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -48,7 +48,7 @@ class SecretMethods:
 
     # The lexicons call a name a record-key, which allows more (':', '~', 512
     # characters) than a secret name does; the server checks this rule first.
-    INPUT_RULES: Final = {"name": validate_name}
+    INPUT_RULES: Final = {"name": validate_name, "token": validate_token}
 
     def __init__(self, store: SecretStore, keyring: Keyring) -> None:
         self._store = store
@@ -65,12 +65,24 @@ class SecretMethods:
     async def create(self, call: XrpcCall) -> Mapping[str, Any]:
         name = _name(call)
         did = call.caller.did
-        token = generate_token()
+        assert call.input is not None  # create declares an input
+        brought = call.input.get("token")
+        # A caller-supplied token keeps the secret receivers already hold; it
+        # was checked (INPUT_RULES, then the lexicon) before this runs.
+        token = generate_token() if brought is None else validate_token(brought, "Input/token")
         envelope = self._keyring.seal(token, did=did, name=name)
-        change = await self._store.create(did, name, envelope, actor=call.caller.actor)
-        log.info(
-            "secret.created", did=did, name=name, version=change.version, actor=call.caller.actor
+        imported = brought is not None
+        change = await self._store.create(
+            did, name, envelope, actor=call.caller.actor, imported=imported
         )
+        log.info(
+            "secret.imported" if imported else "secret.created",
+            did=did,
+            name=name,
+            version=change.version,
+            actor=call.caller.actor,
+        )
+        # The lexicon's output shape either way: the token goes back only to its sender.
         return {"name": name, "token": token, "createdAt": format_datetime(change.at_ms)}
 
     async def list(self, call: XrpcCall) -> Mapping[str, Any]:
