@@ -43,6 +43,7 @@ async def test_version_prints_the_package_version() -> None:
         (["keys"], True),
         (["keys", "status"], True),
         (["audit"], True),
+        (["import"], True),
         (["doctor"], True),
         (["keygen"], False),
         (["apikey"], False),

@@ -103,6 +103,20 @@ def _parser() -> argparse.ArgumentParser:
         help="at most this many entries (default 100): the first ones after --since, "
         "else the latest ones",
     )
+    importer = command(
+        "import",
+        "import tokens that receivers already hold, from JSON lines",
+        "Import existing webhook secrets, so receivers keep the token they have: one JSON "
+        'object a line, {"did": ..., "name": ..., "token": ...}; a token is 32-256 printable '
+        "ASCII characters without whitespace. A name that exists is skipped, never "
+        "overwritten, so running it again is safe. Bad lines are reported by number, never "
+        "with their token. Exits 0 when every line was imported or skipped, 1 when some "
+        "were bad or not done.",
+    )
+    importer.add_argument("file", metavar="FILE", help="the JSON lines file, or - for stdin")
+    importer.add_argument(
+        "--dry-run", action="store_true", help="check every line and the names; write nothing"
+    )
     command(
         "doctor",
         "check a deployed sidecar: Redis, durability, keys, listeners",
@@ -152,6 +166,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             from sidecar.cli.audit import audit
 
             return audit(settings, did=args.did, name=args.name, since=args.since, limit=args.limit)
+        if args.command == "import":
+            from sidecar.cli.importer import import_tokens
+
+            return import_tokens(settings, source=args.file, dry_run=args.dry_run)
         if args.command == "doctor":
             from sidecar.cli.doctor import doctor
 
