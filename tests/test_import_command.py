@@ -10,8 +10,10 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from serving import dev_env, start_serve, stop_serve
 from support import ALICE, BOB, CREATE, ROTATE, call, keyspace_dump, sign_body
 
 from sidecar.cli import main
@@ -188,3 +190,26 @@ async def test_configuration_errors_exit_2_and_write_nothing(
     assert out == ""
     assert err.startswith("wisp-sidecar: configuration error: " + names)
     assert raw_redis.exists(secret_key(ALICE, "orders")) == 0
+
+
+async def test_beside_make_run_it_finds_the_development_kek_and_valkey(tmp_path: Path) -> None:
+    """With nothing configured, import writes to the running development sidecar, which then
+    signs with the imported token."""
+    env = dev_env(tmp_path, hosts=False)
+    served = await start_serve(tmp_path, env)
+    try:
+        stdin = (line("did:web:localhost", "orders", token_for(1)) + "\n").encode()
+        code, out, err = await run_import("-", env=env, stdin=stdin)
+        assert (code, err) == (0, ""), out
+        assert out == "import: 1 imported, 0 skipped (name exists), 0 bad lines\n"
+        params = {"did": "did:web:localhost", "name": "orders", "scheme": "github"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{served.sign}/v1/sign", params=params, data=BODY) as response,
+        ):
+            assert response.status == 200
+            signed = await response.json()
+    finally:
+        assert await stop_serve(served) == 0
+    digest = hmac.new(token_for(1).encode(), BODY, hashlib.sha256).hexdigest()
+    assert signed["headers"] == {"X-Hub-Signature-256": "sha256=" + digest}
