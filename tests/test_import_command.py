@@ -213,3 +213,21 @@ async def test_beside_make_run_it_finds_the_development_kek_and_valkey(tmp_path:
         assert await stop_serve(served) == 0
     digest = hmac.new(token_for(1).encode(), BODY, hashlib.sha256).hexdigest()
     assert signed["headers"] == {"X-Hub-Signature-256": "sha256=" + digest}
+
+
+async def test_an_import_not_confirmed_durable_stops_and_a_rerun_skips_it(
+    env: dict[str, str], raw_redis: redis.Redis
+) -> None:
+    """With SIDECAR_DURABLE_REPLICAS unmet, import stops at the first line with exit 1; the
+    write may have applied, so a rerun without the wait reports it skipped."""
+    stdin = "".join(line(ALICE, f"hook-{i}", token_for(i)) + "\n" for i in range(3)).encode()
+    waiting = {**env, "SIDECAR_DURABLE_REPLICAS": "1", "SIDECAR_DURABLE_TIMEOUT_MS": "100"}
+    code, out, err = await run_import("-", env=waiting, stdin=stdin)
+    assert code == 1
+    assert err.startswith("import: line 1: not confirmed by the replicas")
+    assert out == "import: 0 imported, 0 skipped (name exists), 0 bad lines, 1 not done (Redis)\n"
+    assert raw_redis.zcard(f"wsc:{{{ALICE}}}:idx") == 1
+
+    code, out, err = await run_import("-", env=env, stdin=stdin)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == "import: 2 imported, 1 skipped (name exists), 0 bad lines"
