@@ -616,6 +616,8 @@ def test_service_auth_defaults() -> None:
     """Unset, service auth is off, with the public PLC directory and a 300 s cache."""
     settings = Settings.from_env({})
     assert settings.service_did is None
+    assert settings.service_endpoint is None
+    assert (settings.service_id, settings.service_type) == ("wisp_sidecar", "WispSidecar")
     assert settings.plc_url == "https://plc.directory"
     assert settings.did_web_allow_http_loopback is False
     assert settings.did_cache_ttl_s == 300
@@ -627,6 +629,9 @@ def test_service_auth_settings_are_parsed() -> None:
     settings = Settings.from_env(
         {
             "SIDECAR_SERVICE_DID": "did:web:sidecar.example.com",
+            "SIDECAR_SERVICE_ENDPOINT": "https://sidecar.example.com/",
+            "SIDECAR_SERVICE_ID": "wisp_sidecar_eu",
+            "SIDECAR_SERVICE_TYPE": "WispSidecarEu",
             "SIDECAR_PLC_URL": "http://127.0.0.1:2582/",
             "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK": "1",
             "SIDECAR_DID_CACHE_TTL_S": "60",
@@ -634,6 +639,8 @@ def test_service_auth_settings_are_parsed() -> None:
         }
     )
     assert settings.service_did == "did:web:sidecar.example.com"
+    assert settings.service_endpoint == "https://sidecar.example.com"
+    assert (settings.service_id, settings.service_type) == ("wisp_sidecar_eu", "WispSidecarEu")
     assert settings.plc_url == "http://127.0.0.1:2582"
     assert settings.did_web_allow_http_loopback is True
     assert settings.did_cache_ttl_s == 60
