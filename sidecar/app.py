@@ -42,6 +42,7 @@ from sidecar.storage.durability import Durability, ReplicaCheck
 from sidecar.storage.replay import ReplayRecords
 from sidecar.storage.store import SecretStore
 from sidecar.wire import http_middleware
+from sidecar.xrpc.did_document import add_did_document_route, did_document
 from sidecar.xrpc.lexicon import LexiconRegistry, default_lexicon_dir
 from sidecar.xrpc.methods import OUTCOMES as XRPC_OUTCOMES
 from sidecar.xrpc.methods import SecretMethods, metrics_observer
@@ -172,7 +173,11 @@ async def open_sidecar(
                 cache_ttl_s=settings.did_cache_ttl_s,
                 allow_http_loopback=settings.did_web_allow_http_loopback,
             )
-            verifiers.append(ServiceAuthVerifier(settings.service_did, resolver, replay))
+            verifiers.append(
+                ServiceAuthVerifier(
+                    settings.service_did, resolver, replay, service_id=settings.service_id
+                )
+            )
         yield Sidecar(
             settings=settings,
             store=store,
@@ -223,6 +228,19 @@ def create_xrpc_app(sidecar: Sidecar) -> web.Application:
         input_rules=SecretMethods.INPUT_RULES,
     )
     server.add_routes(app)
+    settings = sidecar.settings
+    if settings.service_did is not None and settings.service_did.startswith("did:web:"):
+        # The settings refuse a did:web without an endpoint.
+        assert settings.service_endpoint is not None
+        add_did_document_route(
+            app,
+            did_document(
+                settings.service_did,
+                service_id=settings.service_id,
+                service_type=settings.service_type,
+                endpoint=settings.service_endpoint,
+            ),
+        )
     return app
 
 

@@ -1,8 +1,9 @@
-"""The shapes of owner DIDs, secret names and caller-supplied tokens, checked before
-they reach a Redis key or an envelope."""
+"""The shapes of owner DIDs, secret names, caller-supplied tokens and hosts, checked
+before anything uses them."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from sidecar.errors import InvalidInput
@@ -18,6 +19,9 @@ _TOKEN_PREFIX = "wsk_"  # noqa: S105  (a prefix to refuse, not a credential)
 # Redis hash tag ("{<did>}") unambiguous, so every key of an owner shares a slot.
 _DID_RE = re.compile(r"did:[a-z]+:[A-Za-z0-9._:%-]*[A-Za-z0-9._-]")
 MAX_DID_LENGTH = 2048
+# A DID document's service id, the part after "#" in "atproto-proxy: <did>#<id>".
+# Kept to a plain alphabet: it travels in a header and is compared byte for byte.
+_SERVICE_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 
 def is_valid_name(name: str) -> bool:
@@ -80,3 +84,18 @@ def validate_token(token: object, field: str = "token") -> str:
     if not isinstance(token, str) or not is_valid_token(token):
         raise InvalidInput(f"{field} must be {TOKEN_RULE}")
     return token
+
+
+def is_valid_service_id(service_id: str) -> bool:
+    """Whether ``service_id`` is a service id this sidecar may announce (no ``#``)."""
+    return _SERVICE_ID_RE.fullmatch(service_id) is not None
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is this machine: ``localhost``, ``*.localhost``, 127.0.0.0/8 or ::1."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

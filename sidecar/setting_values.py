@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from sidecar.errors import ConfigError
-from sidecar.names import is_valid_did
+from sidecar.names import is_loopback_host, is_valid_did, is_valid_service_id
 from sidecar.redis_url import RedisTarget, parse_redis_url
 
 if TYPE_CHECKING:
@@ -170,3 +170,48 @@ def http_url(variable: str, value: str) -> str:
     if parsed.query or parsed.fragment or parsed.username or parsed.password:
         raise ConfigError(variable, "must be a plain URL: no query, fragment or credentials")
     return value.strip().rstrip("/")
+
+
+def service_id(variable: str, value: str) -> str:
+    if not is_valid_service_id(value):
+        raise ConfigError(
+            variable, "must be 1-64 characters of A-Z a-z 0-9 _ -, starting with a letter, no '#'"
+        )
+    return value
+
+
+def text(variable: str, value: str) -> str:
+    if not value.strip() or any(not character.isprintable() for character in value):
+        raise ConfigError(variable, "must be printable text")
+    return value.strip()
+
+
+def check_service_endpoint(
+    endpoint: str | None, *, service_did: str | None, allow_http_loopback: bool
+) -> None:
+    """A did:web sidecar publishes its own DID document, which must name a reachable endpoint."""
+    variable = "SIDECAR_SERVICE_ENDPOINT"
+    if endpoint is None:
+        if service_did is not None and service_did.startswith("did:web:"):
+            raise ConfigError(
+                variable,
+                "is required when SIDECAR_SERVICE_DID is a did:web: it is the public https URL "
+                "that /.well-known/did.json announces",
+            )
+        return
+    if service_did is None:
+        raise ConfigError(variable, "is set, but SIDECAR_SERVICE_DID is not")
+    parsed = urlsplit(endpoint)
+    if parsed.path not in ("", "/"):
+        # A PDS appends /xrpc/<nsid> to the endpoint's origin; a path would be lost.
+        raise ConfigError(variable, "must be an origin, without a path")
+    if parsed.scheme == "https":
+        return
+    # A PDS would send its users' service JWTs over plain http; only a test on
+    # this machine may ask for that.
+    if not (is_loopback_host(parsed.hostname or "") and allow_http_loopback):
+        raise ConfigError(
+            variable,
+            "must be https (http only for a loopback host, with "
+            "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK)",
+        )

@@ -30,6 +30,7 @@ from sidecar.setting_values import (
     LOG_LEVELS,
     SIGN_ACCESS_LOGS,
     Secret,
+    check_service_endpoint,
     choice,
     did,
     did_list,
@@ -45,6 +46,8 @@ from sidecar.setting_values import (
     redis_target,
     redis_url,
     secret_text,
+    service_id,
+    text,
 )
 
 if TYPE_CHECKING:
@@ -258,6 +261,25 @@ class Settings:
         "token's issuer owns the secrets. Unset: API keys only.",
         example='"did:web:sidecar.example.com"',
     )  # fmt: skip
+    service_id: str = _setting(
+        "SIDECAR_SERVICE_ID", service_id, "wisp_sidecar", "atproto service auth (JWTs)",
+        "The id of this sidecar's service entry in the DID document: clients proxy\n"
+        "through their PDS with \"atproto-proxy: <service_did>#<this>\", and a JWT's aud\n"
+        "may then be \"<service_did>#<this>\" as well as the bare DID.",
+    )  # fmt: skip
+    service_type: str = _setting(
+        "SIDECAR_SERVICE_TYPE", text, "WispSidecar", "atproto service auth (JWTs)",
+        "The type of that service entry, as /.well-known/did.json announces it.",
+    )  # fmt: skip
+    service_endpoint: str | None = _setting(
+        "SIDECAR_SERVICE_ENDPOINT", http_url, None, "atproto service auth (JWTs)",
+        "The public https URL of the XRPC listener (the ingress in front of it), which\n"
+        "the service entry names; a PDS forwards proxied calls there. Required when\n"
+        "service_did is a did:web: the XRPC listener then serves the DID document at\n"
+        "/.well-known/did.json. http only for a loopback host, with\n"
+        "did_web_allow_http_loopback.",
+        example='"https://sidecar.example.com"',
+    )  # fmt: skip
     plc_url: str = _setting(
         "SIDECAR_PLC_URL", http_url, "https://plc.directory", "atproto service auth (JWTs)",
         "The PLC directory that resolves did:plc issuers.",
@@ -456,3 +478,8 @@ def _check_together(settings: Settings) -> None:
             "SIDECAR_REDIS_CA_FILE",
             "is set, but REDIS_URL does not use TLS (rediss:// or rediss+sentinel://)",
         )
+    check_service_endpoint(
+        settings.service_endpoint,
+        service_did=settings.service_did,
+        allow_http_loopback=settings.did_web_allow_http_loopback,
+    )

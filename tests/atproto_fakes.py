@@ -224,3 +224,79 @@ class DidHost:
                 status=document.status, body=document.body, headers=document.headers
             )
         return web.json_response(document)
+
+
+class ProxyingPds:
+    """A PDS stand-in that proxies calls as the reference PDS's pipethrough does.
+
+    It hosts one account (``issuer``), whose client authenticates with
+    ``access_token``. A call to ``/xrpc/<nsid>`` with ``atproto-proxy:
+    <did>#<service id>`` is served by: resolving ``<did>`` (a did:web, over
+    http for a loopback host as ``@atproto/identity`` does for localhost),
+    picking the service entry whose id is ``#<service id>`` (or the DID
+    followed by it), minting an ES256K service JWT with ``aud`` set to the
+    whole header value and ``lxm`` to the NSID, and forwarding the method,
+    query and body to ``<endpoint>/xrpc/<nsid>``. ``minted`` keeps every token.
+    """
+
+    def __init__(self, issuer: Issuer, session: Any) -> None:
+        self.issuer = issuer
+        self.session = session
+        self.access_token = secrets.token_urlsafe(24)
+        self.minted: list[str] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/xrpc/{nsid}", self._proxy)
+        return app
+
+    @staticmethod
+    def _error(status: int, error: str, message: str) -> web.Response:
+        return web.json_response({"error": error, "message": message}, status=status)
+
+    async def _resolve(self, did: str) -> dict[str, Any]:
+        host = did.removeprefix("did:web:").replace("%3A", ":")
+        scheme = "http" if host.split(":")[0] in ("localhost", "127.0.0.1") else "https"
+        async with self.session.get(f"{scheme}://{host}/.well-known/did.json") as answer:
+            answer.raise_for_status()
+            document: dict[str, Any] = await answer.json()
+        return document
+
+    @staticmethod
+    def service_endpoint(document: dict[str, Any], service_id: str) -> str | None:
+        """The endpoint of the entry ``#<id>`` or ``<did>#<id>``, if it is an http(s) URL."""
+        for service in document.get("service", []):
+            if service.get("id") in (service_id, f"{document.get('id')}{service_id}"):
+                endpoint = service.get("serviceEndpoint")
+                if isinstance(endpoint, str) and endpoint.startswith(("https://", "http://")):
+                    return endpoint
+                return None
+        return None
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.access_token}":
+            return self._error(401, "AuthenticationRequired", "bad session")
+        proxy_to = request.headers.get("atproto-proxy", "")
+        hash_index = proxy_to.find("#")
+        if hash_index <= 0 or "#" in proxy_to[hash_index + 1 :] or hash_index == len(proxy_to) - 1:
+            return self._error(400, "InvalidRequest", "no service id specified")
+        did, service_id = proxy_to[:hash_index], proxy_to[hash_index:]
+        document = await self._resolve(did)
+        endpoint = self.service_endpoint(document, service_id)
+        if endpoint is None:
+            return self._error(400, "InvalidRequest", "could not resolve proxy did service url")
+        nsid = request.match_info["nsid"]
+        token = self.issuer.token(nsid, aud=proxy_to)
+        self.minted.append(token)
+        headers = {"Authorization": f"Bearer {token}"}
+        if request.content_type and request.can_read_body:
+            headers["Content-Type"] = request.content_type
+        body = await request.read() if request.can_read_body else None
+        async with self.session.request(
+            request.method, f"{endpoint}{request.path_qs}", headers=headers, data=body
+        ) as upstream:
+            return web.Response(
+                status=upstream.status,
+                body=await upstream.read(),
+                content_type=upstream.content_type,
+            )

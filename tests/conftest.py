@@ -186,6 +186,7 @@ def jwt_env(did_host: DidHost) -> dict[str, str]:
     """Settings overrides that turn service auth on, resolving DIDs through ``did_host``."""
     return {
         "SIDECAR_SERVICE_DID": SERVICE_DID,
+        "SIDECAR_SERVICE_ENDPOINT": "https://sidecar.example.com",
         "SIDECAR_PLC_URL": did_host.url,
         "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK": "1",
     }

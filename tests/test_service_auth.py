@@ -12,7 +12,14 @@ import pytest
 from atproto_fakes import ES256, ES256K, SERVICE_DID, Issuer, KeyPair, b64url, new_plc_did
 from support import LIST, ROTATE
 
-from sidecar.auth.service_jwt import Claims, Jwt, check_claims, looks_like_jwt, parse_jwt
+from sidecar.auth.service_jwt import (
+    Claims,
+    Jwt,
+    audiences,
+    check_claims,
+    looks_like_jwt,
+    parse_jwt,
+)
 from sidecar.errors import AuthenticationFailed, StorageUnavailable
 from sidecar.storage.embedded import free_port
 from sidecar.storage.keys import jti_key
@@ -48,7 +55,7 @@ def token(header: dict[str, Any] | None = None, **claims: Any) -> Jwt:
 
 def check(jwt: Jwt, *, now: float = NOW, nsid: str = LIST) -> Claims:
     """The claims of ``jwt``, checked as this service checks them at ``now`` for ``nsid``."""
-    return check_claims(jwt, audience=SERVICE_DID, nsid=nsid, now=now)
+    return check_claims(jwt, audience=audiences(SERVICE_DID, "wisp_sidecar"), nsid=nsid, now=now)
 
 
 def reason(jwt: Jwt, *, now: float = NOW, nsid: str = LIST) -> str:
@@ -177,11 +184,38 @@ def test_issuer_that_is_no_did_is_bad_jwt(iss: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "aud", [None, "did:web:other.example.com", [SERVICE_DID], f"{SERVICE_DID}#svc", ""]
+    "aud",
+    [
+        None,
+        "did:web:other.example.com",
+        [SERVICE_DID],
+        [f"{SERVICE_DID}#wisp_sidecar"],
+        f"{SERVICE_DID}#svc",
+        f"{SERVICE_DID}#",
+        f"{SERVICE_DID}#wisp",
+        f"{SERVICE_DID}#wisp_sidecar_2",
+        f"{SERVICE_DID}#WISP_SIDECAR",
+        f"{SERVICE_DID}#wisp_sidecar#wisp_sidecar",
+        f"{SERVICE_DID}x#wisp_sidecar",
+        SERVICE_DID[:-1],
+        f"{SERVICE_DID} ",
+        "",
+    ],
 )
 def test_other_audience_is_bad_audience(aud: object) -> None:
-    """The audience must be exactly our service DID: not absent, a list, or another DID."""
+    """Only our DID or our DID#service-id pass: no other fragment, prefix, list or DID."""
     assert reason(token(aud=aud)) == "bad_audience"
+
+
+@pytest.mark.parametrize("aud", [SERVICE_DID, f"{SERVICE_DID}#wisp_sidecar"])
+def test_bare_and_proxied_audiences_pass(aud: str) -> None:
+    """The bare DID (getServiceAuth) and DID#service-id (a proxying PDS) are both our audience."""
+    assert check(token(aud=aud)).alg == ES256K
+
+
+def test_without_a_service_id_only_the_bare_did_is_the_audience() -> None:
+    """With no service id the audience set is the DID alone."""
+    assert audiences(SERVICE_DID, None) == frozenset({SERVICE_DID})
 
 
 @pytest.mark.parametrize("lxm", [None, ROTATE, "place.wisp.v2.secret.*", LIST.upper()])

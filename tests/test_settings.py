@@ -616,6 +616,8 @@ def test_service_auth_defaults() -> None:
     """Unset, service auth is off, with the public PLC directory and a 300 s cache."""
     settings = Settings.from_env({})
     assert settings.service_did is None
+    assert settings.service_endpoint is None
+    assert (settings.service_id, settings.service_type) == ("wisp_sidecar", "WispSidecar")
     assert settings.plc_url == "https://plc.directory"
     assert settings.did_web_allow_http_loopback is False
     assert settings.did_cache_ttl_s == 300
@@ -627,6 +629,9 @@ def test_service_auth_settings_are_parsed() -> None:
     settings = Settings.from_env(
         {
             "SIDECAR_SERVICE_DID": "did:web:sidecar.example.com",
+            "SIDECAR_SERVICE_ENDPOINT": "https://sidecar.example.com/",
+            "SIDECAR_SERVICE_ID": "wisp_sidecar_eu",
+            "SIDECAR_SERVICE_TYPE": "WispSidecarEu",
             "SIDECAR_PLC_URL": "http://127.0.0.1:2582/",
             "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK": "1",
             "SIDECAR_DID_CACHE_TTL_S": "60",
@@ -634,6 +639,8 @@ def test_service_auth_settings_are_parsed() -> None:
         }
     )
     assert settings.service_did == "did:web:sidecar.example.com"
+    assert settings.service_endpoint == "https://sidecar.example.com"
+    assert (settings.service_id, settings.service_type) == ("wisp_sidecar_eu", "WispSidecarEu")
     assert settings.plc_url == "http://127.0.0.1:2582"
     assert settings.did_web_allow_http_loopback is True
     assert settings.did_cache_ttl_s == 60
@@ -896,3 +903,83 @@ def test_config_error_names_the_setting() -> None:
         Settings.from_env({"SIDECAR_SIGN_PORT": "abc"})
     assert info.value.setting == "SIDECAR_SIGN_PORT"
     assert str(info.value).startswith("SIDECAR_SIGN_PORT: ")
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SIDECAR_SERVICE_DID": "did:web:sidecar.example.com"}, "is required"),
+        ({"SIDECAR_SERVICE_ENDPOINT": "https://sidecar.example.com"}, "SIDECAR_SERVICE_DID"),
+        (
+            {
+                "SIDECAR_SERVICE_DID": "did:web:sidecar.example.com",
+                "SIDECAR_SERVICE_ENDPOINT": "http://sidecar.example.com",
+                "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK": "1",
+            },
+            "must be https",
+        ),
+        (
+            {
+                "SIDECAR_SERVICE_DID": "did:web:localhost%3A8080",
+                "SIDECAR_SERVICE_ENDPOINT": "http://localhost:8080",
+            },
+            "must be https",
+        ),
+        (
+            {
+                "SIDECAR_SERVICE_DID": "did:web:sidecar.example.com",
+                "SIDECAR_SERVICE_ENDPOINT": "https://sidecar.example.com/xrpc",
+            },
+            "without a path",
+        ),
+    ],
+)
+def test_service_endpoint_is_required_for_did_web_and_must_be_https(
+    environ: dict[str, str], message: str
+) -> None:
+    """A did:web needs an endpoint; it must be an https origin (http only on allowed loopback)."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(environ)
+    assert info.value.setting == "SIDECAR_SERVICE_ENDPOINT"
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("did", "endpoint"),
+    [
+        ("did:web:localhost%3A8080", "http://localhost:8080"),
+        ("did:web:127.0.0.1%3A8080", "http://127.0.0.1:8080"),
+    ],
+)
+def test_http_endpoint_is_allowed_on_loopback_for_tests(did: str, endpoint: str) -> None:
+    """With SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK, a loopback endpoint may be plain http."""
+    settings = Settings.from_env(
+        {
+            "SIDECAR_SERVICE_DID": did,
+            "SIDECAR_SERVICE_ENDPOINT": endpoint,
+            "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK": "1",
+        }
+    )
+    assert settings.service_endpoint == endpoint
+
+
+def test_did_plc_needs_no_endpoint() -> None:
+    """A did:plc sidecar publishes its entry at the directory, so no endpoint is required."""
+    assert Settings.from_env({"SIDECAR_SERVICE_DID": "did:plc:abc"}).service_endpoint is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SIDECAR_SERVICE_ID", "#wisp_sidecar"),
+        ("SIDECAR_SERVICE_ID", "wisp sidecar"),
+        ("SIDECAR_SERVICE_ID", "9lives"),
+        ("SIDECAR_SERVICE_ID", "x" * 65),
+        ("SIDECAR_SERVICE_TYPE", "Wisp\tSidecar"),
+    ],
+)
+def test_bad_service_id_or_type_is_rejected(variable: str, value: str) -> None:
+    """A service id outside its alphabet, or a type with control characters, names its setting."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({variable: value})
+    assert info.value.setting == variable

@@ -16,7 +16,6 @@ and the pod-local sign listener is there.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import re
 import time
@@ -30,6 +29,7 @@ import structlog
 from sidecar import __version__
 from sidecar.auth.did_keys import atproto_signing_key
 from sidecar.errors import DidResolutionError
+from sidecar.names import is_loopback_host
 from sidecar.wire import read_limited
 
 if TYPE_CHECKING:
@@ -66,15 +66,6 @@ class ResolvedKey:
 class _Entry:
     key: PublicKey
     expires: float
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _web_host(did: str) -> tuple[str, int | None]:
@@ -128,7 +119,7 @@ class DidResolver:
         if did.startswith("did:web:"):
             host, port = _web_host(did)
             scheme = "https"
-            if _is_loopback(host):
+            if is_loopback_host(host):
                 if not self._allow_http_loopback:
                     raise DidResolutionError("loopback did:web hosts are for development only")
                 scheme = "http"

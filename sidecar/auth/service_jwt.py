@@ -9,7 +9,8 @@ whose reason only logs and metrics see:
 1. ``alg`` is ES256K or ES256, and ``typ`` is not an access, refresh or DPoP
    type (``bad_alg``, ``bad_type``);
 2. ``iss`` is a DID, a ``#fragment`` stripped (``bad_jwt``); ``aud`` is our
-   service DID (``bad_audience``); ``lxm`` is the called NSID (``bad_lxm``);
+   service DID, bare or with our service id as its fragment, as a proxying
+   PDS sets it (``bad_audience``); ``lxm`` is the called NSID (``bad_lxm``);
 3. ``exp`` has not passed, with ``LEEWAY_S`` of leeway (``expired``); ``iat``,
    if present, is not in the future beyond it (``bad_jwt``);
 4. the lifetime is at most ``MAX_LIFETIME_S``: ``exp - iat``, or without
@@ -147,8 +148,24 @@ def _numeric_date(value: object) -> float:
     return float(value)
 
 
-def check_claims(jwt: Jwt, *, audience: str, nsid: str, now: float) -> Claims:
-    """Checks 1 to 4 of the module docstring, in order, at the Unix time ``now``."""
+def audiences(service_did: str, service_id: str | None) -> frozenset[str]:
+    """The ``aud`` values a token may carry: the DID, and ``<DID>#<service id>``.
+
+    A PDS that proxies a call (``atproto-proxy: <DID>#<id>``) sets the second.
+    No other fragment and no prefix: a token minted for another service on the
+    same DID must not work here.
+    """
+    accepted = {service_did}
+    if service_id is not None:
+        accepted.add(f"{service_did}#{service_id}")
+    return frozenset(accepted)
+
+
+def check_claims(jwt: Jwt, *, audience: frozenset[str], nsid: str, now: float) -> Claims:
+    """Checks 1 to 4 of the module docstring, in order, at the Unix time ``now``.
+
+    ``audience`` is the set ``audiences`` makes; ``aud`` must equal one member.
+    """
     alg = jwt.header.get("alg")
     # isinstance first: a list or object is unhashable, and no algorithm.
     if not isinstance(alg, str) or alg not in ALGORITHMS:
@@ -164,7 +181,9 @@ def check_claims(jwt: Jwt, *, audience: str, nsid: str, now: float) -> Claims:
     did = iss.partition("#")[0] if isinstance(iss, str) else ""
     if not is_valid_did(did):
         _fail("bad_jwt")
-    if claims.get("aud") != audience:
+    aud = claims.get("aud")
+    # isinstance first: a list is unhashable, and atproto's aud is one string.
+    if not isinstance(aud, str) or aud not in audience:
         _fail("bad_audience")
     if claims.get("lxm") != nsid:
         _fail("bad_lxm")
@@ -190,7 +209,8 @@ def check_claims(jwt: Jwt, *, audience: str, nsid: str, now: float) -> Claims:
 
 
 class ServiceAuthVerifier:
-    """A ``BearerVerifier`` for atproto service JWTs addressed to ``service_did``."""
+    """A ``BearerVerifier`` for atproto service JWTs addressed to ``service_did``
+    (or to its ``#service_id`` entry)."""
 
     def __init__(
         self,
@@ -198,9 +218,10 @@ class ServiceAuthVerifier:
         keys: SigningKeys,
         replay: ReplayGuard,
         *,
+        service_id: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._service_did = service_did
+        self._audience = audiences(service_did, service_id)
         self._keys = keys
         self._replay = replay
         self._clock = clock
@@ -210,7 +231,7 @@ class ServiceAuthVerifier:
 
     async def verify(self, credential: str, *, nsid: str) -> Caller:
         jwt = parse_jwt(credential)
-        claims = check_claims(jwt, audience=self._service_did, nsid=nsid, now=self._clock())
+        claims = check_claims(jwt, audience=self._audience, nsid=nsid, now=self._clock())
         await self._check_signature(claims, jwt)
         # Last, so that only a token that passed every other check uses up its id.
         if claims.jti is not None and not await self._replay.claim_jti(
