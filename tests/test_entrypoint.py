@@ -25,7 +25,7 @@ from sidecar.storage.embedded import free_port
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-BASE_SETTINGS = ROOT / "deploy" / "kubernetes" / "base" / "sidecar.env"
+BASE_SETTINGS = ROOT / "deploy" / "kubernetes" / "components" / "sidecar" / "sidecar.env"
 
 
 def instructions(name: str) -> list[str]:

@@ -1,7 +1,7 @@
 """The Kubernetes manifests in deploy/kubernetes: every object validates against the
 Kubernetes schemas offline, every kustomization references files that exist, and the
-Deployment keeps the promises deploy/README.md makes (native sidecar, probes,
-hardening, secrets as files, ports, grace period).
+sidecar component and the Deployments it joins keep the promises deploy/README.md makes
+(native sidecar, probes, hardening, secrets as files, ports, grace period).
 
 Built-in kinds are validated by ``kubernetes-validate`` (strict: an unknown field
 fails) for the oldest Kubernetes with native sidecars on by default (1.29) and
@@ -10,8 +10,10 @@ we ship, ServiceMonitor and PrometheusRule, are validated against the small
 schemas below, which hold their required shape and refuse unknown fields. Any
 other custom kind fails the test instead of being skipped.
 
-Overlays are rendered with ``kubectl kustomize`` when kubectl is on PATH (the
-tests that need it skip, saying so, when it is not).
+The base, the overlays and the example of an existing dispatcher joined by the
+component (deploy/kubernetes/examples) are rendered with ``kubectl kustomize`` when
+kubectl is on PATH, and what they render is validated: that is what a user applies
+(the tests that need it skip, saying so, when kubectl is not there).
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 BASE = KUBERNETES / "base"
+COMPONENT = KUBERNETES / "components" / "sidecar"
+SIDECAR_PATCH = COMPONENT / "sidecar-patch.yaml"
+EXAMPLE = KUBERNETES / "examples" / "existing-dispatcher"
 OVERLAYS = ("dev", "production")
+# Everything a user may apply: rendered, each validates.
+RENDERED = ("base", *(f"overlays/{name}" for name in OVERLAYS), "examples/existing-dispatcher")
+# The pod label the component adds; its Service and NetworkPolicies select it.
+SIDECAR_LABEL = ("wisp.place/sidecar", "true")
 RULES = DEPLOY / "observability" / "prometheus-rules.yaml"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 
@@ -182,7 +191,7 @@ def all_resource_files() -> list[Path]:
 
 def base_settings() -> dict[str, str]:
     """The base ConfigMap's data: the settings every overlay starts from."""
-    return read_env_file(BASE / "sidecar.env")
+    return read_env_file(COMPONENT / "sidecar.env")
 
 
 def validate(document: dict[str, Any]) -> None:
@@ -199,7 +208,7 @@ def validate(document: dict[str, Any]) -> None:
 
 
 def deployment() -> dict[str, Any]:
-    """The base Deployment, the one document of base/deployment.yaml."""
+    """The base Deployment, the one document of base/deployment.yaml (no sidecar yet)."""
     (document,) = load_documents(BASE / "deployment.yaml")
     return document
 
@@ -210,10 +219,29 @@ def pod_spec() -> dict[str, Any]:
     return result
 
 
+def sidecar_pod() -> dict[str, Any]:
+    """The pod template the component's patch merges into each Deployment it targets."""
+    (patch,) = load_documents(SIDECAR_PATCH)
+    result: dict[str, Any] = patch["spec"]["template"]
+    return result
+
+
 def sidecar_container() -> dict[str, Any]:
-    """The wisp-sidecar container, a native sidecar among the pod's initContainers."""
-    (container,) = [c for c in pod_spec()["initContainers"] if c["name"] == "wisp-sidecar"]
+    """The wisp-sidecar container, a native sidecar among the patch's initContainers."""
+    (container,) = [
+        c for c in sidecar_pod()["spec"]["initContainers"] if c["name"] == "wisp-sidecar"
+    ]
     return container
+
+
+def sidecars_of(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The wisp-sidecar containers of a rendered Deployment, wherever they are in the pod."""
+    spec = workload["spec"]["template"]["spec"]
+    return [
+        c
+        for c in spec.get("initContainers", []) + spec["containers"]
+        if c["name"] == "wisp-sidecar"
+    ]
 
 
 def port_named(container: dict[str, Any], name: str) -> int:
@@ -274,9 +302,12 @@ def test_every_manifest_file_is_used_by_its_kustomization(directory: Path) -> No
 
 
 def test_the_base_and_both_overlays_exist() -> None:
-    """deploy/kubernetes has the kustomize layout the README describes: base and two overlays."""
+    """deploy/kubernetes has the kustomize layout the README describes: the sidecar component,
+    a base built from it, two overlays and the example of an existing dispatcher."""
     dirs = {str(d.relative_to(KUBERNETES)) for d in kustomization_dirs() if KUBERNETES in d.parents}
-    assert dirs == {"base", "overlays/dev", "overlays/production"}
+    assert dirs == {"components/sidecar", *RENDERED}
+    assert kustomization(COMPONENT)["kind"] == "Component"
+    assert kustomization(BASE)["components"] == ["../components/sidecar"]
 
 
 # --- schemas ------------------------------------------------------------------
@@ -298,10 +329,10 @@ def test_validation_refuses_a_broken_manifest() -> None:
     """The validation used above fails on a misspelled field or a bad value, in a built-in
     kind and in each CRD, and on a custom kind it has no schema for."""
     broken = deployment()
-    broken["spec"]["template"]["spec"]["initContainers"][0]["readinesProbe"] = {}
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(broken)
-    (monitor,) = load_documents(BASE / "servicemonitor.yaml")
+    (monitor,) = load_documents(COMPONENT / "servicemonitor.yaml")
     monitor["spec"]["endpoints"][0]["intervall"] = "30s"
     with pytest.raises(jsonschema.ValidationError):
         validate(monitor)
@@ -313,12 +344,14 @@ def test_validation_refuses_a_broken_manifest() -> None:
         validate({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})
 
 
-@pytest.mark.parametrize("overlay", ["base", *(f"overlays/{name}" for name in OVERLAYS)])
+@pytest.mark.parametrize("overlay", RENDERED)
 def test_rendered_kustomization_validates(overlay: str) -> None:
-    """What kustomize renders for the base and each overlay validates, patches applied."""
+    """What kustomize renders for the base, each overlay and the example of an existing
+    dispatcher validates, the component and patches applied."""
     documents = render(KUBERNETES / overlay)
     kinds = {doc["kind"] for doc in documents}
-    assert {"Deployment", "Service", "ConfigMap", "NetworkPolicy", "PodDisruptionBudget"} <= kinds
+    component_kinds = {"Service", "ServiceMonitor", "PrometheusRule", "NetworkPolicy"}
+    assert {"Deployment", "ConfigMap", *component_kinds} <= kinds
     for document in documents:
         validate(document)
 
@@ -327,9 +360,9 @@ def test_rendered_kustomization_validates(overlay: str) -> None:
 
 
 def test_alert_rules_have_one_source() -> None:
-    """The base includes deploy/observability as a kustomization, and no other manifest
+    """The component includes deploy/observability as a kustomization, and no other manifest
     declares a PrometheusRule, so the cluster's rules cannot differ from the file."""
-    assert "../../observability" in kustomization(BASE)["resources"]
+    assert "../../../observability" in kustomization(COMPONENT)["resources"]
     declaring = [
         path
         for path in DEPLOY.rglob("*.yaml")
@@ -365,6 +398,7 @@ def test_sidecar_is_a_native_sidecar_with_probes_on_the_ops_port() -> None:
     }
     assert {probe["port"] for probe in probes.values()} == {"metrics"}
     assert [c["name"] for c in pod_spec()["containers"]] == ["dispatcher"]
+    assert "initContainers" not in pod_spec(), "the base gets its sidecar from the component"
 
 
 def test_dispatcher_signs_on_the_pod_local_sign_listener() -> None:
@@ -377,7 +411,7 @@ def test_dispatcher_signs_on_the_pod_local_sign_listener() -> None:
     assert env["WISP_SIGN_URL"] == f"http://127.0.0.1:{settings['SIDECAR_SIGN_PORT']}/v1/sign"
     sign_port = int(settings["SIDECAR_SIGN_PORT"])
     assert sign_port not in {p["containerPort"] for p in sidecar_container()["ports"]}
-    (service,) = load_documents(BASE / "service.yaml")
+    (service,) = load_documents(COMPONENT / "service.yaml")
     assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
         ("xrpc", int(settings["SIDECAR_XRPC_PORT"])),
         ("metrics", int(settings["SIDECAR_OPS_PORT"])),
@@ -392,16 +426,18 @@ def test_grace_period_outlasts_the_sidecar_shutdown_grace() -> None:
 
 
 def test_every_container_is_hardened() -> None:
-    """The pod runs as the image's non-root UID with seccomp RuntimeDefault, and every
-    container has a read-only root, no privilege escalation and no capabilities."""
+    """The base pod and the sidecar container (whatever pod it joins) run as the image's
+    non-root UID with seccomp RuntimeDefault, and every container has a read-only root, no
+    privilege escalation and no capabilities."""
     spec = pod_spec()
-    pod = spec["securityContext"]
-    assert pod["runAsNonRoot"] is True
-    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
     (user,) = re.findall(r"^USER (\d+):(\d+)$", DOCKERFILE.read_text(), re.MULTILINE)
-    assert (str(pod["runAsUser"]), str(pod["runAsGroup"])) == user
+    sidecar = sidecar_container()
+    for context in (spec["securityContext"], sidecar["securityContext"]):
+        assert context["runAsNonRoot"] is True
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert (str(context["runAsUser"]), str(context["runAsGroup"])) == user
     assert spec["automountServiceAccountToken"] is False
-    for container in spec["initContainers"] + spec["containers"]:
+    for container in [sidecar, *spec["containers"]]:
         context = container["securityContext"]
         assert context["readOnlyRootFilesystem"] is True, container["name"]
         assert context["allowPrivilegeEscalation"] is False, container["name"]
@@ -416,7 +452,9 @@ def test_keys_are_files_from_the_secret_and_data_is_writable() -> None:
     assert not SECRET_SETTINGS & set(settings)
     container = sidecar_container()
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    volumes = {v["name"]: v for v in sidecar_pod()["spec"]["volumes"]}
+    # Prefixed, so merging into an existing pod cannot replace one of its volumes.
+    assert all(name.startswith("wisp-sidecar-") for name in volumes)
     for variable in ("SIDECAR_KEK_FILE", "SIDECAR_API_KEYS_FILE"):
         path = PurePosixPath(settings[variable])
         mount = mounts[str(path.parent)]
@@ -483,20 +521,24 @@ def test_overlay_settings_parse_as_the_sidecar_would(overlay: str, tmp_path: Pat
 
 
 def test_selectors_match_the_pods() -> None:
-    """The Service, PodDisruptionBudget and every NetworkPolicy select the Deployment's pods,
-    and the ServiceMonitor selects the Service by a port name it has."""
+    """The component's Service and NetworkPolicies select exactly the label its patch adds to
+    the pods; the base's PodDisruptionBudget and policies select the base Deployment's pods;
+    the ServiceMonitor selects the Service by a port name it has."""
     labels = deployment()["spec"]["template"]["metadata"]["labels"]
 
     def selects(selector: dict[str, str]) -> bool:
         return selector.items() <= labels.items()
 
-    (service,) = load_documents(BASE / "service.yaml")
-    assert selects(service["spec"]["selector"])
+    assert sidecar_pod()["metadata"]["labels"] == dict([SIDECAR_LABEL])
+    (service,) = load_documents(COMPONENT / "service.yaml")
+    assert service["spec"]["selector"] == dict([SIDECAR_LABEL])
+    for policy in load_documents(COMPONENT / "networkpolicy.yaml"):
+        assert policy["spec"]["podSelector"]["matchLabels"] == dict([SIDECAR_LABEL])
     (budget,) = load_documents(BASE / "poddisruptionbudget.yaml")
     assert selects(budget["spec"]["selector"]["matchLabels"])
     for policy in load_documents(BASE / "networkpolicy.yaml"):
         assert selects(policy["spec"]["podSelector"]["matchLabels"]), policy["metadata"]["name"]
-    (monitor,) = load_documents(BASE / "servicemonitor.yaml")
+    (monitor,) = load_documents(COMPONENT / "servicemonitor.yaml")
     assert (
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     )
@@ -508,7 +550,9 @@ def test_network_policy_ingress_and_egress() -> None:
     """Ingress reaches only the XRPC port (from labelled namespaces) and the metrics port
     (from monitoring); egress is DNS, Redis, and HTTPS to public addresses."""
     policies = {
-        p["metadata"]["name"]: p["spec"] for p in load_documents(BASE / "networkpolicy.yaml")
+        p["metadata"]["name"]: p["spec"]
+        for path in (COMPONENT / "networkpolicy.yaml", BASE / "networkpolicy.yaml")
+        for p in load_documents(path)
     }
     ingress = [rule for spec in policies.values() for rule in spec.get("ingress", [])]
     assert sorted(port["port"] for rule in ingress for port in rule["ports"]) == [
@@ -577,3 +621,100 @@ def test_production_overlay_uses_sentinel_with_tls_on_three_spread_replicas() ->
     ports = {p["port"] for rule in redis_policy["spec"]["egress"] for p in rule["ports"]}
     sentinel_ports = {int(port) for port in re.findall(r":(\d+)", config["REDIS_URL"])}
     assert sentinel_ports <= ports
+
+
+# --- the component on every Deployment it joins -------------------------------
+
+
+def without_rendering_changes(container: dict[str, Any]) -> dict[str, Any]:
+    """A sidecar container with what rendering may change left out: the image (``images:``),
+    the ConfigMap's hashed name, and mounts an overlay adds beside the component's."""
+    own = {m["name"] for m in sidecar_container()["volumeMounts"]}
+    result = {key: value for key, value in container.items() if key not in {"image", "envFrom"}}
+    result["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] in own]
+    return result
+
+
+def test_existing_dispatcher_gets_exactly_one_sidecar_and_keeps_its_pod() -> None:
+    """The example of a team's own dispatcher Deployment, with the component, renders with
+    exactly one wisp-sidecar container, a native sidecar as the component defines it, its
+    volumes and the ConfigMap it names; the team's containers, volumes, securityContext and
+    selector are kept."""
+    documents = render(EXAMPLE)
+    (source,) = [
+        doc
+        for doc in load_documents(EXAMPLE / "deployment.yaml")
+        if doc["metadata"]["name"] == "orders-dispatcher"
+    ]
+    workload = one(documents, "Deployment", "orders-dispatcher")
+    (sidecar,) = sidecars_of(workload)
+    assert sidecar["restartPolicy"] == "Always"
+    assert without_rendering_changes(sidecar) == without_rendering_changes(sidecar_container())
+    (ref,) = sidecar["envFrom"]
+    assert ref["configMapRef"]["name"] == one(documents, "ConfigMap")["metadata"]["name"]
+    spec, source_spec = workload["spec"]["template"]["spec"], source["spec"]["template"]["spec"]
+    assert spec["containers"] == source_spec["containers"]
+    assert spec["securityContext"] == source_spec["securityContext"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for volume in source_spec["volumes"] + sidecar_pod()["spec"]["volumes"]:
+        assert volumes[volume["name"]] == volume
+    assert workload["spec"]["selector"] == source["spec"]["selector"]
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert labels.items() >= source["spec"]["template"]["metadata"]["labels"].items()
+    assert SIDECAR_LABEL in labels.items()
+
+
+def test_a_deployment_annotated_out_gets_no_sidecar_and_is_not_selected() -> None:
+    """A Deployment in the same overlay annotated wisp.place/sidecar: "false" renders without
+    a sidecar or the sidecar label, so neither the Service nor any component policy selects
+    its pods, while they select the dispatcher's."""
+    documents = render(EXAMPLE)
+    skipped = one(documents, "Deployment", "orders-api")
+    assert skipped["metadata"]["annotations"] == {"wisp.place/sidecar": "false"}
+    assert sidecars_of(skipped) == []
+    assert "initContainers" not in skipped["spec"]["template"]["spec"]
+    joined = one(documents, "Deployment", "orders-dispatcher")
+    selectors = [one(documents, "Service")["spec"]["selector"]] + [
+        policy["spec"]["podSelector"]["matchLabels"]
+        for policy in documents
+        if policy["kind"] == "NetworkPolicy" and policy["metadata"]["name"].startswith("wisp-")
+    ]
+    assert len(selectors) == 4
+    for selector in selectors:
+        assert selector.items() <= joined["spec"]["template"]["metadata"]["labels"].items()
+        assert not selector.items() <= skipped["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("overlay", RENDERED)
+def test_every_rendering_has_exactly_one_sidecar_per_joined_deployment(overlay: str) -> None:
+    """In the base, both overlays and the example, each Deployment that is not annotated out
+    has exactly one wisp-sidecar, and it is the component's container: the same sidecar
+    everywhere, whatever the overlay patches beside it."""
+    documents = render(KUBERNETES / overlay)
+    joined = [
+        doc
+        for doc in documents
+        if doc["kind"] == "Deployment"
+        and doc["metadata"].get("annotations", {}).get("wisp.place/sidecar") != "false"
+    ]
+    assert joined
+    for workload in joined:
+        (sidecar,) = sidecars_of(workload)
+        assert without_rendering_changes(sidecar) == without_rendering_changes(sidecar_container())
+        assert sidecar["image"].startswith("registry.example.com/wisp/wisp-sidecar:") or (
+            sidecar["image"] == "wisp-sidecar:dev"
+        )
+
+
+def test_base_tightens_the_keys_mode_because_its_pod_sets_fs_group() -> None:
+    """The component's key files are 0444 (no pod-wide fsGroup is imposed); the base, whose
+    pod sets fsGroup to the sidecar's group, renders them 0440."""
+    (volume,) = [v for v in sidecar_pod()["spec"]["volumes"] if v["name"] == "wisp-sidecar-keys"]
+    assert volume["secret"]["defaultMode"] == 0o444
+    workload = one(render(BASE), "Deployment")
+    spec = workload["spec"]["template"]["spec"]
+    assert str(spec["securityContext"]["fsGroup"]) == str(
+        sidecar_container()["securityContext"]["runAsGroup"]
+    )
+    (rendered,) = [v for v in spec["volumes"] if v["name"] == "wisp-sidecar-keys"]
+    assert rendered["secret"]["defaultMode"] == 0o440
