@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import redis
 from aiohttp import web
-from atproto_fakes import SERVICE_DID, DidHost
+from atproto_fakes import ES256K, SERVICE_DID, DidHost, Issuer, KeyPair, new_plc_did
 from prometheus_client import CollectorRegistry
 from support import ALICE, BOB, SERVER_BINARY
 
@@ -197,3 +197,11 @@ async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain aiohttp client session, as open_sidecar gives the DID resolver."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+def alice(did_host: DidHost) -> Issuer:
+    """A did:plc account with a secp256k1 key, registered at the loopback PLC directory."""
+    issuer = Issuer(new_plc_did(), KeyPair.generate(ES256K))
+    did_host.documents[issuer.did] = issuer.document()
+    return issuer

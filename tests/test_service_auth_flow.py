@@ -48,14 +48,6 @@ REASONS = (
 
 
 @pytest.fixture
-def alice(did_host: DidHost) -> Issuer:
-    """A did:plc account with a secp256k1 key, registered at the loopback PLC directory."""
-    issuer = Issuer(new_plc_did(), KeyPair.generate(ES256K))
-    did_host.documents[issuer.did] = issuer.document()
-    return issuer
-
-
-@pytest.fixture
 def bob(did_host: DidHost) -> Issuer:
     """The did:web account of the loopback host, with a P-256 key."""
     issuer = Issuer(did_host.did, KeyPair.generate(ES256))

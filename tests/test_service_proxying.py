@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from aiohttp import web
-from atproto_fakes import ES256K, DidHost, Issuer, KeyPair, ProxyingPds, new_plc_did, web_did
+from atproto_fakes import Issuer, ProxyingPds, new_plc_did, web_did
 from support import CREATE, LIST, ROTATE, parsed
 
 from sidecar.app import create_xrpc_app
@@ -42,14 +42,6 @@ class Deployment:
     sidecar: Sidecar
     did: str
     endpoint: str
-
-
-@pytest.fixture
-def alice(did_host: DidHost) -> Issuer:
-    """A did:plc account with a secp256k1 key, registered at the loopback PLC directory."""
-    issuer = Issuer(new_plc_did(), KeyPair.generate(ES256K))
-    did_host.documents[issuer.did] = issuer.document()
-    return issuer
 
 
 @pytest.fixture
