@@ -53,8 +53,9 @@ class ConnectionLimits:
 
 
 def _error_name(status: int) -> str:
+    # Generic XRPC names only: these answers come before any method is known.
     if status >= 500:
-        return "InternalServerError" if status == 500 else "ServiceUnavailable"
+        return "InternalServerError"
     return HTTP_ERROR_NAMES.get(status, "InvalidRequest")
 
 
