@@ -229,9 +229,13 @@ def create_xrpc_app(sidecar: Sidecar) -> web.Application:
     )
     server.add_routes(app)
     settings = sidecar.settings
-    if settings.service_did is not None and settings.service_did.startswith("did:web:"):
-        # The settings refuse a did:web without an endpoint.
-        assert settings.service_endpoint is not None
+    # Without an endpoint the did:web's document is served elsewhere, or not at all
+    # (direct service-JWT callers need none).
+    if (
+        settings.service_did is not None
+        and settings.service_did.startswith("did:web:")
+        and settings.service_endpoint is not None
+    ):
         add_did_document_route(
             app,
             did_document(

@@ -189,15 +189,14 @@ def text(variable: str, value: str) -> str:
 def check_service_endpoint(
     endpoint: str | None, *, service_did: str | None, allow_http_loopback: bool
 ) -> None:
-    """A did:web sidecar publishes its own DID document, which must name a reachable endpoint."""
+    """An endpoint, when set, is what the DID document announces: an origin a PDS can reach.
+
+    Unset, the sidecar publishes no document and takes direct service-JWT calls
+    only (a did:web's did.json may well be served by another host); ``doctor``
+    says so.
+    """
     variable = "SIDECAR_SERVICE_ENDPOINT"
     if endpoint is None:
-        if service_did is not None and service_did.startswith("did:web:"):
-            raise ConfigError(
-                variable,
-                "is required when SIDECAR_SERVICE_DID is a did:web: it is the public https URL "
-                "that /.well-known/did.json announces",
-            )
         return
     if service_did is None:
         raise ConfigError(variable, "is set, but SIDECAR_SERVICE_DID is not")

@@ -264,8 +264,9 @@ class Settings:
     service_id: str = _setting(
         "SIDECAR_SERVICE_ID", service_id, "wisp_sidecar", "atproto service auth (JWTs)",
         "The id of this sidecar's service entry in the DID document: clients proxy\n"
-        "through their PDS with \"atproto-proxy: <service_did>#<this>\", and a JWT's aud\n"
-        "may then be \"<service_did>#<this>\" as well as the bare DID.",
+        "through their PDS with \"atproto-proxy: <service_did>#<this>\". The fragment\n"
+        "only picks the endpoint: the PDS's token has the bare DID as aud. A JWT's\n"
+        "aud may also be \"<service_did>#<this>\".",
     )  # fmt: skip
     service_type: str = _setting(
         "SIDECAR_SERVICE_TYPE", text, "WispSidecar", "atproto service auth (JWTs)",
@@ -274,10 +275,11 @@ class Settings:
     service_endpoint: str | None = _setting(
         "SIDECAR_SERVICE_ENDPOINT", http_url, None, "atproto service auth (JWTs)",
         "The public https URL of the XRPC listener (the ingress in front of it), which\n"
-        "the service entry names; a PDS forwards proxied calls there. Required when\n"
-        "service_did is a did:web: the XRPC listener then serves the DID document at\n"
-        "/.well-known/did.json. http only for a loopback host, with\n"
-        "did_web_allow_http_loopback.",
+        "the service entry names; a PDS forwards proxied calls there. With a did:web\n"
+        "service_did, setting it makes the XRPC listener serve the DID document at\n"
+        "/.well-known/did.json. Unset, the sidecar serves no document: direct JWT\n"
+        "calls work, and proxying needs the document served elsewhere. http only for\n"
+        "a loopback host, with did_web_allow_http_loopback.",
         example='"https://sidecar.example.com"',
     )  # fmt: skip
     plc_url: str = _setting(

@@ -235,7 +235,8 @@ class ProxyingPds:
     http for a loopback host as ``@atproto/identity`` does for localhost),
     picking the service entry whose id is ``#<service id>`` (or the DID
     followed by it), minting an ES256K service JWT with ``aud`` set to the
-    whole header value and ``lxm`` to the NSID, and forwarding the method,
+    bare DID (the fragment only picks the endpoint) and ``lxm`` to the NSID,
+    and forwarding the method,
     query and body to ``<endpoint>/xrpc/<nsid>``. ``minted`` keeps every token.
     """
 
@@ -286,7 +287,7 @@ class ProxyingPds:
         if endpoint is None:
             return self._error(400, "InvalidRequest", "could not resolve proxy did service url")
         nsid = request.match_info["nsid"]
-        token = self.issuer.token(nsid, aud=proxy_to)
+        token = self.issuer.token(nsid, aud=did)
         self.minted.append(token)
         headers = {"Authorization": f"Bearer {token}"}
         if request.content_type and request.can_read_body:

@@ -1,5 +1,6 @@
 """Service proxying end to end: a client calls its PDS with ``atproto-proxy``, the PDS
-resolves our did.json, mints a JWT for ``<did>#wisp_sidecar`` and forwards the call.
+resolves our did.json, mints a JWT for our DID and forwards the call to ``#wisp_sidecar``'s
+endpoint. (``tests/e2e`` does the same with the real reference PDS.)
 
 Real sockets throughout: the sidecar's XRPC listener, the PDS stand-in, the
 loopback PLC directory, and Redis.
@@ -7,11 +8,8 @@ loopback PLC directory, and Redis.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from aiohttp import web
-from atproto_fakes import Issuer, ProxyingPds, new_plc_did, web_did
+from atproto_fakes import DidHost, Issuer, ProxyingPds, new_plc_did, web_did
+from serving import dev_env, run_cli, start_serve, stop_serve
 from support import CREATE, LIST, ROTATE, parsed
 
 from sidecar.app import create_xrpc_app
@@ -194,7 +193,8 @@ async def test_a_proxied_call_works_end_to_end(
     session: aiohttp.ClientSession,
     alice: Issuer,
 ) -> None:
-    """Through the PDS, with aud <did>#wisp_sidecar, Alice creates, lists and rotates a secret."""
+    """Through the PDS, whose tokens carry the bare DID as aud, Alice creates, lists and
+    rotates a secret."""
     proxy_to = f"{deployment.did}#wisp_sidecar"
     status, created = await through_pds(session, pds, proxy_to, CREATE, {"name": "orders"})
     assert status == 200, created
@@ -206,7 +206,7 @@ async def test_a_proxied_call_works_end_to_end(
     assert rotated["token"] != created["token"]
     standin, _ = pds
     audiences = {claims_of(token)["aud"] for token in standin.minted}
-    assert audiences == {proxy_to}
+    assert audiences == {deployment.did}
     assert counted(deployment.sidecar, "bad_audience") == 0
 
 
@@ -261,31 +261,43 @@ async def test_a_prefix_of_our_did_is_refused(
     assert counted(deployment.sidecar, "bad_audience") == 1
 
 
-async def test_the_bare_did_still_works_beside_the_fragment(
-    deployment: Deployment, session: aiohttp.ClientSession, alice: Issuer
+@pytest.mark.parametrize("fragment", ["", "#wisp_sidecar"])
+async def test_the_bare_did_and_our_fragment_are_both_accepted(
+    deployment: Deployment, session: aiohttp.ClientSession, alice: Issuer, fragment: str
 ) -> None:
-    """A getServiceAuth token for the bare DID keeps working when proxying is on."""
-    status, body = await direct(session, deployment.endpoint, alice.token(LIST, aud=deployment.did))
+    """aud may be the bare DID (what PDSes send) or the DID with our service id as fragment."""
+    token = alice.token(LIST, aud=deployment.did + fragment)
+    status, body = await direct(session, deployment.endpoint, token)
     assert (status, body) == (200, {"secrets": []})
 
 
-async def test_serve_refuses_a_did_web_without_an_endpoint(tmp_path: Path) -> None:
-    """serve with a did:web service DID and no endpoint exits 2 with one line naming it."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        env={
-            "PATH": os.environ["PATH"],
-            "SIDECAR_SERVICE_DID": "did:web:sidecar.example.com",
-            "SIDECAR_DATA_DIR": str(tmp_path),
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+async def test_serve_starts_with_a_did_web_and_no_endpoint(
+    tmp_path: Path, env: dict[str, str], did_host: DidHost, alice: Issuer
+) -> None:
+    """A did:web service DID without an endpoint starts (as it did before proxying), serves no
+    did.json, takes a direct service JWT, and doctor says where the document must come from."""
+    served_env = dev_env(
+        tmp_path / "data",
+        **env,
+        SIDECAR_SERVICE_DID="did:web:sidecar.example.com",
+        SIDECAR_PLC_URL=did_host.url,
+        SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK="1",
     )
-    _out, err = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode == 2
-    lines = err.decode().strip().splitlines()
-    assert len(lines) == 1, lines
-    assert "SIDECAR_SERVICE_ENDPOINT" in lines[0]
+    served = await start_serve(tmp_path / "data", served_env, embedded=False)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{served.base}/.well-known/did.json") as answer:
+                assert (answer.status, (await answer.json())["error"]) == (404, "NotFound")
+            status, body = await direct(
+                session, served.base, alice.token(LIST, aud="did:web:sidecar.example.com")
+            )
+        assert (status, body) == (200, {"secrets": []})
+        status, out, err = await run_cli("doctor", env=served_env)
+    finally:
+        assert await stop_serve(served) == 0
+    assert status == 0, out + err
+    proxying = [line for line in out.splitlines() if " proxying: " in line]
+    assert len(proxying) == 1, out
+    assert proxying[0].startswith("warn proxying: direct service-JWT calls only")
+    assert "https://sidecar.example.com/.well-known/did.json" in proxying[0]
+    assert "SIDECAR_SERVICE_ENDPOINT" in proxying[0]

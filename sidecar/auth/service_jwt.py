@@ -9,8 +9,9 @@ whose reason only logs and metrics see:
 1. ``alg`` is ES256K or ES256, and ``typ`` is not an access, refresh or DPoP
    type (``bad_alg``, ``bad_type``);
 2. ``iss`` is a DID, a ``#fragment`` stripped (``bad_jwt``); ``aud`` is our
-   service DID, bare or with our service id as its fragment, as a proxying
-   PDS sets it (``bad_audience``); ``lxm`` is the called NSID (``bad_lxm``);
+   service DID, bare (what ``getServiceAuth`` gives and what a proxying PDS
+   sends) or with our service id as its fragment (``bad_audience``); ``lxm``
+   is the called NSID (``bad_lxm``);
 3. ``exp`` has not passed, with ``LEEWAY_S`` of leeway (``expired``); ``iat``,
    if present, is not in the future beyond it (``bad_jwt``);
 4. the lifetime is at most ``MAX_LIFETIME_S``: ``exp - iat``, or without
@@ -151,9 +152,11 @@ def _numeric_date(value: object) -> float:
 def audiences(service_did: str, service_id: str | None) -> frozenset[str]:
     """The ``aud`` values a token may carry: the DID, and ``<DID>#<service id>``.
 
-    A PDS that proxies a call (``atproto-proxy: <DID>#<id>``) sets the second.
-    No other fragment and no prefix: a token minted for another service on the
-    same DID must not work here.
+    The reference PDS sends the bare DID when it proxies a call (``atproto-proxy:
+    <DID>#<id>``: the fragment only picks the endpoint); the fragment form is
+    accepted for PDSes and clients that name the service entry in ``aud``. No
+    other fragment and no prefix: a token minted for another service on the same
+    DID must not work here.
     """
     accepted = {service_did}
     if service_id is not None:

@@ -80,6 +80,8 @@ async def _checks(settings: Settings) -> list[Check]:
     finally:
         await store.close()
     checks.append(_api_keys(settings))
+    if settings.service_did is not None:
+        checks.append(_proxying(settings))
     checks += await _listeners(settings)
     return checks
 
@@ -219,6 +221,30 @@ def _api_keys(settings: Settings) -> Check:
                 f"{'; '.join(notes)}; SIDECAR_ALLOWED_DIDS refuses keys: {', '.join(refused)}",
             )
     return Check("ok", "api keys", "; ".join(notes))
+
+
+def _proxying(settings: Settings) -> Check:
+    """Where a PDS that proxies calls (``atproto-proxy``) finds this sidecar's service entry."""
+    did, endpoint = settings.service_did, settings.service_endpoint
+    assert did is not None
+    entry = f"#{settings.service_id}"
+    if not did.startswith("did:web:"):
+        where = f"naming {endpoint}" if endpoint is not None else "naming this sidecar's https URL"
+        return Check(
+            "ok", "proxying", f"publish the {entry} entry in the document of {did}, {where}"
+        )
+    host = did.removeprefix("did:web:").replace("%3A", ":")
+    if endpoint is not None:
+        return Check(
+            "ok", "proxying", f"this sidecar serves /.well-known/did.json: {entry} at {endpoint}"
+        )
+    return Check(
+        "warn",
+        "proxying",
+        "direct service-JWT calls only: this sidecar serves no DID document. Calls proxied "
+        f"through a PDS need https://{host}/.well-known/did.json served somewhere, with a "
+        f"{entry} entry; set SIDECAR_SERVICE_ENDPOINT to have the sidecar serve it",
+    )
 
 
 async def _listeners(settings: Settings) -> list[Check]:

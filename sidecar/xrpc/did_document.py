@@ -2,10 +2,13 @@
 
 A PDS that proxies a call (``atproto-proxy: <did>#<service id>``) resolves
 the DID, picks the service entry whose id is ``#<service id>``, and forwards
-the call to its ``serviceEndpoint`` with a service JWT whose ``aud`` is
-``<did>#<service id>``. For a ``did:web`` the document lives at the host's
-``/.well-known/did.json``, which the XRPC listener (the public port) serves.
-Other DID methods publish the entry where that method keeps documents.
+the call to its ``serviceEndpoint`` with a service JWT whose ``aud`` is the
+bare ``<did>`` (the reference PDS's choice; the fragment only picks the
+endpoint). For a ``did:web`` the document lives at the host's
+``/.well-known/did.json``, which the XRPC listener (the public port) serves
+when ``SIDECAR_SERVICE_ENDPOINT`` is set; without it the document is the
+operator's to serve elsewhere. Other DID methods publish the entry where that
+method keeps documents.
 """
 
 from __future__ import annotations
