@@ -1,0 +1,100 @@
+"""Latency of ``place.wisp.v2.secret.create``, one call at a time, p50 and p99.
+
+    .venv/bin/python -m bench.create_latency                 # 5 rounds of 400 creates
+    CREATE_ROUNDS=9 CREATE_PER_ROUND=800 .venv/bin/python -m bench.create_latency
+
+Starts an embedded Valkey and the real sidecar (``python -m sidecar serve``),
+then sends creates for one owner on one kept-alive connection, one after the
+other, so each number is a create's whole round trip through the XRPC listener
+and its Lua script. Between rounds every secret is deleted again, so each round
+starts from an empty owner and stays under the default quota. Never part of
+the suite; run it before and after a change to the create path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bench.__main__ import DID, process, wait_ready
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
+from sidecar.cli.devmode import embedded_binary
+from sidecar.crypto import encode_kek, generate_kek
+from sidecar.storage.embedded import EmbeddedValkey, free_port
+
+NSID = "place.wisp.v2.secret."
+
+
+async def one_round(base: str, key: str, count: int) -> list[float]:
+    """Create ``count`` secrets one by one, then delete them; each create's seconds."""
+    headers = {"Authorization": f"Bearer {key}"}
+    timings = []
+    async with aiohttp.ClientSession(base, headers=headers) as session:
+        for i in range(count):
+            started = time.perf_counter()
+            async with session.post(f"/xrpc/{NSID}create", json={"name": f"s{i}"}) as response:
+                await response.read()
+                assert response.status == 200, response.status
+            timings.append(time.perf_counter() - started)
+        for i in range(count):
+            async with session.post(f"/xrpc/{NSID}delete", json={"name": f"s{i}"}) as response:
+                assert response.status == 200, response.status
+    return timings
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def main() -> int:
+    rounds = int(os.environ.get("CREATE_ROUNDS", "5"))
+    per_round = int(os.environ.get("CREATE_PER_ROUND", "400"))
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedValkey(Path(tmp) / "v", binary=embedded_binary(), persist=False) as v,
+    ):
+        key = generate_api_key()
+        keys = Path(tmp) / "keys"
+        keys.write_text(keys_file_line(DID, key) + "\n")
+        ports = {name: free_port() for name in ("xrpc", "sign", "ops")}
+        env = {
+            **os.environ,
+            "REDIS_URL": v.url,
+            "SIDECAR_KEK": encode_kek(generate_kek()),
+            "SIDECAR_API_KEYS_FILE": str(keys),
+            "SIDECAR_XRPC_HOST": "127.0.0.1",
+            "SIDECAR_XRPC_PORT": str(ports["xrpc"]),
+            "SIDECAR_SIGN_PORT": str(ports["sign"]),
+            "SIDECAR_OPS_HOST": "127.0.0.1",
+            "SIDECAR_OPS_PORT": str(ports["ops"]),
+            "SIDECAR_LOG_LEVEL": "warning",
+            "SIDECAR_LOG_FORMAT": "json",
+            "SIDECAR_DATA_DIR": str(Path(tmp) / "data"),
+        }
+        with process([sys.executable, "-m", "sidecar", "serve"], env):
+            wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
+            base = f"http://127.0.0.1:{ports['xrpc']}"
+            asyncio.run(one_round(base, key, 50))  # warm up: connection, scripts, caches
+            p50s, p99s = [], []
+            for round_ in range(1, rounds + 1):
+                timings = asyncio.run(one_round(base, key, per_round))
+                p50s.append(percentile(timings, 0.50) * 1000)
+                p99s.append(percentile(timings, 0.99) * 1000)
+                print(f"round {round_}: p50 {p50s[-1]:.3f} ms, p99 {p99s[-1]:.3f} ms")
+    print(
+        f"create, {per_round} a round, median of {rounds} rounds: "
+        f"p50 {statistics.median(p50s):.3f} ms, p99 {statistics.median(p99s):.3f} ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
