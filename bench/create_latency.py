@@ -17,17 +17,12 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 
-from bench.__main__ import DID, process, wait_ready
-from sidecar.auth.api_keys import generate_api_key, keys_file_line
-from sidecar.cli.devmode import embedded_binary
-from sidecar.crypto import encode_kek, generate_kek
-from sidecar.storage.embedded import EmbeddedValkey, free_port
+from bench.__main__ import bench_redis, process, sidecar_env, wait_ready
+from sidecar.storage.embedded import free_port
 
 NSID = "place.wisp.v2.secret."
 
@@ -57,28 +52,9 @@ def percentile(values: list[float], share: float) -> float:
 def main() -> int:
     rounds = int(os.environ.get("CREATE_ROUNDS", "5"))
     per_round = int(os.environ.get("CREATE_PER_ROUND", "400"))
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        EmbeddedValkey(Path(tmp) / "v", binary=embedded_binary(), persist=False) as v,
-    ):
-        key = generate_api_key()
-        keys = Path(tmp) / "keys"
-        keys.write_text(keys_file_line(DID, key) + "\n")
+    with bench_redis() as (redis_url, key, tmp):
         ports = {name: free_port() for name in ("xrpc", "sign", "ops")}
-        env = {
-            **os.environ,
-            "REDIS_URL": v.url,
-            "SIDECAR_KEK": encode_kek(generate_kek()),
-            "SIDECAR_API_KEYS_FILE": str(keys),
-            "SIDECAR_XRPC_HOST": "127.0.0.1",
-            "SIDECAR_XRPC_PORT": str(ports["xrpc"]),
-            "SIDECAR_SIGN_PORT": str(ports["sign"]),
-            "SIDECAR_OPS_HOST": "127.0.0.1",
-            "SIDECAR_OPS_PORT": str(ports["ops"]),
-            "SIDECAR_LOG_LEVEL": "warning",
-            "SIDECAR_LOG_FORMAT": "json",
-            "SIDECAR_DATA_DIR": str(Path(tmp) / "data"),
-        }
+        env = {**sidecar_env(redis_url, ports, tmp), "SIDECAR_LOG_LEVEL": "warning"}
         with process([sys.executable, "-m", "sidecar", "serve"], env):
             wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
             base = f"http://127.0.0.1:{ports['xrpc']}"
