@@ -104,7 +104,10 @@ def start(stack: ExitStack, label: str, tree: str | None) -> Target:
     ports = {name: free_port() for name in ("xrpc", "sign", "ops")}
     env = {**sidecar_env(redis_url, ports, tmp), "SIDECAR_LOG_LEVEL": "warning"}
     if tree is not None:
+        # Safe-path mode keeps the working directory (this tree) off sys.path,
+        # so the package comes from the baseline tree, ahead of the installed one.
         env["PYTHONPATH"] = str(Path(tree).resolve())
+        env["PYTHONSAFEPATH"] = "1"
     stack.enter_context(process([sys.executable, "-m", "sidecar", "serve"], env))
     wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
     server = stack.enter_context(redis.Redis.from_url(redis_url))
