@@ -111,32 +111,45 @@ def batch_totals(ops_port: int) -> tuple[float, float]:
     return values["_sum"], values["_count"]
 
 
-def main() -> int:
-    seconds = int(os.environ.get("BENCH_SECONDS", "5"))
-    rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
-    generator = "wrk -t1" if have_wrk() else "aiohttp client (install wrk for a lighter one)"
-    print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} load generator: {generator}")
+@contextmanager
+def bench_redis() -> Iterator[tuple[str, str, Path]]:
+    """An embedded Valkey in a temporary directory, with an API key for ``DID`` in
+    ``keys`` there: (the Valkey's URL, the key, the directory)."""
     with (
         tempfile.TemporaryDirectory() as tmp,
         EmbeddedValkey(Path(tmp) / "v", binary=embedded_binary(), persist=False) as v,
     ):
         key = generate_api_key()
-        keys = Path(tmp) / "keys"
-        keys.write_text(keys_file_line(DID, key) + "\n")
+        (Path(tmp) / "keys").write_text(keys_file_line(DID, key) + "\n")
+        yield v.url, key, Path(tmp)
+
+
+def sidecar_env(redis_url: str, ports: dict[str, int], tmp: Path) -> dict[str, str]:
+    """The environment of a benchmarked sidecar in ``tmp`` (``bench_redis``): on
+    loopback, with a fresh KEK."""
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "SIDECAR_KEK": encode_kek(generate_kek()),
+        "SIDECAR_API_KEYS_FILE": str(tmp / "keys"),
+        "SIDECAR_XRPC_HOST": "127.0.0.1",
+        "SIDECAR_XRPC_PORT": str(ports["xrpc"]),
+        "SIDECAR_SIGN_PORT": str(ports["sign"]),
+        "SIDECAR_OPS_HOST": "127.0.0.1",
+        "SIDECAR_OPS_PORT": str(ports["ops"]),
+        "SIDECAR_LOG_FORMAT": "json",
+        "SIDECAR_DATA_DIR": str(tmp / "data"),
+    }
+
+
+def main() -> int:
+    seconds = int(os.environ.get("BENCH_SECONDS", "5"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
+    generator = "wrk -t1" if have_wrk() else "aiohttp client (install wrk for a lighter one)"
+    print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} load generator: {generator}")
+    with bench_redis() as (redis_url, key, tmp):
         ports = {name: free_port() for name in ("xrpc", "sign", "ops", "base")}
-        env = {
-            **os.environ,
-            "REDIS_URL": v.url,
-            "SIDECAR_KEK": encode_kek(generate_kek()),
-            "SIDECAR_API_KEYS_FILE": str(keys),
-            "SIDECAR_XRPC_HOST": "127.0.0.1",
-            "SIDECAR_XRPC_PORT": str(ports["xrpc"]),
-            "SIDECAR_SIGN_PORT": str(ports["sign"]),
-            "SIDECAR_OPS_HOST": "127.0.0.1",
-            "SIDECAR_OPS_PORT": str(ports["ops"]),
-            "SIDECAR_LOG_FORMAT": "json",
-            "SIDECAR_DATA_DIR": str(Path(tmp) / "data"),
-        }
+        env = sidecar_env(redis_url, ports, tmp)
         sidecar_argv = [sys.executable, "-m", "sidecar", "serve"]
         baseline_argv = [sys.executable, "-m", "bench.baseline", "--port", str(ports["base"])]
         with process(sidecar_argv, env) as sidecar, process(baseline_argv, env) as baseline:

@@ -124,7 +124,11 @@ def store_for(
         on_error=on_error,
         on_not_durable=on_not_durable,
     )
-    return SecretStore(calls, audit_max_len=settings.audit_log_max_len)
+    return SecretStore(
+        calls,
+        audit_max_len=settings.audit_log_max_len,
+        max_secrets_per_did=settings.max_secrets_per_did,
+    )
 
 
 @contextlib.asynccontextmanager

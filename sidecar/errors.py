@@ -20,6 +20,7 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
     │   └── InvalidPublicKey        a verification method's key cannot be decoded
     ├── SecretNotFound              no such secret for this owner (404)
     ├── SecretExists                create of a name that exists (409)
+    ├── SecretQuotaExceeded         create past SIDECAR_MAX_SECRETS_PER_DID (400)
     ├── EncryptionUnavailable       no active KEK to seal with (503)
     ├── EnvelopeError               an envelope does not open under the keyring
     ├── StorageUnavailable          Redis did not answer in time (503 + Retry-After)
@@ -144,6 +145,22 @@ class SecretNotFound(SidecarError):
 
 class SecretExists(SidecarError):
     """The owner already has a secret of that name."""
+
+
+class SecretQuotaExceeded(SidecarError):
+    """The owner holds as many secrets as ``SIDECAR_MAX_SECRETS_PER_DID`` allows, or more.
+
+    ``count`` is how many it holds (more than ``limit`` when the quota was
+    lowered below it) and ``limit`` the quota in force; neither is a secret.
+    """
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(
+            f"Secret quota reached: this account has {count} secrets and may have at most "
+            f"{limit}; delete one before creating another"
+        )
+        self.count = count
+        self.limit = limit
 
 
 class EncryptionUnavailable(SidecarError):

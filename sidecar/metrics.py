@@ -35,6 +35,16 @@ PREFIX = "wisp_sidecar"
 LISTENERS = ("xrpc", "sign", "ops")
 # Why a listener closed a connection itself (sidecar.listeners).
 CLOSE_REASONS = ("over_capacity", "read_timeout", "idle_timeout")
+# Every per-owner or per-client bound a request can run into (issue 19), each
+# exported at 0 from start. A new kind is declared here first: ``limit_hit``
+# refuses any other, so no label value can come from a request.
+LIMIT_KINDS = (
+    "secrets_per_did",
+    "changes_per_minute",
+    "auth_failures_per_minute",
+    "did_resolutions_in_flight",
+    "did_refetch",
+)
 # Every change that waits for durability (sidecar.store), exported at 0 from start.
 DURABLE_OPERATIONS = ("create", "rotate", "delete", "rewrap", "claim_jti")
 
@@ -267,6 +277,14 @@ class Metrics:
             ["reason"],
             [(reason,) for reason in AUTH_FAILURE_REASONS],
         )
+        self.limit_hits = _counter(
+            registry,
+            "limit_hits",
+            "Requests refused, or work skipped, because a configured limit was reached, "
+            "by kind (never by DID or address).",
+            ["kind"],
+            [(kind,) for kind in LIMIT_KINDS],
+        )
         self.xrpc_requests = _counter(
             registry,
             "xrpc_requests",
@@ -279,6 +297,11 @@ class Metrics:
 
     def not_durable(self, operation: str) -> None:
         self.durability_failures.labels(operation=operation).inc()
+
+    def limit_hit(self, kind: str) -> None:
+        if kind not in LIMIT_KINDS:
+            raise ValueError(f"undeclared limit kind {kind!r}: add it to LIMIT_KINDS")
+        self.limit_hits.labels(kind=kind).inc()
 
     def connection_closed(self, listener: str, reason: str) -> None:
         self.connections_closed.labels(listener=listener, reason=reason).inc()

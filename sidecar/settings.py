@@ -63,6 +63,7 @@ GROUPS: Final = (
     "Lifecycle",
     "Keys",
     "atproto service auth (JWTs)",
+    "Limits",
     "Signing",
     "Local state and logs",
 )
@@ -304,6 +305,13 @@ class Settings:
         "authenticate with (API key or JWT); any other caller gets 403 Forbidden.\n"
         "Unset: every authenticated caller may. Comma-separated in the environment.",
         example='["did:plc:abc123", "did:web:ops.example.com"]',
+    )  # fmt: skip
+    # --- Limits: every per-owner resource has a bound (docs/operations.md#sizing-the-limits)
+    max_secrets_per_did: int = _setting(
+        "SIDECAR_MAX_SECRETS_PER_DID", int_between(1, 1_000_000), 1000, "Limits",
+        "The most secrets one owner DID may hold; a create or import past it is 400\n"
+        "SecretQuotaExceeded and stores nothing. Lowered below what an owner holds, the\n"
+        "owner keeps its secrets and can add none until it is under it. 1..1000000.",
     )  # fmt: skip
     # --- Signing
     sign_max_bytes: int = _setting(

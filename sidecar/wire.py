@@ -30,6 +30,7 @@ from sidecar.errors import (
     PayloadTooLarge,
     SecretExists,
     SecretNotFound,
+    SecretQuotaExceeded,
     StorageUnavailable,
     WireError,
 )
@@ -50,6 +51,9 @@ ERRORS_BY_TYPE: Final[dict[type[Exception], tuple[int, str, dict[str, str]]]] = 
     Forbidden: (403, "Forbidden", {}),
     SecretNotFound: (404, "NotFound", {}),
     SecretExists: (409, "AlreadyExists", {}),
+    # A lexicon-declared error, sent as @atproto/xrpc-server sends those: 400.
+    # Retrying does not help; deleting a secret does (the message says so).
+    SecretQuotaExceeded: (400, "SecretQuotaExceeded", {}),
     EncryptionUnavailable: (503, "WebhookSecretEncryptionUnavailable", {}),
     # An envelope the keyring cannot open: the KEK it was sealed under is
     # missing from this replica's ring. No signature without the real token.

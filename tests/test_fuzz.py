@@ -113,7 +113,11 @@ _nsids = st.sampled_from([CREATE, LIST, ROTATE, DELETE, "_health", "com.example.
 )
 _text = st.text(max_size=20)  # any unicode
 _query = st.lists(
-    st.tuples(st.sampled_from(["did", "name", "scheme", "id", "timestamp", "x"]) | _text, _text),
+    st.tuples(
+        st.sampled_from(["did", "name", "scheme", "id", "timestamp", "x", "limit", "cursor"])
+        | _text,
+        _text,
+    ),
     max_size=5,
 )
 _json = st.recursive(

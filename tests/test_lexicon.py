@@ -133,12 +133,18 @@ def load_one(tmp_path: Path, document: dict[str, Any]) -> MethodDef:
                     "AuthenticationRequired",
                     "InvalidRequest",
                     "AlreadyExists",
+                    "SecretQuotaExceeded",
                     "WebhookSecretEncryptionUnavailable",
                     "StorageUnavailable",
                 }
             ),
         ),
-        ("list", "query", "GET", frozenset({"AuthenticationRequired", "StorageUnavailable"})),
+        (
+            "list",
+            "query",
+            "GET",
+            frozenset({"AuthenticationRequired", "InvalidRequest", "StorageUnavailable"}),
+        ),
         (
             "rotate",
             "procedure",
@@ -177,9 +183,12 @@ def test_rotate_lexicon_is_verbatim() -> None:
 
 
 def test_list_has_no_input(registry: LexiconRegistry) -> None:
-    """list declares no input and no params, so any body or parameter is refused."""
+    """list declares no input, so any body is refused, and only the params limit and cursor."""
     listing = method(registry, f"{SECRET}.list")
-    assert (listing.input_encoding, listing.input_schema, listing.parameters) == (None, None, None)
+    assert (listing.input_encoding, listing.input_schema) == (None, None)
+    assert listing.parameters is not None
+    assert set(listing.parameters["properties"]) == {"limit", "cursor"}
+    assert listing.validate_params({}) == {"limit": 100}
     listing.validate_input(None)
     with pytest.raises(InvalidInput, match="takes no input"):
         listing.validate_input({})
@@ -504,10 +513,10 @@ def test_params_reject_bad_values(paged: MethodDef, params: Any, message: str) -
 
 def test_params_without_a_params_def(registry: LexiconRegistry) -> None:
     """A method with no params def accepts no params at all, and returns {} for none."""
-    listing = method(registry, f"{SECRET}.list")
-    assert listing.validate_params({}) == {}
+    delete = method(registry, f"{SECRET}.delete")
+    assert delete.validate_params({}) == {}
     with pytest.raises(InvalidInput, match="Params/limit is not a parameter"):
-        listing.validate_params({"limit": "1"})
+        delete.validate_params({"limit": "1"})
 
 
 # --- malformed lexicons ------------------------------------------------------------

@@ -213,6 +213,7 @@ async def test_doctor_passes_against_a_deployed_sidecar_and_prints_no_secret(
         "kek",
         "envelopes",
         "api keys",
+        "limits",
         "listener xrpc",
         "listener sign",
         "listener ops",
@@ -223,6 +224,7 @@ async def test_doctor_passes_against_a_deployed_sidecar_and_prints_no_secret(
     assert checks["redis"][1].startswith(f"one server 127.0.0.1:{server.port}, valkey ")
     assert checks["kek"][1] == f"active kid {parse_kek(kek_text, setting='t').kid}; previous: none"
     assert checks["api keys"][1].startswith("2 keys for 2 DIDs")
+    assert checks["limits"][1] == "at most 1000 secrets per DID (SIDECAR_MAX_SECRETS_PER_DID)"
     for secret in (password, kek_text, keys.alice, keys.bob):
         assert secret not in out + err
 
@@ -248,6 +250,7 @@ def test_doctor_fails_and_says_why_when_nothing_is_there(
         "envelopes": "skip",
         "kek": "ok",
         "api keys": "FAIL",
+        "limits": "ok",
         "listener xrpc": "FAIL",
         "listener sign": "FAIL",
         "listener ops": "FAIL",

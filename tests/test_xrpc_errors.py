@@ -152,12 +152,12 @@ async def test_bad_input_is_400_invalid_request(
 
 @pytest.mark.usefixtures("unchanged")
 async def test_query_with_a_body_or_unknown_params_is_400(seeded: Client, keys: Keys) -> None:
-    """list takes no body and no parameters."""
+    """list takes no body and no parameters but its declared limit and cursor."""
     async with seeded.get(
         f"/xrpc/{LIST}", data=b'{"name": "x"}', headers=bearer(keys.alice)
     ) as response:
         assert_error(response.status, await response.json(), 400, "InvalidRequest")
-    async with seeded.get(f"/xrpc/{LIST}?limit=5", headers=bearer(keys.alice)) as response:
+    async with seeded.get(f"/xrpc/{LIST}?offset=5", headers=bearer(keys.alice)) as response:
         assert_error(response.status, await response.json(), 400, "InvalidRequest")
 
 

@@ -2,9 +2,10 @@
 
 Run it where the sidecar runs (``kubectl exec``), with the same settings: it
 asks Redis what it is and whether the durability setting can be met, opens
-every stored envelope with the configured keys, loads the API keys, and calls
-the three listeners. It prints ``ok``, ``warn``, ``skip`` or ``FAIL`` for each
-and exits 1 on any ``FAIL``. It never prints a key, a token or a URL's password.
+every stored envelope with the configured keys, loads the API keys, prints the
+limits in force, and calls the three listeners. It prints ``ok``, ``warn``,
+``skip`` or ``FAIL`` for each and exits 1 on any ``FAIL``. It never prints a
+key, a token or a URL's password.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ async def _checks(settings: Settings) -> list[Check]:
     checks.append(_api_keys(settings))
     if settings.service_did is not None:
         checks.append(_proxying(settings))
+    checks.append(_limits(settings))
     checks += await _listeners(settings)
     return checks
 
@@ -245,6 +247,15 @@ def _proxying(settings: Settings) -> Check:
         f"through a PDS need https://{host}/.well-known/did.json served somewhere, with a "
         f"{entry} entry; set SIDECAR_SERVICE_ENDPOINT to have the sidecar serve it",
     )
+
+
+def _limits(settings: Settings) -> Check:
+    """The per-owner and per-client bounds in force, as the settings give them."""
+    in_force = [
+        f"at most {settings.max_secrets_per_did} secrets per DID (SIDECAR_MAX_SECRETS_PER_DID)",
+        # The rate limits print here too, one entry each, once they are settings.
+    ]
+    return Check("ok", "limits", "; ".join(in_force))
 
 
 async def _listeners(settings: Settings) -> list[Check]:

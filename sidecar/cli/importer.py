@@ -2,6 +2,8 @@
 
 Each line is ``{"did", "name", "token"}``. A name that exists is skipped and
 never overwritten, so a rerun after a partial run imports only what is left.
+A line that would take its owner past ``SIDECAR_MAX_SECRETS_PER_DID`` is not
+done (the run goes on with the next line, and exits 1).
 Nothing here ever prints a token, a line's text or a value that failed its
 check: a bad name or DID may well be a token pasted in the wrong field.
 """
@@ -21,6 +23,7 @@ from sidecar.errors import (
     ConfigError,
     InvalidInput,
     SecretExists,
+    SecretQuotaExceeded,
     StorageUnavailable,
 )
 from sidecar.names import validate_did, validate_name, validate_token
@@ -44,6 +47,7 @@ class ImportReport:
     imported: int = 0
     skipped: int = 0
     bad: int = 0
+    over_quota: int = 0
     failed: int = 0
 
     def summary(self, *, dry_run: bool) -> str:
@@ -53,6 +57,8 @@ class ImportReport:
             f"{self.imported} {done}, {self.skipped} {skipped} (name exists), "
             f"{counted(self.bad, 'bad line')}"
         )
+        if self.over_quota:
+            line += f", {self.over_quota} not done (SIDECAR_MAX_SECRETS_PER_DID)"
         if self.failed:
             line += f", {self.failed} not done (Redis)"
         return line + ("; nothing written (--dry-run)" if dry_run else "")
@@ -131,14 +137,16 @@ def _import(settings: Settings, stream: BinaryIO, *, dry_run: bool) -> int:
 
     report = run(work())
     print(f"import: {report.summary(dry_run=dry_run)}")
-    return EXIT_FAILED if report.bad or report.failed else EXIT_OK
+    return EXIT_FAILED if report.bad or report.over_quota or report.failed else EXIT_OK
 
 
 async def _run(
     store: SecretStore, keyring: Keyring, stream: BinaryIO, report: ImportReport, *, dry_run: bool
 ) -> None:
-    # A dry run writes nothing, so a name twice in the file is found here instead.
+    # A dry run writes nothing, so a name twice in the file is found here
+    # instead, and so is an owner the file would take past its quota.
     seen: set[tuple[str, str]] = set()
+    held: dict[str, int] = {}
     for number, raw in _lines(stream):
         try:
             did, name, token = parse_line(raw, first=number == 1)
@@ -155,6 +163,11 @@ async def _run(
                     print(exists_line)
                     report.skipped += 1
                 else:
+                    if did not in held:
+                        held[did] = await store.count_secrets(did)
+                    if held[did] >= store.max_secrets_per_did:
+                        raise SecretQuotaExceeded(held[did], store.max_secrets_per_did)
+                    held[did] += 1
                     report.imported += 1
                 seen.add((did, name))
                 continue
@@ -163,6 +176,13 @@ async def _run(
         except SecretExists:
             print(exists_line)
             report.skipped += 1
+        except SecretQuotaExceeded as exc:
+            print(
+                f"import: line {number}: not done: {did} already has {exc.count} secrets, "
+                f"and SIDECAR_MAX_SECRETS_PER_DID allows {exc.limit}",
+                file=sys.stderr,
+            )
+            report.over_quota += 1
         except ChangeNotDurable:
             # Applied or not, a rerun is right: an applied line is skipped then.
             print(

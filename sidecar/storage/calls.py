@@ -38,6 +38,7 @@ OPERATIONS: Final = (
     "rewrap",
     "claim_jti",
     "list",
+    "count",
     "get_envelopes",
     "audit",
     "ping",

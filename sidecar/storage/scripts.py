@@ -30,14 +30,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: secret hash, index, audit log. ARGV: name, envelope, actor, log cap, and
-# the op the audit entry records: 'create', or 'import' for a token the caller
-# brought. One script for both, so an import can never drift from a create.
+# KEYS: secret hash, index, audit log. ARGV: name, envelope, actor, log cap,
+# the op the audit entry records ('create', or 'import' for a token the caller
+# brought: one script for both, so an import can never drift from a create),
+# and the most secrets the owner may hold. The quota is counted here, in the
+# same atomic step as the write, so two replicas can never both pass it; ZCARD
+# is O(1). An owner above a quota lowered since keeps what it has.
 CREATE: Final = (
     PRIMARY_ONLY
     + NOW_MS
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+local held = redis.call('ZCARD', KEYS[2])
+if held >= tonumber(ARGV[6]) then return {'quota', held} end
 redis.call('HSET', KEYS[1], 'env', ARGV[2], 'ver', 1, 'created', now)
 -- The index score is creation time in microseconds, forced to increase: two
 -- creates in one millisecond (or a clock step back) must still list in the
@@ -104,19 +109,62 @@ return out
 # SHA-1 because EVALSHA names scripts by it; nothing here relies on its strength.
 READ_ENVELOPES_SHA: Final = hashlib.sha1(READ_ENVELOPES.encode()).hexdigest()  # noqa: S324
 
-# One owner's secrets in list order, in one round trip: name, ver, created,
-# rotated for each (false, a nil reply, for a field that is absent). The
-# hashes share the index's hash tag, so on a cluster they are in its slot.
-# KEYS: index. ARGV: the owner's secret key prefix.
-LIST: Final = (
+# One page of an owner's secrets in list order (by index score, ties by name),
+# in one round trip: for each, name, score, ver, created and rotated (false, a
+# nil reply, for a field that is absent). The page starts after the keyset
+# cursor (score, name) of the last one the caller saw, never at an offset, so
+# a create or delete between pages neither repeats nor skips one that stayed.
+# Its cost is O(log n + page): ZRANGE BYSCORE with LIMIT, and one HMGET each.
+# The hashes share the index's hash tag, so on a cluster they are in its slot.
+# KEYS: index. ARGV: the owner's secret key prefix, the cursor's score ('' for
+# the first page) and name, and how many to read.
+LIST_PAGE: Final = (
     "#!lua flags=no-writes"
     + PRIMARY_ONLY
     + """
+local want = tonumber(ARGV[4])
+local names, scores = {}, {}
+local function take(reply)
+  for i = 1, #reply, 2 do
+    if #names < want then
+      table.insert(names, reply[i])
+      table.insert(scores, reply[i + 1])
+    end
+  end
+end
+-- Byte order, as the index orders equal scores; Lua's own < follows the locale.
+local function after(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return #a > #b
+end
+local low = '-inf'
+if ARGV[2] ~= '' then
+  -- Creates force scores to increase, so the secrets present never share one;
+  -- ties are still resumed by name, the index's own order for them.
+  local tied = redis.call('ZRANGE', KEYS[1], ARGV[2], ARGV[2], 'BYSCORE', 'WITHSCORES')
+  local rest = {}
+  for i = 1, #tied, 2 do
+    if after(tied[i], ARGV[3]) then
+      table.insert(rest, tied[i])
+      table.insert(rest, tied[i + 1])
+    end
+  end
+  take(rest)
+  low = '(' .. ARGV[2]
+end
+if #names < want then
+  take(redis.call('ZRANGE', KEYS[1], low, '+inf', 'BYSCORE', 'LIMIT', 0, want - #names,
+    'WITHSCORES'))
+end
 local out = {}
-for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+for i, name in ipairs(names) do
   local row = redis.call('HMGET', ARGV[1] .. name, 'ver', 'created', 'rotated')
   table.insert(out, name)
-  for i = 1, 3 do table.insert(out, row[i]) end
+  table.insert(out, scores[i])
+  for j = 1, 3 do table.insert(out, row[j]) end
 end
 return out
 """

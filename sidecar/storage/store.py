@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError
 
-from sidecar.errors import SecretExists, SecretNotFound, StorageUnavailable
+from sidecar.errors import (
+    SecretExists,
+    SecretNotFound,
+    SecretQuotaExceeded,
+    StorageUnavailable,
+)
 from sidecar.names import validate_did, validate_name
 from sidecar.storage import scripts
 from sidecar.storage.keys import (
@@ -55,6 +60,14 @@ class SecretMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class ListPage:
+    """One page of ``list``; ``after`` is where the next starts, None when none remain."""
+
+    secrets: list[SecretMeta]
+    after: tuple[int, str] | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredEnvelope:
     """A secret's current sealed token and its version."""
 
@@ -65,15 +78,18 @@ class StoredEnvelope:
 class SecretStore:
     """Signing secrets in Redis: atomic changes, batched reads, audit and events."""
 
-    def __init__(self, calls: RedisCalls, *, audit_max_len: int = 1000) -> None:
+    def __init__(
+        self, calls: RedisCalls, *, audit_max_len: int = 1000, max_secrets_per_did: int = 1000
+    ) -> None:
         self._calls = calls
         self._redis = calls.client
         self._audit_max_len = audit_max_len
+        self._max_secrets = max_secrets_per_did
         # A registered script runs as EVALSHA and, on NOSCRIPT (a server that
         # restarted or failed over, or a cluster node that never saw it), loads
         # itself and runs again. That second run is safe: NOSCRIPT means the
         # first one never ran. Changes are sent as EVAL instead (see RedisCalls.change).
-        self._list = self._redis.register_script(scripts.LIST)
+        self._list = self._redis.register_script(scripts.LIST_PAGE)
         self._sign_reads = (
             None
             if isinstance(self._redis, RedisCluster)
@@ -94,18 +110,28 @@ class SecretStore:
         finally:
             await self._calls.close()
 
+    @property
+    def max_secrets_per_did(self) -> int:
+        return self._max_secrets
+
     async def create(
         self, did: str, name: str, envelope: str, *, actor: str, imported: bool = False
     ) -> SecretChange:
-        """Store a new secret; ``SecretExists`` if the owner has one of that name.
+        """Store a new secret; ``SecretExists`` if the owner has one of that name,
+        ``SecretQuotaExceeded`` (nothing stored) if it holds its quota or more.
 
         ``imported`` marks a token the caller brought: the audit entry and the
         event say ``op=import``; everything else is a create's.
         """
         op = "import" if imported else "create"
-        reply, waited = await self._script("create", scripts.CREATE, did, name, envelope, actor, op)
+        quota = str(self._max_secrets)
+        reply, waited = await self._script(
+            "create", scripts.CREATE, did, name, envelope, actor, op, quota
+        )
         if reply[0] == b"exists":
             raise SecretExists(f"a secret named {name!r} already exists")
+        if reply[0] == b"quota":
+            raise SecretQuotaExceeded(int(reply[1]), self._max_secrets)
         return await self._changed("create", did, name, reply, waited, event=op)
 
     async def rotate(self, did: str, name: str, envelope: str, *, actor: str) -> SecretChange:
@@ -137,20 +163,30 @@ class SecretStore:
         await self._publish(did, event or operation, change)
         return change
 
-    async def list_secrets(self, did: str) -> list[SecretMeta]:
-        """The owner's secrets, oldest first, in one round trip."""
+    async def list_secrets(
+        self, did: str, *, limit: int, after: tuple[int, str] | None = None
+    ) -> ListPage:
+        """Up to ``limit`` of the owner's secrets in list order (oldest first, by
+        creation), starting after ``after`` (a page's ``after``), in one round trip.
+
+        Each read costs O(log n + limit), never O(all the owner's secrets).
+        """
         validate_did(did)
         keys = [index_key(did)]
-        args = [secret_key(did, "")]
+        score, last = ("", "") if after is None else (str(after[0]), after[1])
+        # One more than the page, to know whether another follows.
+        args: list[str | int] = [secret_key(did, ""), score, last, limit + 1]
 
         async def read() -> list[Any]:
             flat: Any = await self._list(keys=keys, args=args)
             return list(flat)
 
         flat = await self._calls.read("list", read)
+        rows = list(zip(*[iter(flat)] * 5, strict=True))
         metas = []
-        for raw, ver, created, rotated in zip(*[iter(flat)] * 4, strict=True):
-            # A name whose hash vanished meanwhile was just being deleted.
+        for raw, _, ver, created, rotated in rows[:limit]:
+            # The script reads index and hash in one atomic step; a name without
+            # its hash would be a half-deleted secret, which no script leaves.
             if ver is None or created is None:
                 continue
             metas.append(
@@ -161,7 +197,18 @@ class SecretStore:
                     version=int(ver),
                 )
             )
-        return metas
+        if len(rows) <= limit:
+            return ListPage(metas, None)
+        # Resume after the page's last index entry. Scores are whole microseconds
+        # (below 2**53, so a float holds them exactly), however the server writes them.
+        name, raw_score = rows[limit - 1][0], rows[limit - 1][1]
+        return ListPage(metas, (int(float(raw_score)), name.decode()))
+
+    async def count_secrets(self, did: str) -> int:
+        """How many secrets the owner holds (its index's ZCARD, O(1))."""
+        validate_did(did)
+        key = index_key(did)
+        return int(await self._calls.read("count", lambda: self._redis.zcard(key)))
 
     async def get_envelopes(self, refs: Sequence[tuple[str, str]]) -> list[StoredEnvelope | None]:
         """The current envelope of each ``(did, name)``, in order, in one round trip.

@@ -15,6 +15,7 @@ import structlog
 
 from sidecar.crypto import Keyring, generate_token
 from sidecar.names import validate_name, validate_token
+from sidecar.xrpc.cursor import decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -86,14 +87,22 @@ class SecretMethods:
         return {"name": name, "token": token, "createdAt": format_datetime(change.at_ms)}
 
     async def list(self, call: XrpcCall) -> Mapping[str, Any]:
-        metas = await self._store.list_secrets(call.caller.did)
+        # The lexicon bounds limit (1-1000) and gives its default.
+        limit: int = call.params["limit"]
+        cursor = call.params.get("cursor")
+        after = decode_cursor(cursor) if cursor is not None else None
+        # The owner comes from the credential, never from the cursor.
+        page = await self._store.list_secrets(call.caller.did, limit=limit, after=after)
         secrets: list[dict[str, str]] = []
-        for meta in metas:
+        for meta in page.secrets:
             item = {"name": meta.name, "createdAt": format_datetime(meta.created_ms)}
             if meta.rotated_ms is not None:
                 item["lastRotatedAt"] = format_datetime(meta.rotated_ms)
             secrets.append(item)
-        return {"secrets": secrets}
+        output: dict[str, Any] = {"secrets": secrets}
+        if page.after is not None:
+            output["cursor"] = encode_cursor(*page.after)
+        return output
 
     async def rotate(self, call: XrpcCall) -> Mapping[str, Any]:
         name = _name(call)
@@ -123,6 +132,7 @@ _OUTCOMES: Final = {
     "InvalidRequest": "invalid",
     "PayloadTooLarge": "invalid",
     "AlreadyExists": "already_exists",
+    "SecretQuotaExceeded": "quota_exceeded",
     "AuthenticationRequired": "unauthenticated",
     "Forbidden": "forbidden",
     "WebhookSecretEncryptionUnavailable": "encryption_unavailable",
@@ -140,6 +150,8 @@ def metrics_observer(metrics: Metrics) -> Any:
         metrics.xrpc_requests.labels(method=outcome.nsid, status=str(outcome.status)).inc()
         if outcome.auth_failure is not None:
             metrics.auth_failures.labels(reason=outcome.auth_failure).inc()
+        if outcome.error == "SecretQuotaExceeded":
+            metrics.limit_hit("secrets_per_did")
         label = _OUTCOMES.get(outcome.error, "error")
         if outcome.nsid == ROTATE:
             metrics.rotations.labels(outcome=label).inc()
