@@ -35,6 +35,14 @@ PREFIX = "wisp_sidecar"
 LISTENERS = ("xrpc", "sign", "ops")
 # Why a listener closed a connection itself (sidecar.listeners).
 CLOSE_REASONS = ("over_capacity", "read_timeout", "idle_timeout")
+# Every limit a request can hit (limit_hits_total), exported at 0 from start.
+LIMIT_KINDS = (
+    "secrets_per_did",
+    "changes_per_minute",
+    "auth_failures_per_minute",
+    "did_resolutions_in_flight",
+    "did_refetch",
+)
 # Every change that waits for durability (sidecar.store), exported at 0 from start.
 DURABLE_OPERATIONS = ("create", "rotate", "delete", "rewrap", "claim_jti")
 
@@ -272,6 +280,13 @@ class Metrics:
             "xrpc_requests",
             "XRPC requests, by method NSID (or 'unknown') and HTTP status.",
             ["method", "status"],
+        )
+        self.limit_hits = _counter(
+            registry,
+            "limit_hits",
+            "Requests refused by a bound, by kind; never by owner or address.",
+            ["kind"],
+            [(kind,) for kind in LIMIT_KINDS],
         )
 
     def redis_error(self, operation: str) -> None:

@@ -213,11 +213,16 @@ async def test_doctor_passes_against_a_deployed_sidecar_and_prints_no_secret(
         "kek",
         "envelopes",
         "api keys",
+        "limits",
         "listener xrpc",
         "listener sign",
         "listener ops",
     ]
     assert {name for name, (state, _) in checks.items() if state != "ok"} == {"durability"}
+    assert checks["limits"][1] == (
+        "60 changes/min per owner DID; "
+        "60 refused credentials/min per client address (trusted proxies: none)"
+    )
     assert checks["durability"][0] == "warn"
     assert status == 0, out + err
     assert checks["redis"][1].startswith(f"one server 127.0.0.1:{server.port}, valkey ")

@@ -80,6 +80,7 @@ async def _checks(settings: Settings) -> list[Check]:
     finally:
         await store.close()
     checks.append(_api_keys(settings))
+    checks.append(_limits(settings))
     checks += await _listeners(settings)
     return checks
 
@@ -98,6 +99,23 @@ def _where(settings: Settings) -> str:
     kind = "cluster, seed node" if target.cluster else "one server"
     tls = " over TLS" if target.tls else ""
     return f"{kind} {parts.hostname}:{parts.port or 6379}{tls}"
+
+
+def _limits(settings: Settings) -> Check:
+    """The bounds in force on the XRPC port, so an operator sees what a caller meets."""
+    proxies = ", ".join(map(str, settings.trusted_proxies)) or "none"
+    parts = [
+        f"{settings.rate_limit_changes_per_minute} changes/min per owner DID",
+        f"{settings.rate_limit_auth_failures_per_minute} refused credentials/min per client "
+        f"address (trusted proxies: {proxies})",
+    ]
+    if settings.service_did is not None:
+        parts.append(
+            f"DID documents: refetched at most every {settings.did_refetch_min_s} s, "
+            f"failures remembered {settings.did_failure_cache_s} s, "
+            f"{settings.did_max_in_flight} fetches in flight"
+        )
+    return Check("ok", "limits", "; ".join(parts))
 
 
 async def _redis(settings: Settings, store: SecretStore) -> Check:

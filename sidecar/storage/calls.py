@@ -44,6 +44,7 @@ OPERATIONS: Final = (
     "publish",
     "replication",
     "scan",
+    "rate_limit",
 )
 
 

@@ -30,12 +30,33 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: secret hash, index, audit log. ARGV: name, envelope, actor, log cap, and
-# the op the audit entry records: 'create', or 'import' for a token the caller
-# brought. One script for both, so an import can never drift from a create.
+# A change counts itself against its owner's rate limit in the same call, so a
+# limit costs no round trip, and a change refused by it changes nothing else.
+# A fixed window, as @atproto/xrpc-server's limiter keeps it: the first change
+# starts the counter and its expiry. KEYS[4]: the owner's change counter. The
+# last two ARGV, whatever comes before them: the limit (0: none, for operator
+# tools) and the window in ms. Answers how far over and when the window ends.
+COUNT_CHANGE: Final = """
+local limit = tonumber(ARGV[#ARGV - 1])
+if limit > 0 then
+  local n = redis.call('INCR', KEYS[4])
+  local ttl = redis.call('PTTL', KEYS[4])
+  if ttl < 0 then
+    redis.call('PEXPIRE', KEYS[4], ARGV[#ARGV])
+    ttl = tonumber(ARGV[#ARGV])
+  end
+  if n > limit then return {'rate_limited', n, ttl, now} end
+end
+"""
+
+# KEYS: secret hash, index, audit log, change counter. ARGV: name, envelope,
+# actor, log cap, the op the audit entry records: 'create', or 'import' for a token the caller
+# brought (then COUNT_CHANGE's two). One script for both, so an import can
+# never drift from a create.
 CREATE: Final = (
     PRIMARY_ONLY
     + NOW_MS
+    + COUNT_CHANGE
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 redis.call('HSET', KEYS[1], 'env', ARGV[2], 'ver', 1, 'created', now)
@@ -53,9 +74,11 @@ return {'ok', 1, now}
 )
 
 # rotate never creates: a missing hash is NotFound (docs/architecture.md §5).
+# KEYS and ARGV as CREATE's, without the op.
 ROTATE: Final = (
     PRIMARY_ONLY
     + NOW_MS
+    + COUNT_CHANGE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found'} end
 local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
@@ -69,6 +92,7 @@ return {'ok', ver, now}
 DELETE: Final = (
     PRIMARY_ONLY
     + NOW_MS
+    + COUNT_CHANGE
     + """
 local ver = redis.call('HGET', KEYS[1], 'ver')
 if not ver then return {'not_found'} end
@@ -147,5 +171,37 @@ CLAIM_JTI: Final = (
     PRIMARY_ONLY
     + """
 return redis.call('SET', KEYS[1], 1, 'NX', 'EXAT', ARGV[1])
+"""
+)
+
+# Whether a client address has used up its refused credentials: {0} while it
+# has not, else {count, ms left in the window, now}. A read, so it runs during a
+# failover's write pause too. KEYS: the address counter. ARGV: the limit.
+ADDRESS_OVER: Final = (
+    "#!lua flags=no-writes"
+    + PRIMARY_ONLY
+    + """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n < tonumber(ARGV[1]) then return {0} end
+"""
+    + NOW_MS
+    + """
+return {n, redis.call('PTTL', KEYS[1]), now}
+"""
+)
+
+# Counts one refused credential from a client address: {count, ms left, now}.
+# KEYS: the address counter. ARGV: the window in ms.
+ADDRESS_FAILED: Final = (
+    PRIMARY_ONLY
+    + NOW_MS
+    + """
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl, now}
 """
 )
