@@ -58,7 +58,10 @@ async def test_sign_on_b_right_after_rotate_on_a_uses_the_new_token(
     aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, keys: Keys
 ) -> None:
     """200 times: rotate via replica A, then sign via B; B always signs with the new token."""
-    a, b = await replicas(aiohttp_client, make_sidecar)
+    # More changes than the default rate limit allows in a minute.
+    a, b = await replicas(
+        aiohttp_client, make_sidecar, SIDECAR_RATE_LIMIT_CHANGES_PER_MINUTE="1000"
+    )
     _, created = await call(a.xrpc, CREATE, keys.alice, {"name": "orders"})
     old = created["token"]
     for round_ in range(200):

@@ -253,6 +253,7 @@ def test_doctor_fails_and_says_why_when_nothing_is_there(
         "envelopes": "skip",
         "kek": "ok",
         "api keys": "FAIL",
+        "limits": "ok",
         "listener xrpc": "FAIL",
         "listener sign": "FAIL",
         "listener ops": "FAIL",

@@ -176,7 +176,10 @@ class DidResolver:
             _refuse_non_public_literal(host, loopback_allowed=self._allow_http_loopback)
             if is_loopback_host(host):
                 if not self._allow_http_loopback:
-                    raise DidResolutionError("loopback did:web hosts are for development only")
+                    raise DidResolutionError(
+                        "loopback did:web hosts are for development only",
+                        reason="did_non_public_address",
+                    )
                 scheme = "http"
             authority = host if port is None else f"{host}:{port}"
             return f"{scheme}://{authority}/.well-known/did.json"

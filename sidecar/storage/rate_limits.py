@@ -17,6 +17,8 @@ from sidecar.storage import scripts
 from sidecar.storage.keys import address_counter_key
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from sidecar.storage.calls import RedisCalls
 
 WINDOW_MS: Final = 60_000
@@ -63,7 +65,7 @@ class AddressLimits:
         self._limit = limit
         self._window_ms = window_ms
         client = calls.client
-        self._over = client.register_script(scripts.ADDRESS_OVER)
+        self._left = client.register_script(scripts.WINDOW_LEFT)
         self._failed = client.register_script(scripts.ADDRESS_FAILED)
 
     @property
@@ -71,17 +73,25 @@ class AddressLimits:
         return self._limit
 
     async def check(self, address: str) -> None:
-        """``RateLimited`` if ``address`` has used up its refused credentials."""
-        keys = [address_counter_key(address)]
+        """``RateLimited`` if ``address`` has used up its refused credentials.
 
+        A plain GET, the cheapest read there is, since every XRPC call makes
+        it; only an address over its limit costs a second one, for the window's
+        end. A stale count from a just-demoted primary would only shift a limit.
+        """
+        key = address_counter_key(address)
+        client = self._calls.client
+        count: Any = await self._calls.read("rate_limit", lambda: client.get(key))
+        if count is None or int(count) < self._limit:
+            return
+        reply = await self._calls.read("rate_limit", self._window_left(key))
+        raise _exceeded(AUTH_FAILURES_PER_MINUTE, self._limit, self._window_ms, *reply)
+
+    def _window_left(self, key: str) -> Callable[[], Awaitable[list[Any]]]:
         async def read() -> list[Any]:
-            return list(await self._over(keys=keys, args=[self._limit]))
+            return list(await self._left(keys=[key]))
 
-        reply = await self._calls.read("rate_limit", read)
-        if int(reply[0]) >= self._limit:
-            raise _exceeded(
-                AUTH_FAILURES_PER_MINUTE, self._limit, self._window_ms, reply[1], reply[2]
-            )
+        return read
 
     async def failed(self, address: str) -> None:
         """Count one refused credential from ``address``."""

@@ -174,19 +174,13 @@ return redis.call('SET', KEYS[1], 1, 'NX', 'EXAT', ARGV[1])
 """
 )
 
-# Whether a client address has used up its refused credentials: {0} while it
-# has not, else {count, ms left in the window, now}. A read, so it runs during a
-# failover's write pause too. KEYS: the address counter. ARGV: the limit.
-ADDRESS_OVER: Final = (
+# How long a rate-limit window has left, and the server's time: {ms left, now}.
+# KEYS: the counter.
+WINDOW_LEFT: Final = (
     "#!lua flags=no-writes"
-    + PRIMARY_ONLY
-    + """
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-if n < tonumber(ARGV[1]) then return {0} end
-"""
     + NOW_MS
     + """
-return {n, redis.call('PTTL', KEYS[1]), now}
+return {redis.call('PTTL', KEYS[1]), now}
 """
 )
 
