@@ -111,6 +111,23 @@ def batch_totals(ops_port: int) -> tuple[float, float]:
     return values["_sum"], values["_count"]
 
 
+def sidecar_env(redis_url: str, keys: Path, tmp: Path, ports: dict[str, int]) -> dict[str, str]:
+    """The environment of a benchmarked sidecar: loopback listeners on ``ports``."""
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "SIDECAR_KEK": encode_kek(generate_kek()),
+        "SIDECAR_API_KEYS_FILE": str(keys),
+        "SIDECAR_XRPC_HOST": "127.0.0.1",
+        "SIDECAR_XRPC_PORT": str(ports["xrpc"]),
+        "SIDECAR_SIGN_PORT": str(ports["sign"]),
+        "SIDECAR_OPS_HOST": "127.0.0.1",
+        "SIDECAR_OPS_PORT": str(ports["ops"]),
+        "SIDECAR_LOG_FORMAT": "json",
+        "SIDECAR_DATA_DIR": str(tmp / "data"),
+    }
+
+
 def main() -> int:
     seconds = int(os.environ.get("BENCH_SECONDS", "5"))
     rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
@@ -124,19 +141,7 @@ def main() -> int:
         keys = Path(tmp) / "keys"
         keys.write_text(keys_file_line(DID, key) + "\n")
         ports = {name: free_port() for name in ("xrpc", "sign", "ops", "base")}
-        env = {
-            **os.environ,
-            "REDIS_URL": v.url,
-            "SIDECAR_KEK": encode_kek(generate_kek()),
-            "SIDECAR_API_KEYS_FILE": str(keys),
-            "SIDECAR_XRPC_HOST": "127.0.0.1",
-            "SIDECAR_XRPC_PORT": str(ports["xrpc"]),
-            "SIDECAR_SIGN_PORT": str(ports["sign"]),
-            "SIDECAR_OPS_HOST": "127.0.0.1",
-            "SIDECAR_OPS_PORT": str(ports["ops"]),
-            "SIDECAR_LOG_FORMAT": "json",
-            "SIDECAR_DATA_DIR": str(Path(tmp) / "data"),
-        }
+        env = sidecar_env(v.url, keys, Path(tmp), ports)
         sidecar_argv = [sys.executable, "-m", "sidecar", "serve"]
         baseline_argv = [sys.executable, "-m", "bench.baseline", "--port", str(ports["base"])]
         with process(sidecar_argv, env) as sidecar, process(baseline_argv, env) as baseline:

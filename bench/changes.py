@@ -26,10 +26,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.__main__ import DID, wait_ready
+from bench.__main__ import DID, sidecar_env, wait_ready
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.cli.devmode import embedded_binary
-from sidecar.crypto import encode_kek, generate_kek
 from sidecar.storage.embedded import EmbeddedValkey, free_port
 
 ROUNDS = 4
@@ -103,19 +102,7 @@ def main() -> int:
                 order.reverse()
             for label, tree in order:
                 ports = {name: free_port() for name in ("xrpc", "sign", "ops")}
-                env = {
-                    **os.environ,
-                    "REDIS_URL": valkey.url,
-                    "SIDECAR_KEK": encode_kek(generate_kek()),
-                    "SIDECAR_API_KEYS_FILE": str(keys),
-                    "SIDECAR_XRPC_HOST": "127.0.0.1",
-                    "SIDECAR_XRPC_PORT": str(ports["xrpc"]),
-                    "SIDECAR_SIGN_PORT": str(ports["sign"]),
-                    "SIDECAR_OPS_HOST": "127.0.0.1",
-                    "SIDECAR_OPS_PORT": str(ports["ops"]),
-                    "SIDECAR_LOG_FORMAT": "json",
-                    "SIDECAR_DATA_DIR": str(Path(tmp) / "data"),
-                }
+                env = sidecar_env(valkey.url, keys, Path(tmp), ports)
                 if tree is None:
                     # Counted, never refused: the cost of the limit, not of a 429.
                     env["SIDECAR_RATE_LIMIT_CHANGES_PER_MINUTE"] = "1000000"

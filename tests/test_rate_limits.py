@@ -7,16 +7,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
 from conftest import AiohttpClient, Keys, SidecarFactory
-from support import ALICE, BOB, CREATE, DELETE, LIST, ROTATE, SERVER_BINARY, call, sign_body
+from support import ALICE, BOB, CREATE, DELETE, LIST, ROTATE, call, sign_body
 
 from sidecar.app import Sidecar, create_sign_app, create_xrpc_app
 from sidecar.storage.embedded import EmbeddedValkey
@@ -241,17 +239,6 @@ def test_client_address_rules(
     walked from the right past trusted hops; IPv6 counts by /64."""
     addresses = ClientAddresses([ipaddress.ip_network(cidr) for cidr in trusted])
     assert addresses.client(peer, forwarded) == expected
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[EmbeddedValkey]:
-    """A Valkey of this test's own, which the test may freeze."""
-    server = EmbeddedValkey(tmp_path / "valkey", binary=SERVER_BINARY, persist=False)
-    server.start()
-    yield server
-    if server.pid is not None:
-        os.kill(server.pid, signal.SIGCONT)
-    server.stop()
 
 
 async def test_when_redis_cannot_count_a_change_gets_503_and_is_not_lost(
