@@ -17,7 +17,6 @@ import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -26,7 +25,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from sidecar import __version__
 from sidecar.auth.api_keys import ApiKeyEntry, ApiKeys, load_api_keys
 from sidecar.auth.authenticator import Authenticator, BearerVerifier
-from sidecar.auth.did_resolver import DidResolver
+from sidecar.auth.did_resolver import open_did_resolver
 from sidecar.auth.service_jwt import ServiceAuthVerifier
 from sidecar.crypto import Keyring, OpenedTokenCache
 from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
@@ -39,9 +38,11 @@ from sidecar.storage.calls import OPERATIONS as REDIS_OPERATIONS
 from sidecar.storage.calls import ErrorHook, RedisCalls
 from sidecar.storage.connection import connect
 from sidecar.storage.durability import Durability, ReplicaCheck
+from sidecar.storage.rate_limits import AddressLimits, ChangeLimit
 from sidecar.storage.replay import ReplayRecords
 from sidecar.storage.store import SecretStore
 from sidecar.wire import http_middleware
+from sidecar.xrpc.client_address import ClientAddresses
 from sidecar.xrpc.did_document import add_did_document_route, did_document
 from sidecar.xrpc.lexicon import LexiconRegistry, default_lexicon_dir
 from sidecar.xrpc.methods import OUTCOMES as XRPC_OUTCOMES
@@ -50,6 +51,8 @@ from sidecar.xrpc.server import XrpcServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from aiohttp.abc import AbstractResolver
 
     from sidecar.settings import Settings
 from sidecar.signing.api import OUTCOMES as SIGN_OUTCOMES
@@ -137,8 +140,13 @@ async def open_sidecar(
     *,
     registry: CollectorRegistry | None = None,
     lexicons: LexiconRegistry | None = None,
+    dns: AbstractResolver | None = None,
 ) -> AsyncIterator[Sidecar]:
-    """Open the shared resources; close them on exit."""
+    """Open the shared resources; close them on exit.
+
+    ``dns`` looks up the hosts DID documents are fetched from (the system's
+    resolver when None); whatever it answers passes the public-address check.
+    """
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")
     metrics = Metrics(
@@ -170,13 +178,7 @@ async def open_sidecar(
         replay = ReplayRecords(store.calls)
         verifiers: list[BearerVerifier] = []
         if settings.service_did is not None:
-            session = await resources.enter_async_context(aiohttp.ClientSession())
-            resolver = DidResolver(
-                session,
-                plc_url=settings.plc_url,
-                cache_ttl_s=settings.did_cache_ttl_s,
-                allow_http_loopback=settings.did_web_allow_http_loopback,
-            )
+            resolver = await resources.enter_async_context(open_did_resolver(settings, dns))
             verifiers.append(
                 ServiceAuthVerifier(
                     settings.service_did, resolver, replay, service_id=settings.service_id
@@ -220,9 +222,15 @@ def create_xrpc_app(sidecar: Sidecar) -> web.Application:
         # aiohttp from refusing first with its own plain-text answer.
         client_max_size=sidecar.settings.xrpc_max_bytes + 1,
     )
+    settings = sidecar.settings
+    methods = SecretMethods(
+        sidecar.store,
+        sidecar.keyring,
+        change_limit=ChangeLimit(settings.rate_limit_changes_per_minute),
+    )
     server = XrpcServer(
         sidecar.lexicons,
-        SecretMethods(sidecar.store, sidecar.keyring).handlers(),
+        methods.handlers(),
         sidecar.authenticator,
         max_body_bytes=sidecar.settings.xrpc_max_bytes,
         read_timeout_s=sidecar.settings.http_read_timeout_s,
@@ -230,9 +238,12 @@ def create_xrpc_app(sidecar: Sidecar) -> web.Application:
         health=sidecar.redis_ok,
         observers=(metrics_observer(sidecar.metrics),),
         input_rules=SecretMethods.INPUT_RULES,
+        failure_limit=AddressLimits(
+            sidecar.store.calls, limit=settings.rate_limit_auth_failures_per_minute
+        ),
+        client_addresses=ClientAddresses(settings.trusted_proxies),
     )
     server.add_routes(app)
-    settings = sidecar.settings
     # Without an endpoint the did:web's document is served elsewhere, or not at all
     # (direct service-JWT callers need none).
     if (

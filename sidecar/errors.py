@@ -18,6 +18,8 @@ credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
     ├── Forbidden                   authenticated, but not on the allow-list (403)
     ├── DidResolutionError          a DID did not resolve to a usable ``#atproto`` key
     │   └── InvalidPublicKey        a verification method's key cannot be decoded
+    ├── RateLimited                 a rate limit is used up (429 + RateLimit-* headers)
+    ├── ResolutionsBusy             too many DID resolutions in flight (503 + Retry-After)
     ├── SecretNotFound              no such secret for this owner (404)
     ├── SecretExists                create of a name that exists (409)
     ├── SecretQuotaExceeded         create past SIDECAR_MAX_SECRETS_PER_DID (400)
@@ -101,6 +103,10 @@ AUTH_FAILURE_REASONS: Final = (
     "replayed",
     "bad_signature",
     "unresolved_did",
+    # DID resolution refusals (sidecar.auth.did_resolver), each its own reason.
+    "did_non_public_address",
+    "did_failed_recently",
+    "did_refetch_limited",
 )
 
 
@@ -131,12 +137,44 @@ class DidResolutionError(SidecarError):
     """A DID could not be resolved to a usable ``#atproto`` signing key.
 
     Never reaches the wire as such: the service-auth verifier turns it into
-    ``AuthenticationFailed("unresolved_did")``.
+    ``AuthenticationFailed(reason)``; ``reason`` is one of ``AUTH_FAILURE_REASONS``.
     """
+
+    def __init__(self, message: str, *, reason: str = "unresolved_did") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidPublicKey(DidResolutionError):
     """A verification method holds a key of an unsupported type or a malformed encoding."""
+
+
+class RateLimited(SidecarError):
+    """A rate limit is used up; the caller may try again after ``reset_after_ms``.
+
+    ``kind`` is the limit's metric label (``changes_per_minute``,
+    ``auth_failures_per_minute``); ``limit`` and ``window_s`` its policy;
+    ``reset_at_ms`` when the window ends, on the Redis server's clock. The
+    message names the limit and never the key it was counted under.
+    """
+
+    def __init__(
+        self, kind: str, *, limit: int, window_s: int, reset_after_ms: int, reset_at_ms: int
+    ) -> None:
+        what = kind.removesuffix("_per_minute").replace("_", " ")
+        super().__init__(
+            f"Rate limit exceeded: at most {limit} {what} per {window_s} s; "
+            f"retry in {-(-reset_after_ms // 1000)} s"
+        )
+        self.kind = kind
+        self.limit = limit
+        self.window_s = window_s
+        self.reset_after_ms = reset_after_ms
+        self.reset_at_ms = reset_at_ms
+
+
+class ResolutionsBusy(SidecarError):
+    """As many DID resolutions as allowed are in flight; a new one is refused, not queued."""
 
 
 class SecretNotFound(SidecarError):

@@ -6,6 +6,7 @@ A parser never repeats a value that may be a credential in its message.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
@@ -214,3 +215,22 @@ def check_service_endpoint(
             "must be https (http only for a loopback host, with "
             "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK)",
         )
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def cidr_list(variable: str, value: str) -> tuple[Network, ...]:
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts:
+        raise ConfigError(variable, "must list at least one CIDR; remove it to trust no proxy")
+    networks = []
+    for number, part in enumerate(parts, start=1):
+        try:
+            # strict: 10.0.0.1/8 is more likely a typo than a network.
+            networks.append(ipaddress.ip_network(part, strict=True))
+        except ValueError:
+            raise ConfigError(
+                variable, f"entry {number} is not a CIDR such as 10.0.0.0/8 or fd00::/8"
+            ) from None
+    return tuple(networks)

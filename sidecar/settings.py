@@ -16,8 +16,6 @@ stop with one line that says what to fix.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -25,13 +23,16 @@ from typing import TYPE_CHECKING, Any, Final
 from sidecar.crypto import Kek, Keyring, parse_kek
 from sidecar.errors import ConfigError
 from sidecar.redis_url import SentinelTarget
+from sidecar.setting_sources import merged_sources, toml_key
 from sidecar.setting_values import (
     LOG_FORMATS,
     LOG_LEVELS,
     SIGN_ACCESS_LOGS,
+    Network,
     Secret,
     check_service_endpoint,
     choice,
+    cidr_list,
     did,
     did_list,
     existing_file,
@@ -299,6 +300,24 @@ class Settings:
         "seconds, 1..86400. A signature that fails with a cached key is re-checked\n"
         "against a fresh fetch at once, so key rotations need not wait for this.",
     )  # fmt: skip
+    did_refetch_min_s: int = _setting(
+        "SIDECAR_DID_REFETCH_MIN_S", int_between(0, 86_400), 30, "atproto service auth (JWTs)",
+        "After a signature fails with a cached key, the issuer's document is fetched\n"
+        "again at most once per this many seconds, so forged tokens cannot make the\n"
+        "sidecar hammer a PLC directory or a host. A real key rotation is seen at most\n"
+        "this long after the last fetch. 0..86400.",
+    )  # fmt: skip
+    did_failure_cache_s: int = _setting(
+        "SIDECAR_DID_FAILURE_CACHE_S", int_between(1, 3600), 30, "atproto service auth (JWTs)",
+        "How long a DID that failed to resolve is refused without another fetch, in\n"
+        "seconds. 1..3600.",
+    )  # fmt: skip
+    did_max_in_flight: int = _setting(
+        "SIDECAR_DID_MAX_IN_FLIGHT", int_between(1, 10_000), 32, "atproto service auth (JWTs)",
+        "The most DID documents fetched at once by one process; past it a JWT that\n"
+        "needs another fetch gets 503 NotEnoughResources with Retry-After at once,\n"
+        "rather than a place in a queue. 1..10000.",
+    )  # fmt: skip
     allowed_dids: frozenset[str] | None = _setting(
         "SIDECAR_ALLOWED_DIDS", did_list, None, "atproto service auth (JWTs)",
         "When set, only these DIDs may use the XRPC API, whichever credential they\n"
@@ -312,6 +331,25 @@ class Settings:
         "The most secrets one owner DID may hold; a create or import past it is 400\n"
         "SecretQuotaExceeded and stores nothing. Lowered below what an owner holds, the\n"
         "owner keeps its secrets and can add none until it is under it. 1..1000000.",
+    )  # fmt: skip
+    rate_limit_changes_per_minute: int = _setting(
+        "SIDECAR_RATE_LIMIT_CHANGES_PER_MINUTE", int_between(1, 1_000_000), 60, "Limits",
+        "Creates, rotations and deletes one owner DID may make per minute, on all\n"
+        "replicas together (counted in Redis); past it, 429 RateLimitExceeded with\n"
+        "RateLimit-* headers and Retry-After. Signing is never limited. 1..1000000.",
+    )  # fmt: skip
+    rate_limit_auth_failures_per_minute: int = _setting(
+        "SIDECAR_RATE_LIMIT_AUTH_FAILURES_PER_MINUTE", int_between(1, 1_000_000), 60, "Limits",
+        "Refused credentials per client address (an IPv6 client by its /64) per minute,\n"
+        "on all replicas together; past it, every XRPC call from that address gets 429\n"
+        "before its credential is looked at, until the minute is over. 1..1000000.",
+    )  # fmt: skip
+    trusted_proxies: tuple[Network, ...] = _setting(
+        "SIDECAR_TRUSTED_PROXIES", cidr_list, (), "Limits",
+        "CIDRs of the proxies (an Ingress controller) whose X-Forwarded-For names the\n"
+        "client address; from any other peer the header is ignored and the peer is the\n"
+        "client. Unset: no proxy is trusted. Comma-separated in the environment.",
+        example='["10.0.0.0/8"]',
     )  # fmt: skip
     # --- Signing
     sign_max_bytes: int = _setting(
@@ -368,7 +406,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Parse settings from ``environ`` (and the TOML file it may name)."""
-        return _parse(_merged_sources(environ))
+        return _parse(merged_sources(environ, SPECS, VARIABLES, NOT_SETTINGS))
 
 
 # Field name -> how it is read, for every field that is a setting, in declaration order.
@@ -386,71 +424,6 @@ VARIABLES: Final = tuple(
 # file of settings, and the test suite's own (CONTRIBUTING.md), which a
 # developer may keep exported while running the sidecar.
 NOT_SETTINGS: Final = ("SIDECAR_CONFIG", "SIDECAR_TEST_REDIS_URL", "SIDECAR_TEST_REDIS_SERVER")
-
-
-def toml_key(variable: str) -> str:
-    return variable.removeprefix("SIDECAR_").lower()
-
-
-def _did_you_mean(given: str, known: tuple[str, ...]) -> str:
-    # Compared without the prefix they all share, which would make anything look close.
-    by_stem = {name.removeprefix("SIDECAR_"): name for name in known}
-    close = difflib.get_close_matches(given.removeprefix("SIDECAR_"), by_stem, n=1)
-    return f"; did you mean {by_stem[close[0]]}?" if close else ""
-
-
-def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
-    """A misspelt variable would be dropped silently, leaving its default in force."""
-    known = (*VARIABLES, *NOT_SETTINGS)
-    for variable in sorted(environ):
-        if variable.startswith("SIDECAR_") and variable not in known:
-            raise ConfigError(variable, f"unknown setting{_did_you_mean(variable, VARIABLES)}")
-
-
-def _merged_sources(environ: Mapping[str, str]) -> dict[str, str]:
-    _refuse_unknown_variables(environ)
-    merged: dict[str, str] = {}
-    config_path = environ.get("SIDECAR_CONFIG")
-    if config_path:
-        merged.update(_read_toml(Path(config_path)))
-    for spec in SPECS.values():
-        spellings = [v for v in (spec.variable, spec.file_variable) if v is not None]
-        # Two spellings of one setting (SIDECAR_KEK, SIDECAR_KEK_FILE): either
-        # one in the environment overrides both in the file.
-        if any(environ.get(variable) for variable in spellings):
-            for variable in spellings:
-                merged.pop(variable, None)
-        for variable in spellings:
-            value = environ.get(variable)
-            if value is not None and value != "":
-                merged[variable] = value
-    return merged
-
-
-def _read_toml(path: Path) -> dict[str, str]:
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError("SIDECAR_CONFIG", f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("SIDECAR_CONFIG", f"{path} is not valid TOML: {exc}") from None
-    by_key = {toml_key(variable): variable for variable in VARIABLES}
-    values: dict[str, str] = {}
-    for key, value in document.items():
-        variable = by_key.get(key)
-        if variable is None:
-            hint = _did_you_mean(key, tuple(by_key))
-            raise ConfigError("SIDECAR_CONFIG", f"{path}: unknown setting {key!r}{hint}")
-        if isinstance(value, bool):
-            # Spelled out, so a boolean given for a number is refused, not 1.
-            values[variable] = "true" if value else "false"
-        elif isinstance(value, str | int):
-            values[variable] = str(value)
-        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-            values[variable] = ",".join(value)
-        else:
-            raise ConfigError(variable, f"{path}: {key} must be a string or an integer")
-    return values
 
 
 def _parse(raw: Mapping[str, str]) -> Settings:

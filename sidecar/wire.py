@@ -28,6 +28,8 @@ from sidecar.errors import (
     Forbidden,
     InvalidInput,
     PayloadTooLarge,
+    RateLimited,
+    ResolutionsBusy,
     SecretExists,
     SecretNotFound,
     SecretQuotaExceeded,
@@ -59,6 +61,10 @@ ERRORS_BY_TYPE: Final[dict[type[Exception], tuple[int, str, dict[str, str]]]] = 
     # missing from this replica's ring. No signature without the real token.
     EnvelopeError: (503, "WebhookSecretEncryptionUnavailable", {}),
     StorageUnavailable: (503, "StorageUnavailable", {"Retry-After": RETRY_AFTER_S}),
+    # Refused at once rather than queued: the caller retries (docs/authentication.md).
+    ResolutionsBusy: (503, "NotEnoughResources", {"Retry-After": RETRY_AFTER_S}),
+    # Headers per refusal: see rate_limit_headers.
+    RateLimited: (429, "RateLimitExceeded", {}),
 }
 
 _MESSAGES: Final[dict[type[Exception], str]] = {
@@ -66,6 +72,7 @@ _MESSAGES: Final[dict[type[Exception], str]] = {
     EncryptionUnavailable: "No active key-encryption key is configured; cannot seal new tokens",
     EnvelopeError: "The secret cannot be opened with the configured key-encryption keys",
     StorageUnavailable: "Storage did not answer in time; retry shortly",
+    ResolutionsBusy: "Too many DID resolutions are in flight; retry shortly",
     ChangeNotDurable: (
         "Storage could not confirm the change as durable in time; it may or may not "
         "have been applied. Retry the request"
@@ -75,10 +82,27 @@ _MESSAGES: Final[dict[type[Exception], str]] = {
 INTERNAL: Final = WireError(500, "InternalServerError", "Internal Server Error")
 
 
+def rate_limit_headers(exc: RateLimited) -> dict[str, str]:
+    """The headers @atproto/xrpc-server sends with a 429, and Retry-After.
+
+    ``RateLimit-Reset`` is the end of the window in Unix seconds, as there;
+    the clock is the Redis server's, which every replica shares.
+    """
+    return {
+        "RateLimit-Limit": str(exc.limit),
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": str(exc.reset_at_ms // 1000),
+        "RateLimit-Policy": f"{exc.limit};w={exc.window_s}",
+        "Retry-After": str(max(1, -(-exc.reset_after_ms // 1000))),
+    }
+
+
 def to_wire(exc: BaseException) -> WireError | None:
     """The wire error for a known exception, or None for an unexpected one."""
     if isinstance(exc, WireError):
         return exc
+    if isinstance(exc, RateLimited):
+        return WireError(429, "RateLimitExceeded", str(exc), rate_limit_headers(exc))
     message: str | None = None
     for cls in type(exc).__mro__:
         # A subclass may keep its parent's status but say more (ChangeNotDurable).

@@ -4,6 +4,7 @@ per test, fresh metrics registries, and sidecars built by the real factories."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -90,6 +91,17 @@ def keys(tmp_path: Path) -> Keys:
         f"{keys_file_line(BOB, bob, 'bob-ci')}\n"
     )
     return Keys(alice=alice, bob=bob, path=path)
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedValkey]:
+    """A Valkey of this test's own, which the test may stop, freeze and restart."""
+    server = EmbeddedValkey(tmp_path / "valkey", binary=SERVER_BINARY, persist=True)
+    server.start()
+    yield server
+    if server.pid is not None:
+        os.kill(server.pid, signal.SIGCONT)
+    server.stop()
 
 
 @pytest.fixture

@@ -38,9 +38,15 @@ def parsed(lines: list[str]) -> list[dict[str, Any]]:
 
 
 def keyspace_dump(client: redis.Redis) -> dict[bytes, Any]:
-    """Every key with its type and full value, to compare before and after a request."""
+    """Every key with its type and full value, to compare before and after a request.
+
+    Rate-limit counters (``...:rl:...``) are left out: they count attempts,
+    refused ones included, by design (tests/test_rate_limits.py checks them).
+    """
     dump: dict[bytes, Any] = {}
     for key in sorted(client.scan_iter(count=1000)):
+        if b":rl:" in key:
+            continue
         kind = client.type(key)
         if kind == b"hash":
             value: Any = client.hgetall(key)

@@ -166,9 +166,10 @@ async def test_cache_serves_until_the_ttl_then_fetches_again(
 async def test_fresh_lookup_bypasses_and_refreshes_the_cache(
     http_session: aiohttp.ClientSession, did_host: DidHost
 ) -> None:
-    """fresh=True fetches even with a cached key, and the cache then holds the new key."""
+    """fresh=True fetches even with a cached key, and the cache then holds the new key
+    (with no refetch bound: test_did_bounds.py tests that)."""
     issuer = register(did_host)
-    resolve = resolver(http_session, did_host)
+    resolve = resolver(http_session, did_host, refetch_min_s=0)
     await resolve.signing_key(issuer.did)
     rotated = Issuer(issuer.did, KeyPair.generate(ES256))
     did_host.documents[issuer.did] = rotated.document()
@@ -191,16 +192,26 @@ async def test_concurrent_lookups_share_one_fetch(
     assert len(did_host.requests) == 1
 
 
-async def test_failures_are_not_cached(
+async def test_failures_are_remembered_only_briefly(
     http_session: aiohttp.ClientSession, did_host: DidHost
 ) -> None:
-    """A DID that failed to resolve resolves as soon as its document appears."""
+    """A DID that failed to resolve is refused without a fetch for failure_ttl_s, and
+    resolves at the first lookup after that once its document appears."""
+    now = [1000.0]
     issuer = Issuer(new_plc_did(), KeyPair.generate(ES256K))
-    resolve = resolver(http_session, did_host)
-    with pytest.raises(DidResolutionError):
+    resolve = resolver(http_session, did_host, failure_ttl_s=30, clock=lambda: now[0])
+    with pytest.raises(DidResolutionError) as first:
         await resolve.signing_key(issuer.did)
+    assert first.value.reason == "unresolved_did"
     did_host.documents[issuer.did] = issuer.document()
+    now[0] += 29
+    with pytest.raises(DidResolutionError) as remembered:
+        await resolve.signing_key(issuer.did)
+    assert remembered.value.reason == "did_failed_recently"
+    assert len(did_host.requests) == 1
+    now[0] += 1
     assert (await resolve.signing_key(issuer.did)).key == key_of(issuer)
+    assert len(did_host.requests) == 2
 
 
 async def test_cache_is_bounded(http_session: aiohttp.ClientSession, did_host: DidHost) -> None:

@@ -10,15 +10,12 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 from conftest import AiohttpClient, Keys, SidecarFactory
-from support import ALICE, CREATE, DELETE, LIST, ROTATE, SERVER_BINARY, call, sign_body
+from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, sign_body
 
 from sidecar.app import create_sign_app, create_xrpc_app
 from sidecar.storage.embedded import EmbeddedValkey
@@ -58,7 +55,10 @@ async def test_sign_on_b_right_after_rotate_on_a_uses_the_new_token(
     aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, keys: Keys
 ) -> None:
     """200 times: rotate via replica A, then sign via B; B always signs with the new token."""
-    a, b = await replicas(aiohttp_client, make_sidecar)
+    # More changes than the default rate limit allows in a minute.
+    a, b = await replicas(
+        aiohttp_client, make_sidecar, SIDECAR_RATE_LIMIT_CHANGES_PER_MINUTE="1000"
+    )
     _, created = await call(a.xrpc, CREATE, keys.alice, {"name": "orders"})
     old = created["token"]
     for round_ in range(200):
@@ -113,17 +113,6 @@ async def test_concurrent_signing_during_rotations_never_uses_a_stale_token(
         successor = versions.get(version + 1)
         if successor is not None:
             assert started <= successor[2], "signed with a token rotated away before the request"
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[EmbeddedValkey]:
-    """A Valkey of this test's own, which the test may stop, freeze and restart."""
-    server = EmbeddedValkey(tmp_path / "valkey", binary=SERVER_BINARY, persist=True)
-    server.start()
-    yield server
-    if server.pid is not None:
-        os.kill(server.pid, signal.SIGCONT)
-    server.stop()
 
 
 async def expect_503_quickly(client: Client, timeout_s: float) -> None:

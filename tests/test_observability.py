@@ -130,7 +130,8 @@ async def test_signatures_and_verifications_are_counted(
 async def test_redis_errors_are_counted_by_operation(
     aiohttp_client: AiohttpClient, make_sidecar: SidecarFactory, keys: Keys
 ) -> None:
-    """A Redis that refuses connections counts one error per failed operation."""
+    """A Redis that refuses connections counts one error per failed operation: for an
+    XRPC call, the first, the client address's rate-limit check."""
     from sidecar.storage.embedded import free_port
 
     dead = await make_sidecar(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
@@ -140,7 +141,8 @@ async def test_redis_errors_are_counted_by_operation(
     await call(xrpc, ROTATE, keys.alice, {"name": "orders"})
     await sign_body(sign, ALICE, "orders", BODY)
     samples = await scrape(ops)
-    assert value(samples, "wisp_sidecar_redis_errors_total", operation="rotate") == 1
+    assert value(samples, "wisp_sidecar_redis_errors_total", operation="rate_limit") == 1
+    assert value(samples, "wisp_sidecar_redis_errors_total", operation="rotate") == 0
     assert value(samples, "wisp_sidecar_redis_errors_total", operation="get_envelopes") == 1
     assert value(samples, "wisp_sidecar_rotations_total", outcome="storage_unavailable") == 1
     name = "wisp_sidecar_signatures_total"

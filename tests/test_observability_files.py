@@ -80,6 +80,8 @@ ALERTS = {
     "WispSidecarChangesNotDurable",
     # Issue #12: stored tokens this pod cannot open (a KEK missing from its ring).
     "WispSidecarEnvelopesUnopenable",
+    # Issue #19: requests refused by a rate limit or a DID resolution bound, sustained.
+    "WispSidecarRateLimiting",
 }
 
 

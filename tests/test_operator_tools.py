@@ -219,12 +219,15 @@ async def test_doctor_passes_against_a_deployed_sidecar_and_prints_no_secret(
         "listener ops",
     ]
     assert {name for name, (state, _) in checks.items() if state != "ok"} == {"durability"}
+    assert checks["limits"][1] == (
+        "at most 1000 secrets per owner DID; 60 changes/min per owner DID; "
+        "60 refused credentials/min per client address (trusted proxies: none)"
+    )
     assert checks["durability"][0] == "warn"
     assert status == 0, out + err
     assert checks["redis"][1].startswith(f"one server 127.0.0.1:{server.port}, valkey ")
     assert checks["kek"][1] == f"active kid {parse_kek(kek_text, setting='t').kid}; previous: none"
     assert checks["api keys"][1].startswith("2 keys for 2 DIDs")
-    assert checks["limits"][1] == "at most 1000 secrets per DID (SIDECAR_MAX_SECRETS_PER_DID)"
     for secret in (password, kek_text, keys.alice, keys.bob):
         assert secret not in out + err
 

@@ -983,3 +983,19 @@ def test_bad_service_id_or_type_is_rejected(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({variable: value})
     assert info.value.setting == variable
+
+
+def test_trusted_proxies_are_cidrs() -> None:
+    """SIDECAR_TRUSTED_PROXIES takes comma-separated CIDRs, IPv4 and IPv6 alike."""
+    settings = Settings.from_env({"SIDECAR_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8"})
+    assert [str(network) for network in settings.trusted_proxies] == ["10.0.0.0/8", "fd00::/8"]
+    assert Settings.from_env({}).trusted_proxies == ()
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1/8", "10.0.0.0/33", "proxy.internal", ","])
+def test_a_bad_trusted_proxy_is_refused_by_name(value: str) -> None:
+    """A host address with a prefix, a bad prefix, a name or an empty list is refused,
+    naming the setting and the entry's position, not its text."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SIDECAR_TRUSTED_PROXIES": value})
+    assert info.value.setting == "SIDECAR_TRUSTED_PROXIES"

@@ -17,8 +17,10 @@ whose reason only logs and metrics see:
 4. the lifetime is at most ``MAX_LIFETIME_S``: ``exp - iat``, or without
    ``iat``, how far ahead ``exp`` is (``too_long_lived``);
 5. the signature verifies against the issuer's ``#atproto`` key
-   (``unresolved_did``, ``bad_signature``), re-resolved once, uncached, when a
-   cached key fails, to catch a key rotation;
+   (``unresolved_did`` and the resolver's own refusals, ``bad_signature``),
+   re-resolved once, uncached, when a cached key fails, to catch a key
+   rotation, unless the key was fetched within the refetch bound
+   (``did_refetch_limited``);
 6. ``jti``, when present, has not been used before on any replica (``replayed``).
 
 Anything else malformed is ``bad_jwt``. Knows nothing of aiohttp: DID
@@ -259,5 +261,5 @@ class ServiceAuthVerifier:
     async def _signing_key(self, did: str, *, fresh: bool) -> ResolvedKey:
         try:
             return await self._keys.signing_key(did, fresh=fresh)
-        except DidResolutionError:
-            _fail("unresolved_did")
+        except DidResolutionError as exc:
+            _fail(exc.reason)

@@ -104,6 +104,24 @@ def _where(settings: Settings) -> str:
     return f"{kind} {parts.hostname}:{parts.port or 6379}{tls}"
 
 
+def _limits(settings: Settings) -> Check:
+    """The bounds in force on the XRPC port, so an operator sees what a caller meets."""
+    proxies = ", ".join(map(str, settings.trusted_proxies)) or "none"
+    parts = [
+        f"at most {settings.max_secrets_per_did} secrets per owner DID",
+        f"{settings.rate_limit_changes_per_minute} changes/min per owner DID",
+        f"{settings.rate_limit_auth_failures_per_minute} refused credentials/min per client "
+        f"address (trusted proxies: {proxies})",
+    ]
+    if settings.service_did is not None:
+        parts.append(
+            f"DID documents: refetched at most every {settings.did_refetch_min_s} s, "
+            f"failures remembered {settings.did_failure_cache_s} s, "
+            f"{settings.did_max_in_flight} fetches in flight"
+        )
+    return Check("ok", "limits", "; ".join(parts))
+
+
 async def _redis(settings: Settings, store: SecretStore) -> Check:
     where = _where(settings)
     started = time.perf_counter()
@@ -247,15 +265,6 @@ def _proxying(settings: Settings) -> Check:
         f"through a PDS need https://{host}/.well-known/did.json served somewhere, with a "
         f"{entry} entry; set SIDECAR_SERVICE_ENDPOINT to have the sidecar serve it",
     )
-
-
-def _limits(settings: Settings) -> Check:
-    """The per-owner and per-client bounds in force, as the settings give them."""
-    in_force = [
-        f"at most {settings.max_secrets_per_did} secrets per DID (SIDECAR_MAX_SECRETS_PER_DID)",
-        # The rate limits print here too, one entry each, once they are settings.
-    ]
-    return Check("ok", "limits", "; ".join(in_force))
 
 
 async def _listeners(settings: Settings) -> list[Check]:

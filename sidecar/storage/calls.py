@@ -45,6 +45,7 @@ OPERATIONS: Final = (
     "publish",
     "replication",
     "scan",
+    "rate_limit",
 )
 
 

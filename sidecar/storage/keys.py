@@ -8,6 +8,10 @@ one cluster slot:
     wsc:{<did>}:log        stream  audit entries, never a token; capped
     wsc:{<did>}:jti:<h>    string  a service JWT id seen from issuer <did>, until
                                    the token expires (h: SHA-256 hex of the jti)
+    wsc:{<did>}:rl:changes string  changes counted in the current rate-limit window
+    wsc:{addr:<a>}:rl:auth string  refused credentials from client address <a> in
+                                   the current window; its own hash tag, as no
+                                   owner is known
 """
 
 from __future__ import annotations
@@ -40,6 +44,16 @@ def jti_key(iss: str, jti: str) -> str:
     # Hashed: a jti is caller-chosen text of any length and alphabet.
     digest = hashlib.sha256(jti.encode("utf-8", "surrogateescape")).hexdigest()
     return f"wsc:{{{iss}}}:jti:{digest}"
+
+
+def change_counter_key(did: str) -> str:
+    # In the owner's slot, so the change script counts it in the same call.
+    return f"wsc:{{{did}}}:rl:changes"
+
+
+def address_counter_key(address: str) -> str:
+    # "addr:" cannot begin a DID, so this tag never shares a key with an owner's.
+    return f"wsc:{{addr:{address}}}:rl:auth"
 
 
 def parse_secret_key(key: str) -> tuple[str, str] | None:

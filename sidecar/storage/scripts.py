@@ -30,15 +30,36 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: secret hash, index, audit log. ARGV: name, envelope, actor, log cap,
-# the op the audit entry records ('create', or 'import' for a token the caller
-# brought: one script for both, so an import can never drift from a create),
-# and the most secrets the owner may hold. The quota is counted here, in the
-# same atomic step as the write, so two replicas can never both pass it; ZCARD
-# is O(1). An owner above a quota lowered since keeps what it has.
+# A change counts itself against its owner's rate limit in the same call, so a
+# limit costs no round trip, and a change refused by it changes nothing else.
+# A fixed window, as @atproto/xrpc-server's limiter keeps it: the first change
+# starts the counter and its expiry. KEYS[4]: the owner's change counter. The
+# last two ARGV, whatever comes before them: the limit (0: none, for operator
+# tools) and the window in ms. Answers how far over and when the window ends.
+COUNT_CHANGE: Final = """
+local limit = tonumber(ARGV[#ARGV - 1])
+if limit > 0 then
+  local n = redis.call('INCR', KEYS[4])
+  local ttl = redis.call('PTTL', KEYS[4])
+  if ttl < 0 then
+    redis.call('PEXPIRE', KEYS[4], ARGV[#ARGV])
+    ttl = tonumber(ARGV[#ARGV])
+  end
+  if n > limit then return {'rate_limited', n, ttl, now} end
+end
+"""
+
+# KEYS: secret hash, index, audit log, change counter. ARGV: name, envelope,
+# actor, log cap, the op the audit entry records ('create', or 'import' for a
+# token the caller brought: one script for both, so an import can never drift
+# from a create), the most secrets the owner may hold, then COUNT_CHANGE's two.
+# The quota is counted here, in the same atomic step as the write, so two
+# replicas can never both pass it; ZCARD is O(1). An owner above a quota
+# lowered since keeps what it has.
 CREATE: Final = (
     PRIMARY_ONLY
     + NOW_MS
+    + COUNT_CHANGE
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 local held = redis.call('ZCARD', KEYS[2])
@@ -58,9 +79,11 @@ return {'ok', 1, now}
 )
 
 # rotate never creates: a missing hash is NotFound (docs/architecture.md §5).
+# KEYS and ARGV as CREATE's, without the op.
 ROTATE: Final = (
     PRIMARY_ONLY
     + NOW_MS
+    + COUNT_CHANGE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_found'} end
 local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
@@ -74,6 +97,7 @@ return {'ok', ver, now}
 DELETE: Final = (
     PRIMARY_ONLY
     + NOW_MS
+    + COUNT_CHANGE
     + """
 local ver = redis.call('HGET', KEYS[1], 'ver')
 if not ver then return {'not_found'} end
@@ -195,5 +219,31 @@ CLAIM_JTI: Final = (
     PRIMARY_ONLY
     + """
 return redis.call('SET', KEYS[1], 1, 'NX', 'EXAT', ARGV[1])
+"""
+)
+
+# How long a rate-limit window has left, and the server's time: {ms left, now}.
+# KEYS: the counter.
+WINDOW_LEFT: Final = (
+    "#!lua flags=no-writes"
+    + NOW_MS
+    + """
+return {redis.call('PTTL', KEYS[1]), now}
+"""
+)
+
+# Counts one refused credential from a client address: {count, ms left, now}.
+# KEYS: the address counter. ARGV: the window in ms.
+ADDRESS_FAILED: Final = (
+    PRIMARY_ONLY
+    + NOW_MS
+    + """
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl, now}
 """
 )

@@ -27,11 +27,13 @@ from sidecar.storage import scripts
 from sidecar.storage.keys import (
     EVENTS_CHANNEL,
     KEY_PATTERN,
+    change_counter_key,
     index_key,
     log_key,
     parse_secret_key,
     secret_key,
 )
+from sidecar.storage.rate_limits import NO_CHANGE_LIMIT, ChangeLimit
 from sidecar.storage.sign_reads import ReadConnections
 
 if TYPE_CHECKING:
@@ -115,18 +117,26 @@ class SecretStore:
         return self._max_secrets
 
     async def create(
-        self, did: str, name: str, envelope: str, *, actor: str, imported: bool = False
+        self,
+        did: str,
+        name: str,
+        envelope: str,
+        *,
+        actor: str,
+        imported: bool = False,
+        limit: ChangeLimit = NO_CHANGE_LIMIT,
     ) -> SecretChange:
         """Store a new secret; ``SecretExists`` if the owner has one of that name,
         ``SecretQuotaExceeded`` (nothing stored) if it holds its quota or more.
 
         ``imported`` marks a token the caller brought: the audit entry and the
-        event say ``op=import``; everything else is a create's.
+        event say ``op=import``; everything else is a create's. Each change
+        counts against ``limit`` (``RateLimited`` past it) in the same script.
         """
         op = "import" if imported else "create"
         quota = str(self._max_secrets)
         reply, waited = await self._script(
-            "create", scripts.CREATE, did, name, envelope, actor, op, quota
+            "create", scripts.CREATE, did, name, envelope, actor, limit, op, quota
         )
         if reply[0] == b"exists":
             raise SecretExists(f"a secret named {name!r} already exists")
@@ -134,16 +144,28 @@ class SecretStore:
             raise SecretQuotaExceeded(int(reply[1]), self._max_secrets)
         return await self._changed("create", did, name, reply, waited, event=op)
 
-    async def rotate(self, did: str, name: str, envelope: str, *, actor: str) -> SecretChange:
+    async def rotate(
+        self,
+        did: str,
+        name: str,
+        envelope: str,
+        *,
+        actor: str,
+        limit: ChangeLimit = NO_CHANGE_LIMIT,
+    ) -> SecretChange:
         """Replace a secret's envelope and bump its version; ``SecretNotFound`` if absent."""
-        reply, waited = await self._script("rotate", scripts.ROTATE, did, name, envelope, actor)
+        reply, waited = await self._script(
+            "rotate", scripts.ROTATE, did, name, envelope, actor, limit
+        )
         if reply[0] == b"not_found":
             raise SecretNotFound(f"no secret named {name!r}")
         return await self._changed("rotate", did, name, reply, waited)
 
-    async def delete(self, did: str, name: str, *, actor: str) -> SecretChange:
+    async def delete(
+        self, did: str, name: str, *, actor: str, limit: ChangeLimit = NO_CHANGE_LIMIT
+    ) -> SecretChange:
         """Remove a secret; ``SecretNotFound`` if absent."""
-        reply, waited = await self._script("delete", scripts.DELETE, did, name, "", actor)
+        reply, waited = await self._script("delete", scripts.DELETE, did, name, "", actor, limit)
         if reply[0] == b"not_found":
             raise SecretNotFound(f"no secret named {name!r}")
         return await self._changed("delete", did, name, reply, waited)
@@ -331,14 +353,26 @@ class SecretStore:
         name: str,
         envelope: str,
         actor: str,
+        limit: ChangeLimit,
         *extra: str,
     ) -> tuple[list[Any], Any]:
         validate_did(did)
         validate_name(name)
         key = secret_key(did, name)
-        command = ("EVAL", script, 3, key, index_key(did), log_key(did))
-        args: tuple[str | int, ...] = (name, envelope, actor, self._audit_max_len, *extra)
+        keys = (key, index_key(did), log_key(did), change_counter_key(did))
+        command = ("EVAL", script, len(keys), *keys)
+        args: tuple[str | int, ...] = (
+            name,
+            envelope,
+            actor,
+            self._audit_max_len,
+            *extra,
+            *limit.args(),
+        )
         reply, waited = await self._calls.change(operation, key, (*command, *args))
+        if reply[0] == b"rate_limited":
+            # Refused before it changed anything; the WAIT behind it has nothing to wait for.
+            raise limit.exceeded(list(reply))
         return list(reply), waited
 
     async def _publish(self, did: str, op: str, change: SecretChange) -> None:

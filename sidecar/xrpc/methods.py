@@ -15,6 +15,7 @@ import structlog
 
 from sidecar.crypto import Keyring, generate_token
 from sidecar.names import validate_name, validate_token
+from sidecar.storage.rate_limits import NO_CHANGE_LIMIT, ChangeLimit
 from sidecar.xrpc.cursor import decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
@@ -51,9 +52,13 @@ class SecretMethods:
     # characters) than a secret name does; the server checks this rule first.
     INPUT_RULES: Final = {"name": validate_name, "token": validate_token}
 
-    def __init__(self, store: SecretStore, keyring: Keyring) -> None:
+    def __init__(
+        self, store: SecretStore, keyring: Keyring, *, change_limit: ChangeLimit = NO_CHANGE_LIMIT
+    ) -> None:
         self._store = store
         self._keyring = keyring
+        # Every change an owner makes here counts against it (create, rotate, delete).
+        self._limit = change_limit
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -74,7 +79,7 @@ class SecretMethods:
         envelope = self._keyring.seal(token, did=did, name=name)
         imported = brought is not None
         change = await self._store.create(
-            did, name, envelope, actor=call.caller.actor, imported=imported
+            did, name, envelope, actor=call.caller.actor, imported=imported, limit=self._limit
         )
         log.info(
             "secret.imported" if imported else "secret.created",
@@ -109,7 +114,9 @@ class SecretMethods:
         did = call.caller.did
         token = generate_token()
         envelope = self._keyring.seal(token, did=did, name=name)
-        change = await self._store.rotate(did, name, envelope, actor=call.caller.actor)
+        change = await self._store.rotate(
+            did, name, envelope, actor=call.caller.actor, limit=self._limit
+        )
         log.info(
             "secret.rotated", did=did, name=name, version=change.version, actor=call.caller.actor
         )
@@ -118,7 +125,7 @@ class SecretMethods:
     async def delete(self, call: XrpcCall) -> Mapping[str, Any]:
         name = _name(call)
         did = call.caller.did
-        change = await self._store.delete(did, name, actor=call.caller.actor)
+        change = await self._store.delete(did, name, actor=call.caller.actor, limit=self._limit)
         log.info(
             "secret.deleted", did=did, name=name, version=change.version, actor=call.caller.actor
         )
@@ -137,6 +144,8 @@ _OUTCOMES: Final = {
     "Forbidden": "forbidden",
     "WebhookSecretEncryptionUnavailable": "encryption_unavailable",
     "StorageUnavailable": "storage_unavailable",
+    "RateLimitExceeded": "rate_limited",
+    "NotEnoughResources": "busy",
 }
 _OPERATIONS: Final = {CREATE: "create", LIST: "list", DELETE: "delete"}
 # Every outcome label a call can get, for the metrics to show at 0 from start.
@@ -150,8 +159,12 @@ def metrics_observer(metrics: Metrics) -> Any:
         metrics.xrpc_requests.labels(method=outcome.nsid, status=str(outcome.status)).inc()
         if outcome.auth_failure is not None:
             metrics.auth_failures.labels(reason=outcome.auth_failure).inc()
+            if outcome.auth_failure == "did_refetch_limited":
+                metrics.limit_hit("did_refetch")
         if outcome.error == "SecretQuotaExceeded":
             metrics.limit_hit("secrets_per_did")
+        if outcome.limit is not None:
+            metrics.limit_hit(outcome.limit)
         label = _OUTCOMES.get(outcome.error, "error")
         if outcome.nsid == ROTATE:
             metrics.rotations.labels(outcome=label).inc()

@@ -5,24 +5,38 @@ that declaration. Every request runs: lookup (501) → verb (405) → auth (401,
 then 403 off the allow-list) → params and body (400/413) → handler → output
 check. The handler sees only validated input and an authenticated caller; it
 knows nothing of HTTP.
+
+Refused credentials are counted per client address (``FailureLimit``): an
+address that used up its allowance gets 429 before any credential work. An
+authenticated caller is never counted by address; its changes are limited per
+owner, in the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
 from aiohttp import web
 
-from sidecar.errors import AuthenticationFailed, InvalidInput, WireError
+from sidecar.errors import (
+    AuthenticationFailed,
+    InvalidInput,
+    RateLimited,
+    ResolutionsBusy,
+    StorageUnavailable,
+    WireError,
+)
 from sidecar.wire import INTERNAL, error_response, read_body, to_wire
 
 if TYPE_CHECKING:
     from sidecar.auth.authenticator import Authenticator, Caller
+    from sidecar.xrpc.client_address import ClientAddresses
     from sidecar.xrpc.lexicon import LexiconRegistry
     from sidecar.xrpc.schemas import MethodDef
 
@@ -52,6 +66,8 @@ class Outcome:
     error: str | None
     duration_s: float
     auth_failure: str | None = None
+    # The kind of limit that refused the call (limit_hits_total), or None.
+    limit: str | None = None
 
 
 Handler = Callable[[XrpcCall], Awaitable[Mapping[str, Any]]]
@@ -60,6 +76,14 @@ HealthCheck = Callable[[], Awaitable[bool]]
 # A check of one input property, stricter than its lexicon's format, given the
 # value and its path; it raises InvalidInput stating the rule that applies.
 InputRule = Callable[[str, str], object]
+
+
+class FailureLimit(Protocol):
+    """Refused credentials per client address (``sidecar.storage.rate_limits.AddressLimits``)."""
+
+    async def check(self, address: str) -> None: ...
+
+    async def failed(self, address: str) -> None: ...
 
 
 class XrpcServer:
@@ -77,6 +101,8 @@ class XrpcServer:
         health: HealthCheck,
         observers: tuple[Observer, ...] = (),
         input_rules: Mapping[str, InputRule] | None = None,
+        failure_limit: FailureLimit | None = None,
+        client_addresses: ClientAddresses | None = None,
     ) -> None:
         undeclared = sorted(set(handlers) - set(lexicons.methods))
         if undeclared:
@@ -91,6 +117,8 @@ class XrpcServer:
         self._health = health
         self._observers = observers
         self._input_rules = dict(input_rules or {})
+        self._failure_limit = failure_limit
+        self._addresses = client_addresses
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(HEALTH_PATH, self.health, allow_head=False)
@@ -109,6 +137,7 @@ class XrpcServer:
         method = self._lexicons.get(nsid)
         known = method is not None and nsid in self._handlers
         auth_failure: str | None = None
+        limit: str | None = None
         try:
             body = await self._call(request, nsid, method)
             response = web.json_response(body)
@@ -120,6 +149,10 @@ class XrpcServer:
             assert wire is not None
             response, error_name = error_response(wire), wire.name
         except Exception as exc:
+            if isinstance(exc, RateLimited):
+                limit = exc.kind
+            elif isinstance(exc, ResolutionsBusy):
+                limit = "did_resolutions_in_flight"
             wire = to_wire(exc)
             if wire is None:
                 log.exception("xrpc_handler_failed", nsid=nsid)
@@ -131,6 +164,7 @@ class XrpcServer:
             error=error_name,
             duration_s=time.perf_counter() - started,
             auth_failure=auth_failure,
+            limit=limit,
         )
         for observe in self._observers:
             observe(outcome)
@@ -156,7 +190,7 @@ class XrpcServer:
                 f"{nsid} is a {method.kind}: use {method.http_method}",
                 {"Allow": method.http_method},
             )
-        caller = await self._auth.authenticate(request.headers.get("Authorization"), nsid=nsid)
+        caller = await self._authenticate(request, nsid)
         structlog.contextvars.bind_contextvars(did=caller.did, nsid=nsid)
         params = method.validate_params(request.query)
         payload = await self._input(request, method)
@@ -164,6 +198,29 @@ class XrpcServer:
         # An output that breaks its lexicon is our bug: it becomes a 500.
         method.validate_output(output)
         return output
+
+    async def _authenticate(self, request: web.Request, nsid: str) -> Caller:
+        failures = self._failure_limit
+        if failures is None:
+            return await self._auth.authenticate(request.headers.get("Authorization"), nsid=nsid)
+        addresses = self._addresses
+        address = (
+            addresses.client(request.remote, request.headers.getall("X-Forwarded-For", ()))
+            if addresses is not None
+            else str(request.remote)
+        )
+        # Logged (the request line, auth_failed) so an operator can see who is limited.
+        structlog.contextvars.bind_contextvars(client=address)
+        # Before any credential work: a JWT may cost a DID resolution.
+        await failures.check(address)
+        try:
+            return await self._auth.authenticate(request.headers.get("Authorization"), nsid=nsid)
+        except AuthenticationFailed:
+            # The refusal stands whether or not Redis could count it; a count
+            # lost to an outage is seen in redis_errors_total.
+            with contextlib.suppress(StorageUnavailable):
+                await failures.failed(address)
+            raise
 
     async def _input(self, request: web.Request, method: MethodDef) -> Mapping[str, Any] | None:
         raw = await read_body(request, self._max_body, self._read_timeout_s)
