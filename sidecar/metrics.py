@@ -267,6 +267,17 @@ class Metrics:
             ["reason"],
             [(reason,) for reason in AUTH_FAILURE_REASONS],
         )
+        # sidecar.loop_share: only a process running both xrpc and sign updates these.
+        self.xrpc_loop_seconds = Counter(
+            f"{PREFIX}_xrpc_loop_seconds",
+            "Event-loop time spent on XRPC work, measured by the XRPC loop share.",
+            registry=registry,
+        )
+        self.xrpc_loop_holds = Counter(
+            f"{PREFIX}_xrpc_loop_holds",
+            "Times XRPC used up its share of the loop and its connections stopped being read.",
+            registry=registry,
+        )
         self.xrpc_requests = _counter(
             registry,
             "xrpc_requests",

@@ -1,0 +1,208 @@
+"""Sign throughput while the XRPC port is loaded, in one process and with the roles split.
+
+Each scenario runs a wrk flood against the XRPC port and, at the same time, the
+sign load of ``bench/__main__.py`` (1 KiB bodies, 32 connections), and prints
+sign req/s and p99 as a ratio to sign alone, measured in the same run and the
+same mode:
+
+- ``anonymous``: ``GET …secret.list`` with no credential, 64 connections
+  (every answer a 401);
+- ``authenticated``: one owner with 20 secrets listing them, 64 connections;
+- ``big-owner``: one owner with 1000 secrets listing them all (the largest
+  page) in a loop, 4 connections.
+
+Modes: ``one process`` is ``serve`` with every listener (the XRPC loop share
+on, unless ``SIDECAR_XRPC_LOOP_SHARE=100`` is exported for a "before" run);
+``split`` is a sign process (``SIDECAR_LISTENERS=sign,ops``) and an XRPC
+process (``xrpc,ops``), neither niced. wrk is required.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.loadgen import Run, have_wrk, parse_wrk, start_wrk, wrk
+from bench.processes import process, wait_ready
+from sidecar.auth.api_keys import generate_api_key, keys_file_line
+from sidecar.storage.embedded import free_port
+
+SCENARIOS = ("anonymous", "authenticated", "big-owner")
+SIGN_CONNECTIONS = 32
+LIST = "/xrpc/place.wisp.v2.secret.list"
+# Owners: the one the dispatcher signs for, a small one and a big one.
+SIGNER = "did:plc:bench0000000000000000000"
+SMALL = "did:plc:benchsmall00000000000000"
+BIG = "did:plc:benchbig0000000000000000"
+SIZES = {SMALL: 20, BIG: 1000}
+
+
+@dataclass(frozen=True)
+class Flood:
+    name: str
+    path: str
+    connections: int
+    owner: str | None
+
+
+FLOODS = {
+    "anonymous": Flood("anonymous", LIST, 64, None),
+    "authenticated": Flood("authenticated", LIST, 64, SMALL),
+    "big-owner": Flood("big-owner", f"{LIST}?limit=1000", 4, BIG),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    mode: str
+    scenario: str
+    sign: Run
+    alone: Run
+    xrpc: Run | None
+
+    @property
+    def ratio(self) -> float:
+        return self.sign.requests_per_s / self.alone.requests_per_s
+
+    @property
+    def p99_ratio(self) -> float:
+        return self.sign.p99_ms / self.alone.p99_ms
+
+
+def _create(xrpc: str, key: str, name: str) -> None:
+    request = urllib.request.Request(  # noqa: S310  (a loopback URL we built)
+        f"{xrpc}/xrpc/place.wisp.v2.secret.create",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30):  # noqa: S310  (loopback)
+            pass
+    except urllib.error.HTTPError as exc:
+        # The baseline part of the bench made the signing secret already.
+        if exc.code != 409:
+            raise
+
+
+def _populate(xrpc: str, keys: dict[str, str]) -> None:
+    """The secret signing uses, and the small and the big owner's secrets."""
+    _create(xrpc, keys[SIGNER], "orders")
+    for owner, count in SIZES.items():
+        for number in range(count):
+            _create(xrpc, keys[owner], f"s{number:04d}")
+
+
+@contextmanager
+def _servers(mode: str, env: dict[str, str], ports: dict[str, int]) -> Iterator[None]:
+    """The sidecar in ``mode``: one process, or a sign and an XRPC process."""
+    argv = [sys.executable, "-m", "sidecar", "serve"]
+    with ExitStack() as stack:
+        if mode == "one process":
+            stack.enter_context(process(argv, env))
+            wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
+        else:
+            signer = {**env, "SIDECAR_LISTENERS": "sign,ops"}
+            xrpc = {
+                **env,
+                "SIDECAR_LISTENERS": "xrpc,ops",
+                "SIDECAR_OPS_PORT": str(ports["ops2"]),
+            }
+            stack.enter_context(process(argv, signer))
+            stack.enter_context(process(argv, xrpc))
+            wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
+            wait_ready(f"http://127.0.0.1:{ports['ops2']}/readyz")
+        yield
+
+
+def _under_flood(
+    sign_url: str, body: bytes, flood_url: str, flood: Flood, key: str | None, seconds: int
+) -> tuple[Run, Run]:
+    """Sign throughput while the flood runs, and the flood's own rate."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        # The flood starts first and outlasts the sign load on both ends.
+        child = start_wrk(
+            flood_url,
+            connections=flood.connections,
+            seconds=seconds + 3,
+            directory=Path(tmp),
+            headers=headers,
+        )
+        time.sleep(1)
+        sign = wrk(sign_url, body, "application/octet-stream", SIGN_CONNECTIONS, seconds)
+        out, _ = child.communicate(timeout=seconds + 60)
+    return sign, parse_wrk(out)
+
+
+def run(selected: list[str], seconds: int, env: dict[str, str], body: bytes) -> list[Row]:
+    """Every selected scenario in both modes; the table rows."""
+    if not have_wrk():
+        print("isolation scenarios skipped: they need wrk (apt-get install wrk)")
+        return []
+    ports = {name: free_port() for name in ("xrpc", "sign", "ops", "ops2")}
+    keys = {owner: generate_api_key() for owner in (SIGNER, SMALL, BIG)}
+    with tempfile.TemporaryDirectory() as tmp:
+        keys_file = Path(tmp) / "isolation-keys"
+        keys_file.write_text("".join(keys_file_line(d, k) + "\n" for d, k in keys.items()))
+        env = {
+            **env,
+            "SIDECAR_API_KEYS_FILE": str(keys_file),
+            "SIDECAR_XRPC_PORT": str(ports["xrpc"]),
+            "SIDECAR_SIGN_PORT": str(ports["sign"]),
+            "SIDECAR_OPS_PORT": str(ports["ops"]),
+        }
+        xrpc = f"http://127.0.0.1:{ports['xrpc']}"
+        sign_url = f"http://127.0.0.1:{ports['sign']}/v1/sign?did={SIGNER}&name=orders"
+        rows: list[Row] = []
+        populated = False
+        for mode in ("one process", "split"):
+            with _servers(mode, env, ports):
+                if not populated:
+                    _populate(xrpc, keys)
+                    populated = True
+                wrk(sign_url, body, "application/octet-stream", SIGN_CONNECTIONS, 1)  # warm up
+                alone = wrk(sign_url, body, "application/octet-stream", SIGN_CONNECTIONS, seconds)
+                rows.append(Row(mode, "alone", alone, alone, None))
+                print_row(rows[-1])
+                for name in selected:
+                    flood = FLOODS[name]
+                    key = keys[flood.owner] if flood.owner else None
+                    sign, flooded = _under_flood(
+                        sign_url, body, xrpc + flood.path, flood, key, seconds
+                    )
+                    rows.append(Row(mode, name, sign, alone, flooded))
+                    print_row(rows[-1])
+    return rows
+
+
+HEADER = (
+    f"{'mode':<12} {'scenario':<14} {'sign req/s':>10} {'ratio':>6} {'p99 ms':>7} "
+    f"{'p99 ratio':>9} {'xrpc req/s':>10}"
+)
+
+
+def print_row(row: Row) -> None:
+    if row.scenario == "alone":
+        print(HEADER)
+    xrpc = f"{row.xrpc.requests_per_s:10.0f}" if row.xrpc else f"{'-':>10}"
+    print(
+        f"{row.mode:<12} {row.scenario:<14} {row.sign.requests_per_s:10.0f} {row.ratio:6.2f} "
+        f"{row.sign.p99_ms:7.2f} {row.p99_ratio:9.2f} {xrpc}",
+        flush=True,
+    )
+
+
+def selected_scenarios() -> list[str]:
+    """The isolation scenarios ``BENCH_SCENARIOS`` names (default: all)."""
+    chosen = os.environ.get("BENCH_SCENARIOS", "baseline," + ",".join(SCENARIOS))
+    return [name for name in SCENARIOS if name in chosen.split(",")]
