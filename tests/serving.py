@@ -76,6 +76,8 @@ async def start_serve(
     assert process.stdout is not None
     assert process.stderr is not None
     listening: dict[str, dict[str, Any]] = {}
+    # The listeners of the process's role (SIDECAR_LISTENERS), all three by default.
+    expected = len(env.get("SIDECAR_LISTENERS", "xrpc,sign,ops").split(","))
 
     async def until_listening() -> None:
         assert process.stdout is not None
@@ -83,7 +85,7 @@ async def start_serve(
             event = json.loads(line)
             if event.get("event") == "listening":
                 listening[event["listener"]] = event
-                if len(listening) == 3:
+                if len(listening) == expected:
                     return
         raise AssertionError("serve exited before listening")
 
