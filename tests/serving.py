@@ -119,6 +119,18 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+async def doctor_beside_serve(
+    data_dir: Path, env: dict[str, str], *, embedded: bool = True
+) -> tuple[int, str, str]:
+    """Run ``doctor`` with ``env`` beside a ``serve`` started with it, which then stops
+    cleanly: doctor's (exit status, stdout, stderr)."""
+    served = await start_serve(data_dir, env, embedded=embedded)
+    try:
+        return await run_cli("doctor", env=env)
+    finally:
+        assert await stop_serve(served) == 0
+
+
 async def until_exited(pid: int) -> None:
     """Return once process ``pid`` (not necessarily our child) has exited, as its pidfd reports."""
     try:

@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from serving import dev_env, run_cli, start_serve, stop_serve
-from support import ALICE, CREATE
+from serving import dev_env, doctor_beside_serve, run_cli, start_serve, stop_serve
+from support import ALICE, CREATE, report
 
 from sidecar.errors import ConfigError
 from sidecar.settings import Settings
@@ -47,16 +47,6 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
     """GET ``url``: (status, decoded JSON)."""
     async with session.get(url) as response:
         return response.status, await response.json()
-
-
-def report(out: str) -> dict[str, tuple[str, str]]:
-    """doctor's lines as {check name: (state, detail)}."""
-    checks = {}
-    for line in out.splitlines():
-        state, _, rest = line.partition(" ")
-        name, _, detail = rest.strip().partition(": ")
-        checks[name] = (state, detail)
-    return checks
 
 
 async def test_split_roles_sign_what_the_xrpc_process_created(
@@ -141,11 +131,7 @@ async def test_doctor_checks_the_listeners_of_its_role(
     """doctor, run with a role's settings beside that role's process, checks that role's
     listeners (ok), skips the others and says why, and passes."""
     env = role_env(tmp_path, redis_url, kek_text, keys.path, role)
-    served = await start_serve(tmp_path, env, embedded=False)
-    try:
-        status, out, err = await run_cli("doctor", env=env)
-    finally:
-        assert await stop_serve(served) == 0
+    status, out, err = await doctor_beside_serve(tmp_path, env, embedded=False)
     checks = report(out)
     assert status == 0, out + err
     assert {name for name in checks if checks[name][0] == "skip"} == skipped
