@@ -2,7 +2,7 @@
 
     make bench                                # 5 rounds of 5 s per measurement
     BENCH_SECONDS=10 BENCH_ROUNDS=9 make bench
-    BENCH_SCENARIOS=anonymous BENCH_SECONDS=3 make bench   # one isolation scenario only
+    BENCH_SCENARIOS=anonymous BENCH_SECONDS=3 BENCH_ISOLATION_ROUNDS=1 make bench  # short
 
 Starts an embedded Valkey, the real sidecar (``python -m sidecar serve``) and
 the baseline (``bench/baseline.py``) as separate processes, then loads each
@@ -96,6 +96,8 @@ def batch_totals(ops_port: int) -> tuple[float, float]:
 def main() -> int:
     seconds = int(os.environ.get("BENCH_SECONDS", "5"))
     rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
+    # Each isolation round is two measurements and a flood: fewer by default.
+    isolation_rounds = int(os.environ.get("BENCH_ISOLATION_ROUNDS", "3"))
     generator = "wrk -t1" if have_wrk() else "aiohttp client (install wrk for a lighter one)"
     print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} load generator: {generator}")
     with (
@@ -181,9 +183,10 @@ def main() -> int:
                     f"cpu {batched.cpu_share:.2f}, errors {batched.run.errors}"
                 )
                 print("\nmedian " + "  ".join(f"ratio@{c}={r:.2f}" for c, r in ratios))
-        rows = isolation.run(isolation.selected_scenarios(), seconds, env, BODY)
+        rows = isolation.run(isolation.selected_scenarios(), seconds, isolation_rounds, env, BODY)
         if rows:
             print("\nisolation: sign under XRPC load, as a ratio to sign alone in the same run")
+            print(isolation.HEADER)
             for row in rows:
                 isolation.print_row(row)
     return 0

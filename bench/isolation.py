@@ -11,6 +11,10 @@ same mode:
 - ``big-owner``: one owner with 1000 secrets listing them all (the largest
   page) in a loop, 4 connections.
 
+Each scenario runs ``BENCH_ISOLATION_ROUNDS`` (3) paired rounds, sign alone then
+sign under the flood, and reports medians, so that a shared machine's swings
+hit both sides of each ratio alike.
+
 Modes: ``one process`` is ``serve`` with every listener (the XRPC loop share
 on, unless ``SIDECAR_XRPC_LOOP_SHARE=100`` is exported for a "before" run);
 ``split`` is a sign process (``SIDECAR_LISTENERS=sign,ops``) and an XRPC
@@ -21,12 +25,13 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,19 +69,23 @@ FLOODS = {
 
 @dataclass(frozen=True)
 class Row:
+    """One scenario in one mode: rounds of (sign alone, sign under the flood, the flood)."""
+
     mode: str
     scenario: str
-    sign: Run
-    alone: Run
-    xrpc: Run | None
+    rounds: list[tuple[Run, Run, Run]]
+
+    def median(self, value: Callable[[Run, Run, Run], float]) -> float:
+        return statistics.median(value(*round_) for round_ in self.rounds)
 
     @property
     def ratio(self) -> float:
-        return self.sign.requests_per_s / self.alone.requests_per_s
+        """Median over rounds of sign req/s under the flood / alone just before it."""
+        return self.median(lambda alone, sign, _: sign.requests_per_s / alone.requests_per_s)
 
     @property
     def p99_ratio(self) -> float:
-        return self.sign.p99_ms / self.alone.p99_ms
+        return self.median(lambda alone, sign, _: sign.p99_ms / alone.p99_ms)
 
 
 def _create(xrpc: str, key: str, name: str) -> None:
@@ -164,7 +173,9 @@ def _under_flood(
     return sign, parse_wrk(out)
 
 
-def run(selected: list[str], seconds: int, env: dict[str, str], body: bytes) -> list[Row]:
+def run(
+    selected: list[str], seconds: int, rounds: int, env: dict[str, str], body: bytes
+) -> list[Row]:
     """Every selected scenario in both modes; the table rows."""
     if not have_wrk():
         print("isolation scenarios skipped: they need wrk (apt-get install wrk)")
@@ -191,35 +202,40 @@ def run(selected: list[str], seconds: int, env: dict[str, str], body: bytes) -> 
                     _populate(xrpc, keys)
                     populated = True
                 wrk(sign_url, body, "application/octet-stream", SIGN_CONNECTIONS, 1)  # warm up
-                alone = wrk(sign_url, body, "application/octet-stream", SIGN_CONNECTIONS, seconds)
-                rows.append(Row(mode, "alone", alone, alone, None))
-                print_row(rows[-1])
+                print(HEADER)
                 for name in selected:
                     flood = FLOODS[name]
                     if name == "big-owner":
                         flood = Flood(name, _largest_page(xrpc, keys[BIG]), 4, BIG)
                     key = keys[flood.owner] if flood.owner else None
-                    sign, flooded = _under_flood(
-                        sign_url, body, xrpc + flood.path, flood, key, seconds
-                    )
-                    rows.append(Row(mode, name, sign, alone, flooded))
+                    # Paired rounds: sign alone, then under the flood, so that a
+                    # shared machine's swings hit both sides of each ratio alike.
+                    measured = []
+                    for _ in range(rounds):
+                        alone = wrk(
+                            sign_url, body, "application/octet-stream", SIGN_CONNECTIONS, seconds
+                        )
+                        sign, flooded = _under_flood(
+                            sign_url, body, xrpc + flood.path, flood, key, seconds
+                        )
+                        measured.append((alone, sign, flooded))
+                    rows.append(Row(mode, name, measured))
                     print_row(rows[-1])
     return rows
 
 
 HEADER = (
-    f"{'mode':<12} {'scenario':<14} {'sign req/s':>10} {'ratio':>6} {'p99 ms':>7} "
-    f"{'p99 ratio':>9} {'xrpc req/s':>10}"
+    f"{'mode':<12} {'scenario':<14} {'alone/s':>8} {'flooded/s':>9} {'ratio':>6} "
+    f"{'p99 alone':>9} {'p99 flood':>9} {'p99 ratio':>9} {'xrpc/s':>7}   (medians)"
 )
 
 
 def print_row(row: Row) -> None:
-    if row.scenario == "alone":
-        print(HEADER)
-    xrpc = f"{row.xrpc.requests_per_s:10.0f}" if row.xrpc else f"{'-':>10}"
     print(
-        f"{row.mode:<12} {row.scenario:<14} {row.sign.requests_per_s:10.0f} {row.ratio:6.2f} "
-        f"{row.sign.p99_ms:7.2f} {row.p99_ratio:9.2f} {xrpc}",
+        f"{row.mode:<12} {row.scenario:<14} {row.median(lambda a, s, x: a.requests_per_s):8.0f} "
+        f"{row.median(lambda a, s, x: s.requests_per_s):9.0f} {row.ratio:6.2f} "
+        f"{row.median(lambda a, s, x: a.p99_ms):9.1f} {row.median(lambda a, s, x: s.p99_ms):9.1f} "
+        f"{row.p99_ratio:9.2f} {row.median(lambda a, s, x: x.requests_per_s):7.0f}",
         flush=True,
     )
 
