@@ -34,7 +34,8 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from bench.__main__ import bench_redis, process, sidecar_env, wait_ready
+from bench.__main__ import bench_redis, sidecar_env
+from bench.processes import process, wait_ready
 from sidecar.storage.embedded import free_port
 
 NSID = "place.wisp.v2.secret."

@@ -40,44 +40,69 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(url: str, body: bytes, content_type: str, connections: int, seconds: int) -> Run:
-    """Run wrk with one thread (the other core is the server's) and parse its report."""
-    with tempfile.TemporaryDirectory() as tmp:
-        payload = Path(tmp) / "body"
+def _wrk_script(directory: Path, method: str, body: bytes | None, headers: dict[str, str]) -> Path:
+    lines = []
+    if body is not None:
+        payload = directory / "body"
         payload.write_bytes(body)
-        script = Path(tmp) / "post.lua"
-        script.write_text(
-            f'local f = io.open("{payload}", "rb")\n'
-            "wrk.body = f:read('*a')\nf:close()\n"
-            'wrk.method = "POST"\n'
-            f'wrk.headers["Content-Type"] = "{content_type}"\n'
-            "function done(summary, latency, requests)\n"
-            "  local e = summary.errors\n"
-            '  io.write(string.format("ERRORS %d\\n", e.connect + e.read + e.write'
-            " + e.status + e.timeout))\n"
-            "end\n"
-        )
-        completed = subprocess.run(
-            [
-                "wrk",
-                "-t1",
-                f"-c{connections}",
-                f"-d{seconds}s",
-                "--latency",
-                "-s",
-                str(script),
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    out = completed.stdout
+        lines += [f'local f = io.open("{payload}", "rb")', "wrk.body = f:read('*a')", "f:close()"]
+    lines.append(f'wrk.method = "{method}"')
+    lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
+    lines += [
+        "function done(summary, latency, requests)",
+        "  local e = summary.errors",
+        '  io.write(string.format("ERRORS %d\\n", e.connect + e.read + e.write'
+        " + e.status + e.timeout))",
+        "end",
+    ]
+    script = directory / "request.lua"
+    script.write_text("\n".join(lines) + "\n")
+    return script
+
+
+def start_wrk(
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    directory: Path,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """wrk with one thread (the other core is the server's), started in the background."""
+    script = _wrk_script(directory, method, body, headers or {})
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
+    return subprocess.Popen(
+        [*argv, url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+
+
+def parse_wrk(out: str) -> Run:
+    """The rate, the median and 99th percentile latencies, and the errors of a wrk report."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     errors = int(re.search(r"ERRORS (\d+)", out).group(1))  # type: ignore[union-attr]
     return Run(rps, p50, p99, errors)
+
+
+def wrk(url: str, body: bytes, content_type: str, connections: int, seconds: int) -> Run:
+    """Run wrk with one thread and parse its report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        child = start_wrk(
+            url,
+            connections=connections,
+            seconds=seconds,
+            directory=Path(tmp),
+            method="POST",
+            body=body,
+            headers={"Content-Type": content_type},
+        )
+        out, _ = child.communicate()
+    if child.returncode != 0:
+        raise subprocess.CalledProcessError(child.returncode, "wrk")
+    return parse_wrk(out)
 
 
 async def _aiohttp_load(

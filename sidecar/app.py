@@ -30,6 +30,7 @@ from sidecar.auth.service_jwt import ServiceAuthVerifier
 from sidecar.crypto import Keyring, OpenedTokenCache
 from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
 from sidecar.listeners import ConnectionLimits, ListenerRunner, connection_cap
+from sidecar.loop_share import shared_loop_connections, xrpc_loop_share
 from sidecar.metrics import KnownLabels, Metrics
 from sidecar.redis_url import scrub
 from sidecar.signing.reader import CoalescingReader
@@ -60,6 +61,9 @@ from sidecar.signing.api import VERIFY_REASONS, SignApi
 from sidecar.signing.signer import Signer
 
 log = structlog.get_logger("sidecar.app")
+
+# What a process without the XRPC listener holds instead of the lexicons.
+NO_LEXICONS: Final = LexiconRegistry.from_documents(())
 
 
 @dataclass
@@ -167,8 +171,12 @@ async def open_sidecar(
         active_kid=keyring.active_kid,
         previous_kids=[kid for kid in keyring.kids if kid != keyring.active_kid],
     )
-    entries = load_api_keys(settings.api_keys_file) if settings.api_keys_file else []
-    _warn_about_credentials(settings, entries)
+    # A process without the XRPC listener does none of its work: no API keys
+    # read, no DID resolver or HTTP session, no lexicons loaded.
+    xrpc = "xrpc" in settings.listeners
+    entries = load_api_keys(settings.api_keys_file) if xrpc and settings.api_keys_file else []
+    if xrpc:
+        _warn_about_credentials(settings, entries)
     async with contextlib.AsyncExitStack() as resources:
         store = store_for(
             settings, on_error=metrics.redis_error, on_not_durable=metrics.not_durable
@@ -177,7 +185,7 @@ async def open_sidecar(
         store.calls.watch_primary()
         replay = ReplayRecords(store.calls)
         verifiers: list[BearerVerifier] = []
-        if settings.service_did is not None:
+        if xrpc and settings.service_did is not None:
             resolver = await resources.enter_async_context(open_did_resolver(settings, dns))
             verifiers.append(
                 ServiceAuthVerifier(
@@ -193,7 +201,8 @@ async def open_sidecar(
                 ApiKeys(entries), verifiers, allowed_dids=settings.allowed_dids
             ),
             metrics=metrics,
-            lexicons=lexicons or LexiconRegistry.load(default_lexicon_dir()),
+            lexicons=lexicons
+            or (LexiconRegistry.load(default_lexicon_dir()) if xrpc else NO_LEXICONS),
             signer=Signer(
                 CoalescingReader(store, on_batch=metrics.read_batch_size.observe),
                 OpenedTokenCache(keyring),
@@ -300,7 +309,8 @@ def create_ops_app(sidecar: Sidecar) -> web.Application:
             return web.json_response(
                 {"status": "unready", "reason": "redis did not answer"}, status=503
             )
-        body: dict[str, Any] = {"status": "ready"}
+        # The role, so a probe or an operator sees which listeners this process runs.
+        body: dict[str, Any] = {"status": "ready", "listeners": list(sidecar.settings.listeners)}
         # Too few replicas leave the pod ready: signing works, and only
         # changes answer 503, which the detail explains.
         with contextlib.suppress(StorageUnavailable):
@@ -435,12 +445,18 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
                 )
             await _check_durability(sidecar)
         # Traffic listeners first and ops last, so nothing reports ready before
-        # the XRPC and sign ports accept connections.
+        # the XRPC and sign ports accept connections. Only this process's role.
         listeners = [
-            ("xrpc", create_xrpc_app(sidecar), settings.xrpc_host, settings.xrpc_port),
-            ("sign", create_sign_app(sidecar), settings.sign_host, settings.sign_port),
-            ("ops", create_ops_app(sidecar), settings.ops_host, settings.ops_port),
+            (name, make(sidecar), host, port)
+            for name, make, host, port in (
+                ("xrpc", create_xrpc_app, settings.xrpc_host, settings.xrpc_port),
+                ("sign", create_sign_app, settings.sign_host, settings.sign_port),
+                ("ops", create_ops_app, settings.ops_host, settings.ops_port),
+            )
+            if name in settings.listeners
         ]
+        # XRPC beside sign in one process: a bounded share of the loop.
+        share = xrpc_loop_share(settings, sidecar.metrics)
         runners: dict[str, web.AppRunner] = {}
         sites: dict[str, web.TCPSite] = {}
         try:
@@ -456,6 +472,7 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
                         max_connections=xrpc_cap if name == "xrpc" else None,
                     ),
                     on_closed=sidecar.metrics.connection_closed,
+                    connection=shared_loop_connections(share) if share and name == "xrpc" else None,
                     access_log=None,
                     shutdown_timeout=settings.shutdown_grace_s,
                 )
@@ -473,6 +490,8 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
                     await site.stop()
             log.info("shutting_down", grace_s=settings.shutdown_grace_s)
         finally:
+            if share is not None:
+                share.close()
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -41,6 +41,8 @@ log = structlog.get_logger("sidecar.http")
 RESERVED_FDS: Final = 256
 
 ClosedHook = Callable[[str, str], None]
+# Makes a listener's connections: ``_Connection`` or a subclass (sidecar.loop_share).
+ConnectionFactory = Callable[..., RequestHandler]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +166,13 @@ class _Server(web.Server):
     """aiohttp's server for one listener, making ``_Connection``s."""
 
     def __init__(
-        self, plain: web.Server, *, listener: str, limits: ConnectionLimits, on_closed: ClosedHook
+        self,
+        plain: web.Server,
+        *,
+        listener: str,
+        limits: ConnectionLimits,
+        on_closed: ClosedHook,
+        connection: ConnectionFactory | None = None,
     ) -> None:
         factory = plain.request_factory
 
@@ -184,9 +192,10 @@ class _Server(web.Server):
         self.listener = listener
         self.limits = limits
         self._on_closed = on_closed
+        self._connection: ConnectionFactory = connection or _Connection
 
     def __call__(self) -> RequestHandler:
-        return _Connection(self, loop=self._loop, **self._kwargs)
+        return self._connection(self, loop=self._loop, **self._kwargs)
 
     def over_capacity(self) -> bool:
         cap = self.limits.max_connections
@@ -207,17 +216,23 @@ class ListenerRunner(web.AppRunner):
         listener: str,
         limits: ConnectionLimits,
         on_closed: ClosedHook,
+        connection: ConnectionFactory | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, keepalive_timeout=limits.idle_timeout_s, **kwargs)
         self._listener = listener
         self._limits = limits
         self._on_closed = on_closed
+        self._connection = connection
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
         return _Server(
-            plain, listener=self._listener, limits=self._limits, on_closed=self._on_closed
+            plain,
+            listener=self._listener,
+            limits=self._limits,
+            on_closed=self._on_closed,
+            connection=self._connection,
         )
 
 

@@ -285,6 +285,17 @@ class Metrics:
             ["kind"],
             [(kind,) for kind in LIMIT_KINDS],
         )
+        # sidecar.loop_share: only a process running both xrpc and sign updates these.
+        self.xrpc_loop_seconds = Counter(
+            f"{PREFIX}_xrpc_loop_seconds",
+            "Event-loop time spent on XRPC work, measured by the XRPC loop share.",
+            registry=registry,
+        )
+        self.xrpc_loop_holds = Counter(
+            f"{PREFIX}_xrpc_loop_holds",
+            "Times XRPC used up its share of the loop and its connections stopped being read.",
+            registry=registry,
+        )
         self.xrpc_requests = _counter(
             registry,
             "xrpc_requests",

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
 SIGN_ACCESS_LOGS: Final = ("errors", "all")
+# The listeners a process may run (SIDECAR_LISTENERS), in the order they start.
+LISTENER_NAMES: Final = ("xrpc", "sign", "ops")
 
 
 class Secret:
@@ -148,6 +150,21 @@ def did_list(variable: str, value: str) -> frozenset[str]:
             # Not echoed: a credential pasted into the wrong setting must not reach a log.
             raise ConfigError(variable, f"entry {number} is not a DID")
     return frozenset(dids)
+
+
+def listener_set(variable: str, value: str) -> tuple[str, ...]:
+    """The listeners named, in start order: ops always, and xrpc or sign or both."""
+    names = [part.strip().lower() for part in value.split(",") if part.strip()]
+    for name in names:
+        if name not in LISTENER_NAMES:
+            raise ConfigError(variable, f"{name!r} is no listener: list xrpc, sign and ops")
+    if "ops" not in names:
+        # Health and metrics are how Kubernetes and Prometheus see a process;
+        # one without them would be invisible, so it is refused, not implied.
+        raise ConfigError(variable, "must include ops: every process serves its health and metrics")
+    if not {"xrpc", "sign"} & set(names):
+        raise ConfigError(variable, "must include xrpc, sign or both; ops alone serves nothing")
+    return tuple(name for name in LISTENER_NAMES if name in names)
 
 
 FLAGS: Final = {"1": True, "true": True, "0": False, "false": False}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.crypto import Kek, Keyring, parse_kek
 from sidecar.errors import ConfigError
-from sidecar.redis_url import SentinelTarget
+from sidecar.setting_checks import check_together
 from sidecar.setting_sources import merged_sources, toml_key
 from sidecar.setting_values import (
     LOG_FORMATS,
@@ -30,7 +30,6 @@ from sidecar.setting_values import (
     SIGN_ACCESS_LOGS,
     Network,
     Secret,
-    check_service_endpoint,
     choice,
     cidr_list,
     did,
@@ -40,11 +39,11 @@ from sidecar.setting_values import (
     host,
     http_url,
     int_between,
+    listener_set,
     password,
     path,
     port,
     read_secret_file,
-    redis_target,
     redis_url,
     secret_text,
     service_id,
@@ -207,6 +206,26 @@ class Settings:
         "Ops: /metrics, /healthz, /readyz. The address it binds.",
     )  # fmt: skip
     ops_port: int = _setting("SIDECAR_OPS_PORT", port, 9090, "Listeners", "Ops: its port.")
+    listeners: tuple[str, ...] = _setting(
+        "SIDECAR_LISTENERS", listener_set, ("xrpc", "sign", "ops"), "Listeners",
+        "The listeners this process runs (its role), comma-separated: xrpc, sign, ops.\n"
+        "ops is required (health and metrics). \"sign,ops\" does no XRPC work at all\n"
+        "(no API keys, no DID resolution); \"xrpc,ops\" signs nothing. Production runs\n"
+        "the two roles as two containers, so the public port cannot slow signing.",
+        example='["xrpc", "sign", "ops"]',
+    )  # fmt: skip
+    xrpc_loop_share: int = _setting(
+        "SIDECAR_XRPC_LOOP_SHARE", int_between(1, 100), 25, "Listeners",
+        "In a process that runs both xrpc and sign, the most of the event loop's time,\n"
+        "in percent, that XRPC work may use; past it XRPC connections are not read\n"
+        "(callers wait) until the share has paid for the excess. 100 turns it off.\n"
+        "No effect on a process without sign. 1..100.",
+    )  # fmt: skip
+    xrpc_loop_burst_ms: int = _setting(
+        "SIDECAR_XRPC_LOOP_BURST_MS", int_between(1, 10_000), 10, "Listeners",
+        "With that share: how much loop time XRPC may use at once before it waits;\n"
+        "signing can be held up this long (plus one XRPC request). 1..10000.",
+    )  # fmt: skip
     xrpc_max_connections: int = _setting(
         "SIDECAR_XRPC_MAX_CONNECTIONS", int_between(1, 1_000_000), 1000, "Listeners",
         "The most connections the XRPC listener holds at once; past it a new one is\n"
@@ -440,29 +459,5 @@ def _parse(raw: Mapping[str, str]) -> Settings:
         elif text is not None:
             values[name] = spec.parse(spec.variable, text)
     settings = Settings(**values, given=frozenset(raw))
-    _check_together(settings)
+    check_together(settings)
     return settings
-
-
-def _check_together(settings: Settings) -> None:
-    """The checks that need more than one setting."""
-    # The keyring owns the rules of a key set (how many, no duplicates).
-    Keyring(settings.kek, settings.kek_previous)
-    target = redis_target(settings.redis_url, cluster=settings.redis_cluster)
-    if settings.embedded_redis and target is not None:
-        raise ConfigError("SIDECAR_EMBEDDED_REDIS", "is set, and so is REDIS_URL: choose one Redis")
-    if settings.redis_sentinel_password is not None and not isinstance(target, SentinelTarget):
-        raise ConfigError(
-            "SIDECAR_REDIS_SENTINEL_PASSWORD",
-            "is set, but REDIS_URL does not name Sentinel (redis+sentinel:// or rediss+sentinel://)",
-        )
-    if settings.redis_ca_file is not None and (target is None or not target.tls):
-        raise ConfigError(
-            "SIDECAR_REDIS_CA_FILE",
-            "is set, but REDIS_URL does not use TLS (rediss:// or rediss+sentinel://)",
-        )
-    check_service_endpoint(
-        settings.service_endpoint,
-        service_did=settings.service_did,
-        allow_http_loopback=settings.did_web_allow_http_loopback,
-    )

@@ -76,6 +76,8 @@ async def start_serve(
     assert process.stdout is not None
     assert process.stderr is not None
     listening: dict[str, dict[str, Any]] = {}
+    # The listeners of the process's role (SIDECAR_LISTENERS), all three by default.
+    expected = len(env.get("SIDECAR_LISTENERS", "xrpc,sign,ops").split(","))
 
     async def until_listening() -> None:
         assert process.stdout is not None
@@ -83,7 +85,7 @@ async def start_serve(
             event = json.loads(line)
             if event.get("event") == "listening":
                 listening[event["listener"]] = event
-                if len(listening) == 3:
+                if len(listening) == expected:
                     return
         raise AssertionError("serve exited before listening")
 
@@ -115,6 +117,18 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+async def doctor_beside_serve(
+    data_dir: Path, env: dict[str, str], *, embedded: bool = True
+) -> tuple[int, str, str]:
+    """Run ``doctor`` with ``env`` beside a ``serve`` started with it, which then stops
+    cleanly: doctor's (exit status, stdout, stderr)."""
+    served = await start_serve(data_dir, env, embedded=embedded)
+    try:
+        return await run_cli("doctor", env=env)
+    finally:
+        assert await stop_serve(served) == 0
 
 
 async def until_exited(pid: int) -> None:

@@ -135,3 +135,13 @@ async def create_secrets(
             assert status == 200, body
             tokens[did, name] = body["token"]
     return tokens
+
+
+def report(out: str) -> dict[str, tuple[str, str]]:
+    """doctor's lines, by check name: (status, detail)."""
+    checks = {}
+    for line in out.splitlines():
+        status, _, rest = line.partition(" ")
+        name, _, detail = rest.strip().partition(": ")
+        checks[name] = (status, detail)
+    return checks

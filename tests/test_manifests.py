@@ -226,22 +226,27 @@ def sidecar_pod() -> dict[str, Any]:
     return result
 
 
-def sidecar_container() -> dict[str, Any]:
-    """The wisp-sidecar container, a native sidecar among the patch's initContainers."""
-    (container,) = [
-        c for c in sidecar_pod()["spec"]["initContainers"] if c["name"] == "wisp-sidecar"
-    ]
+def sidecar_container(name: str = "wisp-sidecar") -> dict[str, Any]:
+    """A container of the patch's initContainers: wisp-sidecar (the sign role), or
+    wisp-sidecar-xrpc (the XRPC role)."""
+    (container,) = [c for c in sidecar_pod()["spec"]["initContainers"] if c["name"] == name]
     return container
 
 
-def sidecars_of(workload: dict[str, Any]) -> list[dict[str, Any]]:
-    """The wisp-sidecar containers of a rendered Deployment, wherever they are in the pod."""
+def xrpc_container() -> dict[str, Any]:
+    """The wisp-sidecar-xrpc container, the XRPC role, a native sidecar as well."""
+    return sidecar_container("wisp-sidecar-xrpc")
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    """The literal env values a container sets for itself."""
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def sidecars_of(workload: dict[str, Any], name: str = "wisp-sidecar") -> list[dict[str, Any]]:
+    """The containers called ``name`` of a rendered Deployment, wherever they are in the pod."""
     spec = workload["spec"]["template"]["spec"]
-    return [
-        c
-        for c in spec.get("initContainers", []) + spec["containers"]
-        if c["name"] == "wisp-sidecar"
-    ]
+    return [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name]
 
 
 def port_named(container: dict[str, Any], name: str) -> int:
@@ -382,13 +387,25 @@ def test_rendered_prometheus_rule_is_the_observability_file() -> None:
 # --- the Deployment -----------------------------------------------------------
 
 
-def test_sidecar_is_a_native_sidecar_with_probes_on_the_ops_port() -> None:
-    """The sidecar is an init container with restartPolicy Always, probed on the ops port:
+@pytest.mark.parametrize(
+    ("name", "role", "ops_port", "ops_name"),
+    [
+        ("wisp-sidecar", "sign,ops", None, "metrics"),
+        ("wisp-sidecar-xrpc", "xrpc,ops", "9091", "xrpc-metrics"),
+    ],
+)
+def test_each_role_is_a_native_sidecar_with_probes_on_its_own_ops_port(
+    name: str, role: str, ops_port: str | None, ops_name: str
+) -> None:
+    """The sign role and the XRPC role are each an init container with restartPolicy Always,
+    the sign one first, each probed on its own ops port (they share the pod's network):
     startup and liveness on /healthz, readiness on /readyz."""
-    container = sidecar_container()
+    container = sidecar_container(name)
     assert container["restartPolicy"] == "Always"
-    assert port_named(container, "metrics") == int(base_settings()["SIDECAR_OPS_PORT"])
-    assert port_named(container, "xrpc") == int(base_settings()["SIDECAR_XRPC_PORT"])
+    env = env_of(container)
+    assert env["SIDECAR_LISTENERS"] == role
+    assert env.get("SIDECAR_OPS_PORT") == ops_port
+    assert port_named(container, ops_name) == int(ops_port or base_settings()["SIDECAR_OPS_PORT"])
     probes = {kind: container[f"{kind}Probe"]["httpGet"] for kind in ("startup", "liveness")}
     probes["readiness"] = container["readinessProbe"]["httpGet"]
     assert {kind: probe["path"] for kind, probe in probes.items()} == {
@@ -396,9 +413,29 @@ def test_sidecar_is_a_native_sidecar_with_probes_on_the_ops_port() -> None:
         "liveness": "/healthz",
         "readiness": "/readyz",
     }
-    assert {probe["port"] for probe in probes.values()} == {"metrics"}
+    assert {probe["port"] for probe in probes.values()} == {ops_name}
+    assert [c["name"] for c in sidecar_pod()["spec"]["initContainers"]] == [
+        "wisp-sidecar",
+        "wisp-sidecar-xrpc",
+    ]
     assert [c["name"] for c in pod_spec()["containers"]] == ["dispatcher"]
     assert "initContainers" not in pod_spec(), "the base gets its sidecar from the component"
+
+
+def test_each_role_has_its_own_cpu_request_and_limit() -> None:
+    """The sign and the XRPC container each request and cap their own CPU, in the component
+    and in the production overlay, so the public port's load is throttled in its own
+    container; only the XRPC container publishes the XRPC port."""
+    production = one(render(KUBERNETES / "overlays" / "production"), "Deployment")
+    for workload_containers in (
+        sidecar_pod()["spec"]["initContainers"],
+        production["spec"]["template"]["spec"]["initContainers"],
+    ):
+        for container in workload_containers:
+            assert {"cpu"} <= set(container["resources"]["requests"]), container["name"]
+            assert {"cpu"} <= set(container["resources"]["limits"]), container["name"]
+    assert "xrpc" not in {p["name"] for p in sidecar_container()["ports"]}
+    assert port_named(xrpc_container(), "xrpc") == int(base_settings()["SIDECAR_XRPC_PORT"])
 
 
 def test_dispatcher_signs_on_the_pod_local_sign_listener() -> None:
@@ -410,11 +447,13 @@ def test_dispatcher_signs_on_the_pod_local_sign_listener() -> None:
     env = {item["name"]: item["value"] for item in dispatcher["env"]}
     assert env["WISP_SIGN_URL"] == f"http://127.0.0.1:{settings['SIDECAR_SIGN_PORT']}/v1/sign"
     sign_port = int(settings["SIDECAR_SIGN_PORT"])
-    assert sign_port not in {p["containerPort"] for p in sidecar_container()["ports"]}
+    for container in (sidecar_container(), xrpc_container()):
+        assert sign_port not in {p["containerPort"] for p in container["ports"]}
     (service,) = load_documents(COMPONENT / "service.yaml")
     assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
         ("xrpc", int(settings["SIDECAR_XRPC_PORT"])),
         ("metrics", int(settings["SIDECAR_OPS_PORT"])),
+        ("xrpc-metrics", int(env_of(xrpc_container())["SIDECAR_OPS_PORT"])),
     }
 
 
@@ -431,13 +470,13 @@ def test_every_container_is_hardened() -> None:
     privilege escalation and no capabilities."""
     spec = pod_spec()
     (user,) = re.findall(r"^USER (\d+):(\d+)$", DOCKERFILE.read_text(), re.MULTILINE)
-    sidecar = sidecar_container()
-    for context in (spec["securityContext"], sidecar["securityContext"]):
+    sidecar, xrpc = sidecar_container(), xrpc_container()
+    for context in (spec["securityContext"], sidecar["securityContext"], xrpc["securityContext"]):
         assert context["runAsNonRoot"] is True
         assert context["seccompProfile"] == {"type": "RuntimeDefault"}
         assert (str(context["runAsUser"]), str(context["runAsGroup"])) == user
     assert spec["automountServiceAccountToken"] is False
-    for container in [sidecar, *spec["containers"]]:
+    for container in [sidecar, xrpc, *spec["containers"]]:
         context = container["securityContext"]
         assert context["readOnlyRootFilesystem"] is True, container["name"]
         assert context["allowPrivilegeEscalation"] is False, container["name"]
@@ -558,6 +597,7 @@ def test_network_policy_ingress_and_egress() -> None:
     assert sorted(port["port"] for rule in ingress for port in rule["ports"]) == [
         "metrics",
         "xrpc",
+        "xrpc-metrics",
     ]
     (metrics_rule,) = [r for r in ingress if r["ports"][0]["port"] == "metrics"]
     assert metrics_rule["from"] == [
@@ -613,10 +653,11 @@ def test_production_overlay_uses_sentinel_with_tls_on_three_spread_replicas() ->
     # An acknowledged rotation must survive a Sentinel failover.
     assert config["SIDECAR_DURABLE_REPLICAS"] == "1"
     ca = PurePosixPath(config["SIDECAR_REDIS_CA_FILE"])
-    (sidecar,) = spec["initContainers"]
-    assert any(PurePosixPath(m["mountPath"]) == ca.parent for m in sidecar["volumeMounts"])
-    envfrom = {ref["configMapRef"]["name"] for ref in sidecar["envFrom"]}
-    assert envfrom == {one(documents, "ConfigMap")["metadata"]["name"]}
+    assert [c["name"] for c in spec["initContainers"]] == ["wisp-sidecar", "wisp-sidecar-xrpc"]
+    for sidecar in spec["initContainers"]:
+        assert any(PurePosixPath(m["mountPath"]) == ca.parent for m in sidecar["volumeMounts"])
+        envfrom = {ref["configMapRef"]["name"] for ref in sidecar["envFrom"]}
+        assert envfrom == {one(documents, "ConfigMap")["metadata"]["name"]}
     redis_policy = one(documents, "NetworkPolicy", "wisp-sidecar-redis")
     ports = {p["port"] for rule in redis_policy["spec"]["egress"] for p in rule["ports"]}
     sentinel_ports = {int(port) for port in re.findall(r":(\d+)", config["REDIS_URL"])}
@@ -628,9 +669,11 @@ def test_production_overlay_uses_sentinel_with_tls_on_three_spread_replicas() ->
 
 def without_rendering_changes(container: dict[str, Any]) -> dict[str, Any]:
     """A sidecar container with what rendering may change left out: the image (``images:``),
-    the ConfigMap's hashed name, and mounts an overlay adds beside the component's."""
+    the ConfigMap's hashed name, the resources an overlay sizes, and mounts an overlay adds
+    beside the component's."""
     own = {m["name"] for m in sidecar_container()["volumeMounts"]}
-    result = {key: value for key, value in container.items() if key not in {"image", "envFrom"}}
+    changed = {"image", "envFrom", "resources"}
+    result = {key: value for key, value in container.items() if key not in changed}
     result["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] in own]
     return result
 
@@ -688,8 +731,8 @@ def test_a_deployment_annotated_out_gets_no_sidecar_and_is_not_selected() -> Non
 @pytest.mark.parametrize("overlay", RENDERED)
 def test_every_rendering_has_exactly_one_sidecar_per_joined_deployment(overlay: str) -> None:
     """In the base, both overlays and the example, each Deployment that is not annotated out
-    has exactly one wisp-sidecar, and it is the component's container: the same sidecar
-    everywhere, whatever the overlay patches beside it."""
+    has exactly one sign sidecar and one XRPC sidecar, and they are the component's
+    containers: the same everywhere, whatever the overlay patches beside them or sizes."""
     documents = render(KUBERNETES / overlay)
     joined = [
         doc
@@ -699,11 +742,13 @@ def test_every_rendering_has_exactly_one_sidecar_per_joined_deployment(overlay: 
     ]
     assert joined
     for workload in joined:
-        (sidecar,) = sidecars_of(workload)
-        assert without_rendering_changes(sidecar) == without_rendering_changes(sidecar_container())
-        assert sidecar["image"].startswith("registry.example.com/wisp/wisp-sidecar:") or (
-            sidecar["image"] == "wisp-sidecar:dev"
-        )
+        for name in ("wisp-sidecar", "wisp-sidecar-xrpc"):
+            (sidecar,) = sidecars_of(workload, name)
+            expected = sidecar_container(name)
+            assert without_rendering_changes(sidecar) == without_rendering_changes(expected)
+            assert sidecar["image"].startswith("registry.example.com/wisp/wisp-sidecar:") or (
+                sidecar["image"] == "wisp-sidecar:dev"
+            )
 
 
 def test_base_tightens_the_keys_mode_because_its_pod_sets_fs_group() -> None:

@@ -233,7 +233,10 @@ async def test_healthz_and_readyz_when_healthy(ops: Client) -> None:
     async with ops.get("/healthz") as response:
         assert response.status == 200
     async with ops.get("/readyz") as response:
-        assert (response.status, await response.json()) == (200, {"status": "ready"})
+        assert (response.status, await response.json()) == (
+            200,
+            {"status": "ready", "listeners": ["xrpc", "sign", "ops"]},
+        )
 
 
 @pytest.mark.parametrize(

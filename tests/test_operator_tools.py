@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
-from serving import dev_env, run_cli, start_serve, stop_serve
-from support import ALICE, BOB, CREATE, DELETE, ROTATE, SERVER_BINARY, call
+from serving import dev_env, doctor_beside_serve, run_cli, start_serve, stop_serve
+from support import ALICE, BOB, CREATE, DELETE, ROTATE, SERVER_BINARY, call, report
 
 from sidecar import __version__
 from sidecar.cli import main
@@ -169,16 +169,6 @@ def test_keys_status_counts_envelopes_by_key_id_and_says_which_open(
     assert capsys.readouterr().out.splitlines()[-1] == "keys: 2 stored, 0 do not open"
 
 
-def report(out: str) -> dict[str, tuple[str, str]]:
-    """doctor's lines, by check name: (status, detail)."""
-    checks = {}
-    for line in out.splitlines():
-        status, _, rest = line.partition(" ")
-        name, _, detail = rest.strip().partition(": ")
-        checks[name] = (status, detail)
-    return checks
-
-
 async def test_doctor_passes_against_a_deployed_sidecar_and_prints_no_secret(
     tmp_path: Path, keys: Keys, kek_text: str
 ) -> None:
@@ -294,11 +284,7 @@ async def test_doctor_beside_make_run_finds_the_development_sidecar(tmp_path: Pa
     """With nothing configured but the ports, doctor checks the running development sidecar:
     its Valkey, KEK, keys file and loopback listeners, and exits 0."""
     env = dev_env(tmp_path, hosts=False)
-    served = await start_serve(tmp_path, env)
-    try:
-        status, out, err = await run_cli("doctor", env=env)
-    finally:
-        assert await stop_serve(served) == 0
+    status, out, err = await doctor_beside_serve(tmp_path, env)
     checks = report(out)
     assert status == 0, out + err
     assert checks["redis"][1].startswith("one server 127.0.0.1:")

@@ -80,12 +80,19 @@ async def _checks(settings: Settings) -> list[Check]:
         )
     finally:
         await store.close()
-    checks.append(_api_keys(settings))
-    if settings.service_did is not None:
-        checks.append(_proxying(settings))
-    checks.append(_limits(settings))
+    if "xrpc" in settings.listeners:
+        checks.append(_api_keys(settings))
+        if settings.service_did is not None:
+            checks.append(_proxying(settings))
+        checks.append(_limits(settings))
+    else:
+        checks.append(Check("skip", "api keys", f"not used: {_role(settings)}"))
     checks += await _listeners(settings)
     return checks
+
+
+def _role(settings: Settings) -> str:
+    return f"this process runs {', '.join(settings.listeners)} (SIDECAR_LISTENERS)"
 
 
 def _where(settings: Settings) -> str:
@@ -268,18 +275,19 @@ def _proxying(settings: Settings) -> Check:
 
 
 async def _listeners(settings: Settings) -> list[Check]:
+    """The listeners of this process's role; the others are not its to run."""
     timeout = aiohttp.ClientTimeout(total=LISTENER_TIMEOUT_S)
+    probes = {
+        "xrpc": ("GET", settings.xrpc_host, settings.xrpc_port, "/xrpc/_health"),
+        "sign": ("POST", settings.sign_host, settings.sign_port, "/v1/sign"),
+        "ops": ("GET", settings.ops_host, settings.ops_port, "/readyz"),
+    }
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        return list(
-            await asyncio.gather(
-                _listener(session, "xrpc", "GET", settings.xrpc_host, settings.xrpc_port,
-                          "/xrpc/_health"),
-                _listener(session, "sign", "POST", settings.sign_host, settings.sign_port,
-                          "/v1/sign"),
-                _listener(session, "ops", "GET", settings.ops_host, settings.ops_port,
-                          "/readyz"),
-            )
-        )  # fmt: skip
+        checks = await asyncio.gather(
+            *(_listener(session, name, *probes[name]) for name in settings.listeners)
+        )
+    skipped = [name for name in probes if name not in settings.listeners]
+    return [*checks, *(Check("skip", f"listener {name}", _role(settings)) for name in skipped)]
 
 
 async def _listener(
@@ -296,7 +304,9 @@ async def _listener(
         return Check("FAIL", check, f"no sidecar answer on {shown}: {type(exc).__name__}")
     if name == "ops":
         if status == 200:
-            return Check("ok", check, f"{shown}: ready")
+            role = body.get("listeners") if isinstance(body, dict) else None
+            served = f" ({', '.join(role)})" if isinstance(role, list) else ""
+            return Check("ok", check, f"{shown}: ready{served}")
         reason = body.get("reason") if isinstance(body, dict) else None
         return Check("FAIL", check, f"{shown}: not ready ({reason or status})")
     if name == "xrpc":
