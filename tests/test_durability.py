@@ -200,9 +200,11 @@ async def test_without_durability_changes_do_not_wait(
     pair: Pair,
     keys: Keys,
 ) -> None:
-    """By default a change is answered once the primary has it, even with a stalled replica."""
+    """By default a change waits for no replica: on a primary without AOF it is answered once
+    the primary has it, even with a stalled replica."""
     sidecar: Sidecar = await make_sidecar(REDIS_URL=pair_url)
-    assert sidecar.store.calls.durability.waits is False
+    durability = sidecar.store.calls.durability
+    assert (durability.replicas, durability.fsync) == (0, "auto")
     xrpc = await aiohttp_client(create_xrpc_app(sidecar))
     assert (await call(xrpc, CREATE, keys.alice, {"name": "orders"}))[0] == 200
     with pair.replica_frozen():
@@ -246,7 +248,8 @@ async def test_readyz_shows_the_replicas_against_the_setting(
             body = await response.json()
         assert body["status"] == "ready"
         assert body["durability"] == {
-            "required": f"{required} replica{'' if required == 1 else 's'}",
+            "required": f"{required} replica{'' if required == 1 else 's'} "
+            "and the primary's AOF where it has one",
             "replicas_required": required,
             "replicas_connected": 1,
             "met": met,
@@ -286,6 +289,7 @@ async def serve_until_listening_or_exit(env: dict[str, str]) -> tuple[int | None
             await asyncio.wait_for(process.wait(), timeout=30)
 
 
+@pytest.mark.parametrize("value", ["on", "1"])
 @pytest.mark.parametrize(
     ("server_args", "reason"),
     [
@@ -295,14 +299,15 @@ async def serve_until_listening_or_exit(env: dict[str, str]) -> tuple[int | None
     ],
 )
 async def test_fsync_durability_the_server_cannot_give_stops_the_start(
-    env: dict[str, str], tmp_path: Path, server_args: tuple[str, ...], reason: str
+    env: dict[str, str], tmp_path: Path, server_args: tuple[str, ...], reason: str, value: str
 ) -> None:
-    """SIDECAR_DURABLE_FSYNC on a server without WAITAOF or AOF exits 2 naming the setting."""
+    """SIDECAR_DURABLE_FSYNC=on (or 1, as before) on a server without WAITAOF or AOF exits 2
+    naming the setting."""
     with EmbeddedValkey(
         tmp_path / "server", binary=SERVER_BINARY, persist=False, extra_args=server_args
     ) as server:
         code, lines = await serve_until_listening_or_exit(
-            {**env, "REDIS_URL": server.url, "SIDECAR_DURABLE_FSYNC": "1"}
+            {**env, "REDIS_URL": server.url, "SIDECAR_DURABLE_FSYNC": value}
         )
     assert code == 2, lines
     assert "SIDECAR_DURABLE_FSYNC" in lines[-1]
