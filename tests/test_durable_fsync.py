@@ -9,7 +9,11 @@ WAITAOF then never confirms, so the change must answer 503.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import sys
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -21,7 +25,7 @@ from test_durability import durability_failures, serve_until_listening_or_exit
 from topologies import wait_for
 
 from sidecar.app import create_xrpc_app
-from sidecar.storage.embedded import ADDRESS_FILE, EmbeddedValkey
+from sidecar.storage.embedded import ADDRESS_FILE, EmbeddedValkey, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -215,3 +219,47 @@ async def test_the_embedded_server_is_durable_by_default(tmp_path: Path) -> None
             assert stats["failed_calls"] == stats["rejected_calls"] == 0
     finally:
         assert await stop_serve(served) == 0
+
+
+async def test_started_without_redis_auto_says_so_once_redis_answers(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """With SIDECAR_START_WITHOUT_REDIS and no server at start, the fsync check runs once Redis
+    first answers: a server without AOF then gets its one warning line."""
+    port = free_port()
+    ports = {f"SIDECAR_{name}_PORT": str(free_port()) for name in ("XRPC", "SIGN", "OPS")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "serve",
+        env={
+            "PATH": os.environ["PATH"],
+            "SIDECAR_LOG_FORMAT": "json",
+            **ports,
+            **env,
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "SIDECAR_START_WITHOUT_REDIS": "1",
+        },
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    events: list[dict[str, Any]] = []
+
+    async def until(name: str) -> dict[str, Any]:
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            events.append(json.loads(line))
+            if events[-1]["event"] == name:
+                return events[-1]
+        raise AssertionError(f"serve exited before {name}: {events}")
+
+    try:
+        await asyncio.wait_for(until("redis_unavailable"), timeout=30)
+        with EmbeddedValkey(tmp_path / "late", binary=SERVER_BINARY, port=port, persist=False):
+            warning = await asyncio.wait_for(until("durability_without_fsync"), timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=30)
+    assert "appendonly no" in warning["reason"]
+    assert [event["event"] for event in events].index("redis_available") < len(events) - 1
