@@ -161,18 +161,14 @@ class RedisCalls:
     async def _appendfsync_policies(self) -> set[str]:
         """Every primary's ``appendfsync``; none known when CONFIG is denied or renamed."""
         client = self._redis
-        command = ("CONFIG", "GET", "appendfsync")
         try:
             if isinstance(client, RedisCluster):
                 reply: Any = await self.run(
                     "replication",
-                    lambda: client.execute_command(*command, target_nodes=RedisCluster.PRIMARIES),
+                    lambda: client.config_get("appendfsync", target_nodes=RedisCluster.PRIMARIES),
                 )
             else:
-                reply = await self.run(
-                    "replication",
-                    lambda: client.execute_command(*command),  # type: ignore[no-untyped-call]
-                )
+                reply = await self.run("replication", lambda: client.config_get("appendfsync"))
         except StorageError:
             return set()
         return set(_policies(reply))
