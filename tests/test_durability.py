@@ -13,12 +13,12 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+from serving import spawn_serve
 from support import ALICE, CREATE, DELETE, LIST, ROTATE, SERVER_BINARY, call, sign_body
 from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, wait_for
 
@@ -26,7 +26,7 @@ from sidecar.app import create_ops_app, create_sign_app, create_xrpc_app
 from sidecar.cli import main
 from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
 from sidecar.errors import ChangeNotDurable, StorageUnavailable
-from sidecar.storage.embedded import EmbeddedValkey, free_port
+from sidecar.storage.embedded import EmbeddedValkey
 from sidecar.storage.keys import secret_key
 
 if TYPE_CHECKING:
@@ -264,16 +264,7 @@ async def test_readyz_has_no_durability_detail_by_default(ops: Client) -> None:
 
 async def serve_until_listening_or_exit(env: dict[str, str]) -> tuple[int | None, list[str]]:
     """Start ``python -m sidecar serve``; its exit code (None once it listens) and its lines."""
-    ports = {f"SIDECAR_{name}_PORT": str(free_port()) for name in ("XRPC", "SIGN", "OPS")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        env={"PATH": os.environ["PATH"], "SIDECAR_LOG_FORMAT": "json", **ports, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_serve(env)
     assert process.stdout is not None
     lines: list[str] = []
     try:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 import redis
-from serving import dev_env, run_cli, start_serve, stop_serve
+from serving import dev_env, run_cli, spawn_serve, start_serve, stop_serve
 from support import CREATE, ROTATE, SERVER_BINARY, bearer, call, parsed
 from test_durability import durability_failures, serve_until_listening_or_exit
 from topologies import wait_for
@@ -227,21 +225,8 @@ async def test_started_without_redis_auto_says_so_once_redis_answers(
     """With SIDECAR_START_WITHOUT_REDIS and no server at start, the fsync check runs once Redis
     first answers: a server without AOF then gets its one warning line."""
     port = free_port()
-    ports = {f"SIDECAR_{name}_PORT": str(free_port()) for name in ("XRPC", "SIGN", "OPS")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        env={
-            "PATH": os.environ["PATH"],
-            "SIDECAR_LOG_FORMAT": "json",
-            **ports,
-            **env,
-            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
-            "SIDECAR_START_WITHOUT_REDIS": "1",
-        },
-        stdout=asyncio.subprocess.PIPE,
+    process = await spawn_serve(
+        {**env, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "SIDECAR_START_WITHOUT_REDIS": "1"}
     )
     assert process.stdout is not None
     events: list[dict[str, Any]] = []
