@@ -28,7 +28,7 @@ from sidecar.auth.authenticator import Authenticator, BearerVerifier
 from sidecar.auth.did_resolver import open_did_resolver
 from sidecar.auth.service_jwt import ServiceAuthVerifier
 from sidecar.crypto import Keyring, OpenedTokenCache
-from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
+from sidecar.errors import ConfigError, StartupFailed, StorageError, StorageUnavailable
 from sidecar.listeners import ConnectionLimits, ListenerRunner, connection_cap
 from sidecar.loop_share import shared_loop_connections, xrpc_loop_share
 from sidecar.metrics import KnownLabels, Metrics
@@ -377,22 +377,40 @@ async def _until_redis_answers(sidecar: Sidecar, url: str) -> None:
 async def _check_durability(sidecar: Sidecar) -> None:
     """Refuse an fsync setting the server cannot honour; say whether the replicas suffice.
 
-    Too few replicas do not stop the start: signing works without them, and
+    With fsync ``auto`` a server that cannot fsync is no reason to refuse:
+    one warning line says so, and changes are acknowledged without it (each
+    change finds out again, see ``sidecar.storage.durability``). Too few
+    replicas do not stop the start either: signing works without them, and
     changes answer 503 until they are back.
     """
-    durability = sidecar.store.calls.durability
+    calls = sidecar.store.calls
+    durability = calls.durability
     if not durability.waits:
         return
     try:
-        refusal = await sidecar.store.calls.fsync_refusal() if durability.fsync else None
+        refusal = await calls.fsync_refusal() if durability.fsync != "off" else None
         check = await sidecar.replica_check()
     except StorageUnavailable as exc:
         log.warning("durability_unchecked", reason=str(exc))
         return
+    except StorageError as exc:
+        if durability.required_fsync:
+            raise
+        # An answer no setting explains: each change finds out for itself
+        # (and is refused while WAITAOF fails so).
+        log.warning("durability_unchecked", reason=str(exc))
+        return
     if refusal is not None:
-        raise StartupFailed("SIDECAR_DURABLE_FSYNC", refusal)
-    if check is None or check.met:
-        log.info("durability", **(check.detail() if check else {"required": durability.describe()}))
+        if durability.required_fsync:
+            raise StartupFailed("SIDECAR_DURABLE_FSYNC", refusal)
+        calls.without_fsync(refusal)
+    elif durability.fsync == "auto":
+        calls.with_fsync()
+    if check is None:
+        if refusal is None:
+            log.info("durability", required=durability.describe())
+    elif check.met:
+        log.info("durability", **check.detail())
     else:
         log.warning(
             "durability_unmet",

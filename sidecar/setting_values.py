@@ -177,6 +177,23 @@ def flag(variable: str, value: str) -> bool:
     return flag
 
 
+# SIDECAR_DURABLE_FSYNC: the three modes of sidecar.storage.durability, and the
+# flag spellings it took before "auto" existed, so an old configuration still parses.
+FSYNC_SPELLINGS: Final = {
+    "auto": "auto",
+    "on": "on",
+    "off": "off",
+    **{text: "on" if value else "off" for text, value in FLAGS.items()},
+}
+
+
+def fsync_mode(variable: str, value: str) -> str:
+    mode = FSYNC_SPELLINGS.get(value.strip().lower())
+    if mode is None:
+        raise ConfigError(variable, "must be auto, on or off (or 1, 0, true, false)")
+    return mode
+
+
 def http_url(variable: str, value: str) -> str:
     parsed = urlsplit(value.strip())
     try:

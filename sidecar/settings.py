@@ -36,6 +36,7 @@ from sidecar.setting_values import (
     did_list,
     existing_file,
     flag,
+    fsync_mode,
     host,
     http_url,
     int_between,
@@ -177,17 +178,26 @@ class Settings:
         "token signs again. Production: 1 or more. 0..100.",
         example="1",
     )  # fmt: skip
-    durable_fsync: bool = _setting(
-        "SIDECAR_DURABLE_FSYNC", flag, False, "Durability",
-        "Each change must also be fsynced to the primary's append-only file, and to\n"
-        "that of the replicas counted above (WAITAOF). Needs Redis 7.2+ or Valkey 8+\n"
-        "with appendonly yes, or the sidecar refuses to start. 1/0/true/false.",
+    durable_fsync: str = _setting(
+        "SIDECAR_DURABLE_FSYNC", fsync_mode, "auto", "Durability",
+        "Whether each change must also be fsynced to the primary's append-only file\n"
+        "before it is answered 200 (WAITAOF), so that a crash or SIGKILL of the server\n"
+        "cannot undo it. auto: wherever the primary can (appendonly yes, Redis 7.2+ or\n"
+        "Valkey 8+), decided per change, so a failover onto a server without AOF is\n"
+        "followed at once; where it cannot, changes are answered without fsync and one\n"
+        "warning line says so. With replicas required, auto waits for their\n"
+        "acknowledgement (WAIT), not their AOF. on: the primary's AOF and that of the\n"
+        "replicas counted above (WAITAOF 1 <replicas>), and the sidecar refuses to start\n"
+        "when the server cannot. off: no fsync is waited for. 1/true mean on, 0/false off.",
     )  # fmt: skip
     durable_timeout_ms: int = _setting(
         "SIDECAR_DURABLE_TIMEOUT_MS", int_between(1, 60_000), 500, "Durability",
         "How long a change waits for that durability before it is answered 503\n"
         "StorageUnavailable (it may or may not have been applied; the caller\n"
-        "retries). A change takes at most this plus redis_timeout_ms. 1..60000.",
+        "retries). Each wait command gets this long, so a change takes at most this\n"
+        "plus redis_timeout_ms; with durable_fsync auto and replicas required it sends\n"
+        "two (WAITAOF, then WAIT), and takes at most twice this plus redis_timeout_ms\n"
+        "when both fall short. 1..60000.",
     )  # fmt: skip
     # --- Listeners
     xrpc_host: str = _setting(

@@ -97,6 +97,21 @@ async def start_serve(
     return Served(process, banner.decode(), env, listening)
 
 
+async def spawn_serve(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``python -m sidecar serve`` configured by ``env``, on free ports, logging JSON lines
+    to a pipe (stdout and stderr)."""
+    ports = {f"SIDECAR_{name}_PORT": str(free_port()) for name in ("XRPC", "SIGN", "OPS")}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "serve",
+        env={"PATH": os.environ["PATH"], "SIDECAR_LOG_FORMAT": "json", **ports, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 async def stop_serve(served: Served) -> int:
     """Send the served process SIGTERM and return its exit code."""
     served.process.send_signal(signal.SIGTERM)

@@ -3,7 +3,9 @@ against real servers and a real ``python -m sidecar serve``, and the history che
 on histories whose verdict is known.
 
 The Sentinel scenarios share one group and one durable sidecar (each changes a
-secret of its own); ``make chaos`` runs the same scenarios with many rounds.
+secret of its own); ``make chaos`` runs the same scenarios with many rounds. The
+single-server restart under rotations runs on default settings, beside its control
+with the fsync off, which must lose a rotation for the default's 0 to mean anything.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from bench.chaos.cluster import kill_cluster_primary
 from bench.chaos.history import History, Op, signature_of
 from bench.chaos.sentinel import SentinelEnv, coordinated_failover, kill_primary, replica_down
 from bench.chaos.service import Durability
-from bench.chaos.single import kill_single
+from bench.chaos.single import kill_single, restart_under_rotations
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from bench.chaos.service import SidecarProcess
 
 DURABLE = Durability(replicas=1)
+# The control's loss is a matter of timing: this many rounds at most, until one loses.
+CONTROL_ROUNDS = 10
 
 
 def explain(result: Result) -> str:
@@ -96,10 +100,34 @@ async def test_a_single_server_killed_and_restarted_on_its_aof_keeps_every_rotat
     tmp_path: Path,
 ) -> None:
     """SIGKILL and restart of a single server with the append-only file loses no acknowledged
-    rotation, with SIDECAR_DURABLE_FSYNC=1."""
-    result = await kill_single(tmp_path, Durability(replicas=0, fsync=True), rounds=1)
+    rotation, with SIDECAR_DURABLE_FSYNC=on."""
+    result = await kill_single(tmp_path, Durability(replicas=0, fsync="on"), rounds=1)
     assert result.passed, explain(result)
     assert (result.rounds, result.acked) == (1, 4)
+
+
+async def test_a_server_killed_during_its_fsync_under_rotations_loses_none_by_default(
+    tmp_path: Path,
+) -> None:
+    """With default settings, a SIGKILL of the single AOF server (appendfsync everysec) while
+    it fsyncs, with rotations back to back, loses no acknowledged rotation."""
+    result = await restart_under_rotations(tmp_path, Durability.defaults(), rounds=1)
+    assert result.passed, explain(result)
+    assert result.rounds == 1
+    assert result.acked >= 2
+
+
+async def test_with_fsync_off_the_same_kill_loses_an_acknowledged_rotation(
+    tmp_path: Path,
+) -> None:
+    """The control: with SIDECAR_DURABLE_FSYNC=off the kill during an fsync loses an
+    acknowledged rotation within a few rounds, so the default's 0 is not vacuous."""
+    result = await restart_under_rotations(
+        tmp_path, Durability(replicas=0, fsync="off"), rounds=CONTROL_ROUNDS, control=True
+    )
+    assert not result.errors, result.errors
+    assert result.lost >= 1, explain(result)
+    assert result.passed
 
 
 async def test_a_cluster_primary_killed_fails_over_to_its_replica_without_loss(
@@ -300,7 +328,7 @@ def test_the_report_names_tokens_by_number_never_by_value(tmp_path: Path) -> Non
     )
     result = checked(recorded)
     markdown = tmp_path / "CHAOS.md"
-    report.write_markdown(markdown, [result], DURABLE, fsync=True, seconds=1.0)
+    report.write_markdown(markdown, [result], DURABLE, fsync="on", seconds=1.0)
     written = markdown.read_text()
     lost = [example for example in result.examples if example.startswith("lost:")]
     assert len(lost) == 1

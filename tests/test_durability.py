@@ -13,12 +13,12 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+from serving import spawn_serve
 from support import ALICE, CREATE, DELETE, LIST, ROTATE, SERVER_BINARY, call, sign_body
 from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, wait_for
 
@@ -26,7 +26,7 @@ from sidecar.app import create_ops_app, create_sign_app, create_xrpc_app
 from sidecar.cli import main
 from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
 from sidecar.errors import ChangeNotDurable, StorageUnavailable
-from sidecar.storage.embedded import EmbeddedValkey, free_port
+from sidecar.storage.embedded import EmbeddedValkey
 from sidecar.storage.keys import secret_key
 
 if TYPE_CHECKING:
@@ -200,9 +200,11 @@ async def test_without_durability_changes_do_not_wait(
     pair: Pair,
     keys: Keys,
 ) -> None:
-    """By default a change is answered once the primary has it, even with a stalled replica."""
+    """By default a change waits for no replica: on a primary without AOF it is answered once
+    the primary has it, even with a stalled replica."""
     sidecar: Sidecar = await make_sidecar(REDIS_URL=pair_url)
-    assert sidecar.store.calls.durability.waits is False
+    durability = sidecar.store.calls.durability
+    assert (durability.replicas, durability.fsync) == (0, "auto")
     xrpc = await aiohttp_client(create_xrpc_app(sidecar))
     assert (await call(xrpc, CREATE, keys.alice, {"name": "orders"}))[0] == 200
     with pair.replica_frozen():
@@ -246,7 +248,8 @@ async def test_readyz_shows_the_replicas_against_the_setting(
             body = await response.json()
         assert body["status"] == "ready"
         assert body["durability"] == {
-            "required": f"{required} replica{'' if required == 1 else 's'}",
+            "required": f"{required} replica{'' if required == 1 else 's'} "
+            "and the primary's AOF where it has one",
             "replicas_required": required,
             "replicas_connected": 1,
             "met": met,
@@ -263,16 +266,7 @@ async def test_readyz_has_no_durability_detail_by_default(ops: Client) -> None:
 
 async def serve_until_listening_or_exit(env: dict[str, str]) -> tuple[int | None, list[str]]:
     """Start ``python -m sidecar serve``; its exit code (None once it listens) and its lines."""
-    ports = {f"SIDECAR_{name}_PORT": str(free_port()) for name in ("XRPC", "SIGN", "OPS")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        env={"PATH": os.environ["PATH"], "SIDECAR_LOG_FORMAT": "json", **ports, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_serve(env)
     assert process.stdout is not None
     lines: list[str] = []
     try:
@@ -288,6 +282,7 @@ async def serve_until_listening_or_exit(env: dict[str, str]) -> tuple[int | None
             await asyncio.wait_for(process.wait(), timeout=30)
 
 
+@pytest.mark.parametrize("value", ["on", "1"])
 @pytest.mark.parametrize(
     ("server_args", "reason"),
     [
@@ -297,14 +292,15 @@ async def serve_until_listening_or_exit(env: dict[str, str]) -> tuple[int | None
     ],
 )
 async def test_fsync_durability_the_server_cannot_give_stops_the_start(
-    env: dict[str, str], tmp_path: Path, server_args: tuple[str, ...], reason: str
+    env: dict[str, str], tmp_path: Path, server_args: tuple[str, ...], reason: str, value: str
 ) -> None:
-    """SIDECAR_DURABLE_FSYNC on a server without WAITAOF or AOF exits 2 naming the setting."""
+    """SIDECAR_DURABLE_FSYNC=on (or 1, as before) on a server without WAITAOF or AOF exits 2
+    naming the setting."""
     with EmbeddedValkey(
         tmp_path / "server", binary=SERVER_BINARY, persist=False, extra_args=server_args
     ) as server:
         code, lines = await serve_until_listening_or_exit(
-            {**env, "REDIS_URL": server.url, "SIDECAR_DURABLE_FSYNC": "1"}
+            {**env, "REDIS_URL": server.url, "SIDECAR_DURABLE_FSYNC": value}
         )
     assert code == 2, lines
     assert "SIDECAR_DURABLE_FSYNC" in lines[-1]

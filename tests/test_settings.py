@@ -71,8 +71,8 @@ def test_defaults() -> None:
     assert settings.redis_connect_timeout_s == 10
     assert settings.start_without_redis is False
     assert settings.shutdown_grace_s == 20
-    # Changes wait for nothing by default.
-    assert (settings.durable_replicas, settings.durable_fsync) == (0, False)
+    # Changes wait for no replica, and for the primary's fsync wherever it can give one.
+    assert (settings.durable_replicas, settings.durable_fsync) == (0, "auto")
     assert settings.durable_timeout_ms == 500
 
 
@@ -374,7 +374,6 @@ def test_malformed_redis_url_is_rejected_without_echo(url: str) -> None:
     [
         ("SIDECAR_REDIS_CLUSTER", "redis_cluster"),
         ("SIDECAR_START_WITHOUT_REDIS", "start_without_redis"),
-        ("SIDECAR_DURABLE_FSYNC", "durable_fsync"),
     ],
 )
 def test_boolean_settings_accept_1_0_true_false(
@@ -386,9 +385,7 @@ def test_boolean_settings_accept_1_0_true_false(
 
 
 @pytest.mark.parametrize("text", ["yes", "no", "2", "on", "t"])
-@pytest.mark.parametrize(
-    "variable", ["SIDECAR_REDIS_CLUSTER", "SIDECAR_START_WITHOUT_REDIS", "SIDECAR_DURABLE_FSYNC"]
-)
+@pytest.mark.parametrize("variable", ["SIDECAR_REDIS_CLUSTER", "SIDECAR_START_WITHOUT_REDIS"])
 def test_bad_boolean_is_rejected(variable: str, text: str) -> None:
     """A boolean setting that is not 1, 0, true or false raises ConfigError naming it."""
     with pytest.raises(ConfigError) as info:
@@ -396,15 +393,50 @@ def test_bad_boolean_is_rejected(variable: str, text: str) -> None:
     assert str(info.value) == f"{variable}: must be 0, 1, true or false"
 
 
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [
+        ("auto", "auto"),
+        (" AUTO ", "auto"),
+        ("on", "on"),
+        ("off", "off"),
+        # The flag spellings it had before auto existed keep their meaning.
+        ("1", "on"),
+        ("true", "on"),
+        ("True", "on"),
+        ("0", "off"),
+        ("false", "off"),
+        ("FALSE", "off"),
+    ],
+)
+def test_durable_fsync_takes_auto_on_off_and_its_old_flag_values(text: str, mode: str) -> None:
+    """SIDECAR_DURABLE_FSYNC takes auto, on and off, and still 1/true (on) and 0/false (off)."""
+    settings = Settings.from_env({"REDIS_URL": "redis://h:6379", "SIDECAR_DURABLE_FSYNC": text})
+    assert settings.durable_fsync == mode
+
+
+@pytest.mark.parametrize("text", ["yes", "no", "2", "t", "always"])
+def test_a_bad_durable_fsync_is_rejected(text: str) -> None:
+    """A SIDECAR_DURABLE_FSYNC that is no mode and no old flag value is refused, naming it."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"REDIS_URL": "redis://h:6379", "SIDECAR_DURABLE_FSYNC": text})
+    assert str(info.value) == (
+        "SIDECAR_DURABLE_FSYNC: must be auto, on or off (or 1, 0, true, false)"
+    )
+
+
 def test_toml_booleans_set_boolean_settings(tmp_path: Path) -> None:
     """TOML true and false set boolean settings (they reach the parser as "true"/"false")."""
     environ = write_toml(
         tmp_path,
-        'redis_url = "redis://h:6379"\nredis_cluster = true\nstart_without_redis = false\n',
+        'redis_url = "redis://h:6379"\nredis_cluster = true\nstart_without_redis = false\n'
+        "durable_fsync = true\n",
     )
     settings = Settings.from_env(environ)
     assert settings.redis_cluster is True
     assert settings.start_without_redis is False
+    # A file written before durable_fsync took auto/on/off still means what it did.
+    assert settings.durable_fsync == "on"
 
 
 def test_cluster_needs_a_redis_url() -> None:

@@ -45,10 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--durable-fsync",
-        type=int,
-        choices=(0, 1),
-        default=1,
-        help="SIDECAR_DURABLE_FSYNC for the single server (default 1)",
+        choices=("auto", "on", "off"),
+        default="on",
+        help="SIDECAR_DURABLE_FSYNC for the single server kill (default on); the restart "
+        "scenarios run on the sidecar's defaults, and with off as their control",
     )
     parser.add_argument("--durable-timeout-ms", type=int, default=500)
     parser.add_argument("--redis-timeout-ms", type=int, default=500)
@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         help="rotates without a fault, for the cost of one (default 200)",
     )
     parser.add_argument("--single-rounds", type=int, default=10)
+    parser.add_argument(
+        "--restart-rounds",
+        type=int,
+        default=10,
+        help="single server SIGKILLs during an fsync under rotations, on default settings; "
+        "the control (fsync off) runs as many, or until it loses one (default 10)",
+    )
     parser.add_argument("--cluster-rounds", type=int, default=4)
     parser.add_argument(
         "--only", action="append", choices=GROUPS, help="run only this group (repeatable)"
@@ -133,8 +140,21 @@ async def run(args: argparse.Namespace, durability: Durability, work: Path) -> l
                 )
             )
     if "single" in groups:
-        fsync = replace(durability, fsync=bool(args.durable_fsync))
+        fsync = replace(durability, fsync=args.durable_fsync)
         done(await single.kill_single(work / "single", fsync, rounds=args.single_rounds))
+        done(
+            await single.restart_under_rotations(
+                work / "restart", Durability.defaults(), rounds=args.restart_rounds
+            )
+        )
+        done(
+            await single.restart_under_rotations(
+                work / "restart-control",
+                replace(durability, replicas=0, fsync="off"),
+                rounds=args.restart_rounds,
+                control=True,
+            )
+        )
     if "cluster" in groups:
         done(
             await cluster.kill_cluster_primary(
@@ -149,11 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     # The replicated topologies run without an AOF, so they are never asked to fsync.
     durability = Durability(
         replicas=args.durable_replicas,
-        fsync=False,
+        fsync="off",
         timeout_ms=args.durable_timeout_ms,
         redis_timeout_ms=args.redis_timeout_ms,
     )
-    print(report.header(durability, fsync=bool(args.durable_fsync)), flush=True)
+    print(report.header(durability, fsync=args.durable_fsync), flush=True)
     started = time.monotonic()
     if args.work_dir is not None:
         log_to(args.work_dir)
@@ -171,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(results)} scenarios in {seconds:.0f} s: " + ("FAILED" if problems else "ok"))
     if not args.no_write:
         report.write_markdown(
-            args.output, results, durability, fsync=bool(args.durable_fsync), seconds=seconds
+            args.output, results, durability, fsync=args.durable_fsync, seconds=seconds
         )
         print(f"written to {args.output}")
     return 1 if problems else 0

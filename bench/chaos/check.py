@@ -59,9 +59,17 @@ class Result:
     examples: list[str] = field(default_factory=list)
     # Whether refusals are required: only when the sidecar was asked for durability.
     durable: bool = True
+    # A control run without the durability under test: it must show the loss
+    # that durability prevents, or the check beside it could pass vacuously.
+    control: bool = False
 
     @property
     def failures(self) -> list[str]:
+        if self.control:
+            vacuous = (
+                [] if self.lost else ["the control lost no acknowledged change: nothing was shown"]
+            )
+            return vacuous + self.errors
         found = [
             f"{self.lost} acknowledged changes lost" if self.lost else "",
             f"{self.stale} stale signatures" if self.stale else "",

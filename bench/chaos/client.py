@@ -129,13 +129,17 @@ class Driver:
             yield
 
     @contextlib.asynccontextmanager
-    async def rotate_load(self) -> AsyncIterator[None]:
-        """Rotate one after another in the background for the duration of the block."""
+    async def rotate_load(self, pause: float = ROTATE_PAUSE_S) -> AsyncIterator[None]:
+        """Rotate one after another in the background for the duration of the block.
+
+        One rotator, so that at most one rotation is in flight and the order of
+        the answers is the order in which they were applied (see ``check``).
+        """
 
         async def rotate() -> None:
             await self.rotate()
 
-        async with _repeating(rotate, 1, ROTATE_PAUSE_S):
+        async with _repeating(rotate, 1, pause):
             yield
 
 

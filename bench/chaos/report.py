@@ -74,19 +74,20 @@ def failures(results: list[Result]) -> list[str]:
     return [f"{result.scenario}: {text}" for result in results for text in result.failures]
 
 
-def header(durability: Durability, *, fsync: bool, seconds: float | None = None) -> str:
+def header(durability: Durability, *, fsync: str, seconds: float | None = None) -> str:
     took = "" if seconds is None else f", run took {seconds:.0f} s"
     return (
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, cpus={os.cpu_count()}, "
         f"SIDECAR_DURABLE_REPLICAS={durability.replicas}, "
-        f"SIDECAR_DURABLE_FSYNC={int(fsync)} (single server), "
+        f"SIDECAR_DURABLE_FSYNC={fsync} (single server kill; the restarts: defaults, "
+        "and off as the control), "
         f"SIDECAR_DURABLE_TIMEOUT_MS={durability.timeout_ms}, "
         f"SIDECAR_REDIS_TIMEOUT_MS={durability.redis_timeout_ms}{took}"
     )
 
 
 def write_markdown(
-    path: Path, results: list[Result], durability: Durability, *, fsync: bool, seconds: float
+    path: Path, results: list[Result], durability: Durability, *, fsync: str, seconds: float
 ) -> None:
     problems = failures(results)
     verdict = (
@@ -118,6 +119,12 @@ LEGEND = """\
 - **unavail.**: per fault, from the first failed sign to the first success
   after the last failure; 0 when no sign failed.
 - **rotate p50/p99**: latency of the rotates answered 200, faults included.
+- **single restart**: rotations back to back and a SIGKILL of the single AOF
+  server (`appendfsync everysec`) while its fsync runs, on the sidecar's
+  default settings: it must lose nothing. Its control, with
+  `SIDECAR_DURABLE_FSYNC=off`, must lose at least one acknowledged rotation
+  (it stops at the first round that does), or the check could pass vacuously;
+  its "ok" means it did.
 
 Regenerate with `make chaos` (`python -m bench.chaos --help` for options;
 `--durable-replicas 0` shows what the checks catch without durability).

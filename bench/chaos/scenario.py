@@ -36,6 +36,8 @@ class Scenario:
     secret: str
     service: SidecarProcess
     margin_s: float = REFUSAL_MARGIN_S
+    # A control: it must show a loss (see ``Result.control``).
+    control: bool = False
 
     async def run(self, body: Callable[[Driver], Awaitable[Any]]) -> Result:
         """Create the secret, run ``body`` with sign load on, and check the history.
@@ -66,6 +68,7 @@ class Scenario:
             durable=durability.replicas > 0,
         )
         result.errors += errors
+        result.control = self.control
         return result
 
 

@@ -28,9 +28,18 @@ class Durability:
     """The durability the sidecar is asked for, and its deadlines."""
 
     replicas: int = 1
-    fsync: bool = False
+    # SIDECAR_DURABLE_FSYNC: auto, on or off.
+    fsync: str = "off"
     timeout_ms: int = 500
     redis_timeout_ms: int = 500
+    # False: no SIDECAR_DURABLE_* nor SIDECAR_REDIS_TIMEOUT_MS is set, and the
+    # sidecar runs on its defaults (which the fields above must then equal).
+    explicit: bool = True
+
+    @classmethod
+    def defaults(cls) -> Durability:
+        """The sidecar's own defaults, given by setting nothing."""
+        return cls(replicas=0, fsync="auto", explicit=False)
 
     @property
     def refusal_bound_s(self) -> float:
@@ -72,11 +81,14 @@ class SidecarProcess:
             "SIDECAR_LOG_LEVEL": "warning",
             # Load is stopped before the sidecar is, so nothing needs the default 20 s.
             "SIDECAR_SHUTDOWN_GRACE_S": "2",
-            "SIDECAR_REDIS_TIMEOUT_MS": str(durability.redis_timeout_ms),
-            "SIDECAR_DURABLE_REPLICAS": str(durability.replicas),
-            "SIDECAR_DURABLE_FSYNC": "1" if durability.fsync else "0",
-            "SIDECAR_DURABLE_TIMEOUT_MS": str(durability.timeout_ms),
         }
+        if durability.explicit:
+            self.env |= {
+                "SIDECAR_REDIS_TIMEOUT_MS": str(durability.redis_timeout_ms),
+                "SIDECAR_DURABLE_REPLICAS": str(durability.replicas),
+                "SIDECAR_DURABLE_FSYNC": durability.fsync,
+                "SIDECAR_DURABLE_TIMEOUT_MS": str(durability.timeout_ms),
+            }
         self.log_path = work_dir / "sidecar.log"
         self._process: subprocess.Popen[bytes] | None = None
 

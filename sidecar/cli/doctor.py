@@ -152,30 +152,44 @@ async def _durability(store: SecretStore) -> Check:
     from sidecar.storage.durability import ReplicaCheck
 
     durability = store.calls.durability
-    if durability.replicas == 0 and not durability.fsync:
-        return Check(
-            "warn",
-            "durability",
-            "SIDECAR_DURABLE_REPLICAS=0: changes are answered before any replica has them, "
-            "so a failover can undo one (production: 1 or more)",
-        )
     try:
-        refusal = await store.calls.fsync_refusal() if durability.fsync else None
+        refusal = await store.calls.fsync_refusal() if durability.fsync != "off" else None
         connected = tuple(await store.calls.replicas_per_primary())
     except (StorageUnavailable, StorageError) as exc:
         return Check("FAIL", "durability", f"cannot ask the primaries: {exc}")
+    if refusal is not None and durability.required_fsync:
+        return Check("FAIL", "durability", f"SIDECAR_DURABLE_FSYNC=on: {refusal}")
+    warnings = []
     if refusal is not None:
-        return Check("FAIL", "durability", f"SIDECAR_DURABLE_FSYNC: {refusal}")
+        warnings.append(
+            f"SIDECAR_DURABLE_FSYNC=auto: {refusal}, so changes are answered before they are "
+            "fsynced and a crash of the server can undo one (turn on appendonly, or set "
+            "SIDECAR_DURABLE_FSYNC=off to say this is meant)"
+        )
+    elif durability.fsync == "off":
+        warnings.append(
+            "SIDECAR_DURABLE_FSYNC=off: changes are answered before the primary's AOF is "
+            "fsynced, so a crash of the server can undo one"
+        )
+    if durability.replicas == 0 and warnings:
+        warnings.append(
+            "SIDECAR_DURABLE_REPLICAS=0: changes are answered before any replica has them, "
+            "so a failover can undo one (production: 1 or more)"
+        )
+        return Check("warn", "durability", "; ".join(warnings))
     check = ReplicaCheck(durability, connected)
-    detail = (
-        f"requires {durability.describe()}; replicas connected per primary: "
-        f"{', '.join(map(str, connected))}"
+    detail = "; ".join(
+        [
+            f"requires {durability.describe()}; replicas connected per primary: "
+            f"{', '.join(map(str, connected))}",
+            *warnings,
+        ]
     )
     if not check.met:
         return Check(
             "FAIL", "durability", f"{detail}: changes will answer 503 until enough connect"
         )
-    return Check("ok", "durability", detail)
+    return Check("warn" if warnings else "ok", "durability", detail)
 
 
 def _kek(settings: Settings) -> Check:

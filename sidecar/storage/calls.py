@@ -12,19 +12,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MovedError, RedisError
 
 from sidecar.errors import ChangeNotDurable, StorageError, StorageUnavailable
 from sidecar.storage.connection import UNAVAILABLE
-from sidecar.storage.durability import Durability
+from sidecar.storage.durability import Durability, no_fsync_reason
 
 if TYPE_CHECKING:
     from sidecar.storage.connection import Client, FailoverHook, RedisConnection
 
 T = TypeVar("T")
+
+log = structlog.get_logger("sidecar.redis")
+
+# Why fsync ``auto`` stops asking a server that runs so (see ``fsync_refusal``).
+APPENDFSYNC_NO: Final = "the Redis primary runs with appendfsync no, so it never confirms an fsync"
+_UNKNOWN: Final = "unknown"
 
 ErrorHook = Callable[[str], None]
 
@@ -69,6 +77,9 @@ class RedisCalls:
         self._on_not_durable = on_not_durable
         # The cluster slot map being learnt again after a node failed (see _relearn_slots).
         self._relearning: asyncio.Task[None] | None = None
+        # With fsync ``auto``: why the last change (or the start-up check) found
+        # that the primary cannot fsync, None when it could, _UNKNOWN before either.
+        self._fsync_state: str | None = _UNKNOWN
 
     @property
     def client(self) -> Client:
@@ -121,7 +132,12 @@ class RedisCalls:
         return f"redis {info.get('redis_version', 'unknown')}"
 
     async def fsync_refusal(self) -> str | None:
-        """Why the primaries cannot confirm an fsync with WAITAOF, or None when they can."""
+        """Why the primaries cannot confirm an fsync with WAITAOF, or None when they can.
+
+        Each primary is asked (a cluster's all of them). ``appendfsync no``
+        is read with ``CONFIG GET`` where the server allows it: such a server
+        answers WAITAOF, but only ever with a timeout.
+        """
         client = self._redis
         probe = ("WAITAOF", 1, 0, 1)
         try:
@@ -138,13 +154,59 @@ class RedisCalls:
                     lambda: client.execute_command(*probe),  # type: ignore[no-untyped-call]
                 )
         except StorageError as exc:
-            text = str(exc.__cause__).lower()
-            if "unknown command" in text:
-                return "the Redis server has no WAITAOF (it needs Redis 7.2+ or Valkey 8+)"
-            if "appendonly" in text:
-                return "the Redis primary runs with appendonly no"
-            raise
-        return None
+            reason = no_fsync_reason(exc.__cause__)
+            if reason is None:
+                raise
+            return reason
+        return APPENDFSYNC_NO if "no" in await self._appendfsync_policies() else None
+
+    async def _appendfsync_policies(self) -> set[str]:
+        """Every primary's ``appendfsync``; none known when CONFIG is denied or renamed."""
+        client = self._redis
+        try:
+            if isinstance(client, RedisCluster):
+                reply: Any = await self.run(
+                    "replication",
+                    lambda: client.config_get("appendfsync", target_nodes=RedisCluster.PRIMARIES),
+                )
+            else:
+                reply = await self.run("replication", lambda: client.config_get("appendfsync"))
+        except StorageError:
+            return set()
+        return set(_policies(reply))
+
+    def without_fsync(self, reason: str) -> None:
+        """Say, in one warning line, that the primary cannot fsync (fsync ``auto``, at start).
+
+        A server with ``appendfsync no`` is not asked again: its WAITAOF
+        would only time out, and every change would answer 503.
+        """
+        if reason == APPENDFSYNC_NO:
+            self._durability = replace(self._durability, fsync="off")
+        self._fsync_state = reason
+        log.warning(
+            "durability_without_fsync",
+            reason=reason,
+            hint="changes are acknowledged before the primary's AOF is fsynced, so a crash "
+            "of the server can lose them; turn on appendonly (appendfsync everysec or "
+            "always, Redis 7.2+ or Valkey 8+), or set SIDECAR_DURABLE_FSYNC=off to say "
+            "this is meant",
+        )
+
+    def with_fsync(self) -> None:
+        """Note that the primaries fsync (fsync ``auto``, at start); a later change is logged."""
+        self._fsync_state = None
+
+    def _observe_fsync(self, reason: str | None) -> None:
+        """What a change's WAITAOF answer showed; a change from what was known is logged once."""
+        known, self._fsync_state = self._fsync_state, reason
+        if known in (_UNKNOWN, reason):
+            # Before the start-up check (or in a command line tool) nothing is said.
+            return
+        if reason is None:
+            log.info("durability_fsync_restored")
+        else:
+            log.warning("durability_without_fsync", reason=reason, hint="see SIDECAR_DURABLE_FSYNC")
 
     async def change(
         self, operation: str, key: str, command: tuple[str | int, ...]
@@ -156,14 +218,12 @@ class RedisCalls:
         ``key``'s slot. The deadline grows by the wait's own timeout. A change
         is sent as EVAL, not EVALSHA: a NOSCRIPT retry would leave the wait
         behind on the first connection. The wait reply is None when nothing
-        was waited for; whether it suffices is for ``_require_durable``.
+        was waited for, else the list of the wait replies; whether they suffice
+        is for ``require_durable``.
         """
         durability = self._durability
-        commands = [command]
-        timeout_s = self._timeout_s
-        if durability.waits:
-            commands.append(durability.wait_command())
-            timeout_s += durability.timeout_s
+        commands = [command, *durability.wait_commands()]
+        timeout_s = self._timeout_s + durability.timeout_s
         deadline = asyncio.get_running_loop().time() + timeout_s
         replies = await self.run(
             operation, lambda: self._send_together(key, commands), deadline=deadline
@@ -177,7 +237,9 @@ class RedisCalls:
                 # moving the slot, or too few replicas (min-replicas-to-write).
                 raise StorageUnavailable("storage refused the change") from reply
             raise StorageError(f"redis refused {operation}") from reply
-        return reply, replies[1] if durability.waits else None
+        # The durability goes with its replies: the start-up check may turn
+        # fsync waits off while this change was in flight.
+        return reply, (durability, replies[1:]) if durability.waits else None
 
     async def _send_together(self, key: str, commands: list[tuple[str | int, ...]]) -> list[Any]:
         """The replies to ``commands``, sent in one round trip on one connection.
@@ -207,11 +269,14 @@ class RedisCalls:
             await client.nodes_manager.move_slot(replies[0])
 
     def require_durable(self, operation: str, waited: Any) -> None:
-        """Raise ``ChangeNotDurable`` unless the wait reply shows the durability was reached."""
-        durability = self._durability
-        if not durability.waits or (
-            not isinstance(waited, Exception) and durability.reached(waited)
-        ):
+        """Raise ``ChangeNotDurable`` unless the wait replies show the durability was reached."""
+        if waited is None:
+            return
+        durability, replies = waited
+        reached, no_fsync = durability.judge(replies)
+        if durability.fsync == "auto":
+            self._observe_fsync(no_fsync)
+        if reached:
             return
         if self._on_not_durable is not None:
             self._on_not_durable(operation)
@@ -290,3 +355,19 @@ class RedisCalls:
     def count(self, operation: str) -> None:
         if self._on_error is not None:
             self._on_error(operation)
+
+
+def _policies(reply: Any) -> list[str]:
+    """The ``appendfsync`` values in a CONFIG GET reply: a pair, a mapping, or one per node."""
+    if isinstance(reply, dict):
+        for key, value in reply.items():
+            if _text(key) == "appendfsync":
+                return [_text(value)]
+        return [policy for value in reply.values() for policy in _policies(value)]
+    if isinstance(reply, list | tuple) and len(reply) == 2 and _text(reply[0]) == "appendfsync":
+        return [_text(reply[1])]
+    return []
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
