@@ -15,12 +15,9 @@ next request; between requests it may idle for ``idle_timeout_s``. A handler
 bounds its own body read by the same read timeout (``wire.read_body``). A
 listener may cap its connections: past the cap a new one is closed at once.
 
-A client that sends and never reads is bounded too. A connection with
-``max_pipelined`` requests awaiting an answer is not read until one is
-answered; one with more than ``max_queued_bytes`` of answers unsent is not
-read either, and is aborted (reset, its buffers dropped) when that queue has
-not drained within ``write_timeout_s``. The kernel's own send buffer is
-bounded too (``_bound_socket``).
+A client that sends and never reads is bounded by ``sidecar.backpressure``:
+requests awaiting an answer, bytes of answers queued, and the time those take
+to drain, after which the connection is aborted.
 
 A request whose body has a ``Content-Encoding`` is answered 415 before any
 handler runs, and its connection closed without reading the body; aiohttp's
@@ -29,11 +26,8 @@ decompression is off, so no body is ever inflated (docs/api.md#request-bodies).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import resource
-import socket
-import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -43,6 +37,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
+from sidecar.backpressure import Backpressure
 from sidecar.log import sampled
 from sidecar.wire import HTTP_ERROR_NAMES, encoded_body, json_answer
 
@@ -57,13 +52,6 @@ log = structlog.get_logger("sidecar.http")
 RESERVED_FDS: Final = 256
 
 ClosedHook = Callable[[str, str], None]
-
-
-# Incoming bytes are parsed this many at a time, so that one read of tiny
-# pipelined requests cannot queue more than a few hundred past the bound.
-_FEED_SLICE: Final = 4096
-# Exceptions pause_reading/resume_reading raise on a transport that is closing.
-_TRANSPORT_GONE: Final = (AttributeError, NotImplementedError, RuntimeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,19 +93,12 @@ class _Connection(RequestHandler):
     _server: _Server
     _timer: asyncio.TimerHandle | None = None
     _waiting_for: str | None = None
-    # The transport as it was given: aiohttp forgets it on close, and a close
-    # may still have answers to send, which the write timeout bounds.
-    _raw: asyncio.Transport | None = None
-    _write_timer: asyncio.TimerHandle | None = None
-    # Requests parsed, minus those answered: the pipelined backlog.
+    _flow: Backpressure | None = None
+    # Parsed requests minus answered ones: the pipelined backlog.
     _answered: int = 0
-    # Why reading is held ("pipeline", "write"), and bytes received meanwhile.
-    _holds: set[str]
-    _held: list[bytes]
     _refuse_encoded: bool = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._holds, self._held = set(), []
         super().connection_made(transport)
         server = self._manager
         assert isinstance(server, _Server)  # only _Server makes these
@@ -126,76 +107,68 @@ class _Connection(RequestHandler):
             server.closed("over_capacity")
             self.force_close()
             return
-        raw: asyncio.Transport = transport  # type: ignore[assignment] # a stream's
-        self._raw = raw
-        raw.set_write_buffer_limits(high=server.limits.max_queued_bytes)
-        _bound_socket(raw, server.limits)
-        self._wait("read_timeout", server.limits.read_timeout_s)
+        limits = server.limits
+        self._flow = Backpressure(
+            transport,  # type: ignore[arg-type] # a stream's
+            self._loop,
+            max_pipelined=limits.max_pipelined,
+            max_queued_bytes=limits.max_queued_bytes,
+            write_timeout_s=limits.write_timeout_s,
+            parse=super().data_received,
+            backlog=lambda: self._request_count - self._answered,
+            # aiohttp 3.11 has the first flag, later ones both.
+            parser_holds=lambda: bool(
+                getattr(self, "_reading_paused", False) or getattr(self, "_buffer_paused", False)
+            ),
+            abort=server.closed,
+        )
+        self._wait("read_timeout", limits.read_timeout_s)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
-            # The kernel gave up on unacknowledged answers (_bound_socket).
+            # The kernel gave up on unacknowledged answers (sidecar.backpressure).
             self._server.closed("write_timeout")
         self._stop_waiting()
-        self._stop_write_timer()
-        self._held.clear()
-        self._raw = None
+        if self._flow is not None:
+            self._flow.lost()
         super().connection_lost(exc)
 
     async def start(self) -> None:
         try:
             await super().start()
         finally:
-            # A connection that ends with answers still unsent (a close, not an
-            # abort, leaves them queued) gets the write timeout to send them.
-            self._time_unsent()
+            # A connection that ends with answers unsent (a close, not an abort,
+            # leaves them queued) gets the write timeout to send them.
+            if self._flow is not None:
+                self._flow.closing()
 
     def force_close(self) -> None:
         super().force_close()
-        self._time_unsent()
+        if self._flow is not None:
+            self._flow.closing()
 
     def data_received(self, data: bytes) -> None:
         if self._waiting_for == "idle_timeout":
             # The next request has begun: its head gets the read timeout.
             self._wait("read_timeout", self._server.limits.read_timeout_s)
-        if self._holds:
-            # aiohttp resumed reading for its own reasons; the hold stands.
-            self._held.append(data)
-            self._pause_transport()
-            return
-        self._feed(data)
-
-    def _feed(self, data: bytes) -> None:
-        """Parse ``data``, a slice at a time, until the backlog reaches its bound."""
-        limit = self._server.limits.max_pipelined
-        # An empty ``data`` too: aiohttp passes b"" to parse what it kept back.
-        for at in range(0, max(len(data), 1), _FEED_SLICE):
-            super().data_received(data[at : at + _FEED_SLICE] if len(data) > _FEED_SLICE else data)
-            if self._request_count - self._answered >= limit:
-                rest = data[at + _FEED_SLICE :]
-                if rest:
-                    self._held.insert(0, rest)
-                self._hold("pipeline")
-                return
+        if self._flow is None:
+            super().data_received(data)
+        else:
+            self._flow.received(data)
 
     def head_received(self) -> None:
         """A whole request head is in: the handler bounds the rest."""
         self._stop_waiting()
 
     def pause_writing(self) -> None:
-        # Over max_queued_bytes: read no more requests, and give the queue the
-        # write timeout to drain.
         super().pause_writing()
-        self._hold("write")
-        if self._write_timer is None:
-            self._write_timer = self._loop.call_later(
-                self._server.limits.write_timeout_s, self._abort, "write_timeout"
-            )
+        if self._flow is not None:
+            self._flow.writing_paused()
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._stop_write_timer()
-        self._release("write")
+        if self._flow is not None:
+            self._flow.writing_resumed()
 
     async def finish_response(
         # Any: aiohttp 3.11 says float here, later ones float | None.
@@ -215,8 +188,8 @@ class _Connection(RequestHandler):
             self.force_close()
         if self.transport is not None and not self._force_close:
             self._wait("idle_timeout", self._server.limits.idle_timeout_s)
-        if self._request_count - self._answered < self._server.limits.max_pipelined:
-            self._release("pipeline")
+        if self._flow is not None:
+            self._flow.answered()
         return answer
 
     def refuse_encoded(self) -> web.Response:
@@ -275,55 +248,6 @@ class _Connection(RequestHandler):
             return
         super().log_exception(*args, **kw)
 
-    def _hold(self, reason: str) -> None:
-        self._holds.add(reason)
-        self._pause_transport()
-
-    def _release(self, reason: str) -> None:
-        if reason not in self._holds:
-            return
-        self._holds.discard(reason)
-        while self._held and not self._holds:
-            self._feed(self._held.pop(0))
-        if self._holds or self._raw is None:
-            return
-        # Unless aiohttp holds reading itself (a body's buffer is full).
-        if not (getattr(self, "_reading_paused", False) or getattr(self, "_buffer_paused", False)):
-            with contextlib.suppress(*_TRANSPORT_GONE):
-                self._raw.resume_reading()
-
-    def _pause_transport(self) -> None:
-        if self._raw is not None:
-            with contextlib.suppress(*_TRANSPORT_GONE):
-                self._raw.pause_reading()
-
-    def _time_unsent(self) -> None:
-        raw = self._raw
-        if raw is not None and self._write_timer is None and raw.get_write_buffer_size() > 0:
-            self._write_timer = self._loop.call_later(
-                self._server.limits.write_timeout_s, self._abort, "write_timeout"
-            )
-
-    def _stop_write_timer(self) -> None:
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
-
-    def _abort(self, reason: str) -> None:
-        """Reset the connection: what it has queued, here and in the kernel, is dropped."""
-        self._write_timer = None
-        raw = self._raw
-        if raw is None:
-            return
-        self._server.closed(reason)
-        sock = raw.get_extra_info("socket")
-        if sock is not None:
-            # A zero linger makes the close a reset, which frees the kernel's
-            # send buffer at once instead of leaving it to an orphaned socket.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        raw.abort()
-
     def _wait(self, reason: str, seconds: float) -> None:
         self._stop_waiting()
         self._waiting_for = reason
@@ -338,25 +262,6 @@ class _Connection(RequestHandler):
         self._timer, self._waiting_for = None, None
         self._server.closed(reason)
         self.force_close()
-
-
-def _bound_socket(transport: asyncio.Transport, limits: ConnectionLimits) -> None:
-    """Bound what the kernel holds for a TCP connection, as the transport's limits bound
-    what the process holds: a send buffer of ``max_queued_bytes`` (Linux doubles it;
-    left alone it grows to megabytes for a client that never reads), and, on Linux,
-    a reset of a connection whose sent bytes stay unacknowledged (or unsent, the
-    client's window being shut) for twice the write timeout. That second bound is a
-    backstop for a connection already closed with answers unsent; the write timeout
-    proper is the process's, which aborts first and counts it."""
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.max_queued_bytes)
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if option is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, option, int(limits.write_timeout_s * 2000))
 
 
 def _kept_headers(resp: web.StreamResponse) -> dict[str, str]:
