@@ -10,14 +10,17 @@ Three bounds, each a setting (docs/operations.md#slow-clients):
   alone grows to megabytes): over it the connection is not read either.
 - ``write_timeout_s``: answers over that mark which do not drain within it,
   or left unsent by a close, get the connection aborted with a reset, which
-  drops what was queued here and in the kernel at once.
+  drops what was queued here and in the kernel at once. A connection that
+  times out idle with answers still unread in the kernel is aborted as well.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import socket
 import struct
+import termios
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -96,6 +99,22 @@ class Backpressure:
         if transport is not None and transport.get_write_buffer_size() > 0:
             self._start_timer()
 
+    def unsent(self) -> bool:
+        """Whether answers are still queued, here or (on Linux) unacknowledged in the kernel."""
+        transport = self._transport
+        if transport is None:
+            return False
+        if transport.get_write_buffer_size() > 0:
+            return True
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return False
+        return bool(struct.unpack("i", queued)[0])
+
     def lost(self) -> None:
         self._stop_timer()
         self._held.clear()
@@ -134,16 +153,16 @@ class Backpressure:
 
     def _start_timer(self) -> None:
         if self._timer is None:
-            self._timer = self._loop.call_later(self._write_timeout_s, self._abort)
+            self._timer = self._loop.call_later(self._write_timeout_s, self.abort)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         """Reset the connection: what it has queued, here and in the kernel, is dropped."""
-        self._timer = None
+        self._stop_timer()
         transport = self._transport
         if transport is None:
             return

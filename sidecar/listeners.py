@@ -195,14 +195,7 @@ class _Connection(RequestHandler):
     def refuse_encoded(self) -> web.Response:
         """The answer to a request with an encoded body; the connection closes after it."""
         self._refuse_encoded = True
-        sampled(
-            log,
-            "http_refused",
-            "http_request_refused",
-            listener=self._server.listener,
-            status=415,
-            reason="content_encoding",
-        )
+        self._refused(415, "content_encoding")
         response = json_error(415)
         response.force_close()
         return response
@@ -219,14 +212,7 @@ class _Connection(RequestHandler):
         if status >= 500:
             log.error("http_error", listener=self._server.listener, status=status, reason=reason)
         else:
-            sampled(
-                log,
-                "http_refused",
-                "http_request_refused",
-                listener=self._server.listener,
-                status=status,
-                reason=reason,
-            )
+            self._refused(status, reason)
         if request.writer.output_size > 0:
             raise ConnectionError("the response had begun; the connection is closed instead")
         response = json_error(status)
@@ -238,15 +224,13 @@ class _Connection(RequestHandler):
         if isinstance(exc, RequestPayloadError | ConnectionError):
             # A body the client broke off or framed wrongly while aiohttp drained
             # it after an answer: the client's doing, not an error of ours.
-            sampled(
-                log,
-                "http_refused",
-                "http_request_refused",
-                listener=self._server.listener,
-                reason=type(exc).__name__,
-            )
+            self._refused(None, type(exc).__name__)
             return
         super().log_exception(*args, **kw)
+
+    def _refused(self, status: int | None, reason: str | None) -> None:
+        fields = {"listener": self._server.listener, "status": status, "reason": reason}
+        sampled(log, "http_refused", "http_request_refused", **fields)
 
     def _wait(self, reason: str, seconds: float) -> None:
         self._stop_waiting()
@@ -260,6 +244,10 @@ class _Connection(RequestHandler):
 
     def _expire(self, reason: str) -> None:
         self._timer, self._waiting_for = None, None
+        if self._flow is not None and self._flow.unsent():
+            # Answers unread for a whole timeout: a close would leave them queued.
+            self._flow.abort()
+            return
         self._server.closed(reason)
         self.force_close()
 
