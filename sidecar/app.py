@@ -488,6 +488,9 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
                         idle_timeout_s=settings.http_idle_timeout_s,
                         # The public port is capped; the pod-local ones serve their own pod.
                         max_connections=xrpc_cap if name == "xrpc" else None,
+                        write_timeout_s=settings.http_write_timeout_s,
+                        max_pipelined=settings.http_max_pipelined,
+                        max_queued_bytes=settings.http_max_queued_bytes,
                     ),
                     on_closed=sidecar.metrics.connection_closed,
                     connection=shared_loop_connections(share) if share and name == "xrpc" else None,

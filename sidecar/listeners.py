@@ -14,21 +14,32 @@ from when it opened or, on a kept-alive connection, from the first byte of the
 next request; between requests it may idle for ``idle_timeout_s``. A handler
 bounds its own body read by the same read timeout (``wire.read_body``). A
 listener may cap its connections: past the cap a new one is closed at once.
+
+A client that sends and never reads is bounded by ``sidecar.backpressure``:
+requests awaiting an answer, bytes of answers queued, and the time those take
+to drain, after which the connection is aborted.
+
+A request whose body has a ``Content-Encoding`` is answered 415 before any
+handler runs, and its connection closed without reading the body; aiohttp's
+decompression is off, so no body is ever inflated (docs/api.md#request-bodies).
 """
 
 from __future__ import annotations
 
+import errno
 import resource
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
-from sidecar.wire import HTTP_ERROR_NAMES, json_answer
+from sidecar.backpressure import Backpressure
+from sidecar.log import sampled
+from sidecar.wire import HTTP_ERROR_NAMES, encoded_body, json_answer
 
 if TYPE_CHECKING:
     import asyncio
@@ -47,11 +58,15 @@ ConnectionFactory = Callable[..., RequestHandler]
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    """How many connections a listener takes, and how long each may take."""
+    """How many connections a listener takes, how long each may take, and how much
+    each may hold."""
 
     read_timeout_s: float
     idle_timeout_s: float
     max_connections: int | None = None
+    write_timeout_s: float = 10
+    max_pipelined: int = 16
+    max_queued_bytes: int = 64 * 1024
 
 
 def _error_name(status: int) -> str:
@@ -63,6 +78,7 @@ def _error_name(status: int) -> str:
 
 _MESSAGES: Final = {
     400: "Malformed HTTP request",
+    415: "Content-Encoding is not supported: send the body as it is (identity)",
     417: "Only 'Expect: 100-continue' is supported",
 }
 
@@ -74,11 +90,15 @@ def json_error(status: int, headers: Any = None) -> web.Response:
 
 
 class _Connection(RequestHandler):
-    """One client connection: timed, capped, and answered only in JSON."""
+    """One client connection: timed, capped, flow-controlled, and answered only in JSON."""
 
     _server: _Server
     _timer: asyncio.TimerHandle | None = None
     _waiting_for: str | None = None
+    _flow: Backpressure | None = None
+    # Parsed requests minus answered ones: the pipelined backlog.
+    _answered: int = 0
+    _refuse_encoded: bool = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -89,21 +109,68 @@ class _Connection(RequestHandler):
             server.closed("over_capacity")
             self.force_close()
             return
-        self._wait("read_timeout", server.limits.read_timeout_s)
+        limits = server.limits
+        self._flow = Backpressure(
+            transport,  # type: ignore[arg-type] # a stream's
+            self._loop,
+            max_pipelined=limits.max_pipelined,
+            max_queued_bytes=limits.max_queued_bytes,
+            write_timeout_s=limits.write_timeout_s,
+            parse=super().data_received,
+            backlog=lambda: self._request_count - self._answered,
+            # aiohttp 3.11 has the first flag, later ones both.
+            parser_holds=lambda: bool(
+                getattr(self, "_reading_paused", False) or getattr(self, "_buffer_paused", False)
+            ),
+            abort=server.closed,
+        )
+        self._wait("read_timeout", limits.read_timeout_s)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+            # The kernel gave up on unacknowledged answers (sidecar.backpressure).
+            self._server.closed("write_timeout")
         self._stop_waiting()
+        if self._flow is not None:
+            self._flow.lost()
         super().connection_lost(exc)
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        finally:
+            # A connection that ends with answers unsent (a close, not an abort,
+            # leaves them queued) gets the write timeout to send them.
+            if self._flow is not None:
+                self._flow.closing()
+
+    def force_close(self) -> None:
+        super().force_close()
+        if self._flow is not None:
+            self._flow.closing()
 
     def data_received(self, data: bytes) -> None:
         if self._waiting_for == "idle_timeout":
             # The next request has begun: its head gets the read timeout.
             self._wait("read_timeout", self._server.limits.read_timeout_s)
-        super().data_received(data)
+        if self._flow is None:
+            super().data_received(data)
+        else:
+            self._flow.received(data)
 
     def head_received(self) -> None:
         """A whole request head is in: the handler bounds the rest."""
         self._stop_waiting()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._flow is not None:
+            self._flow.writing_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._flow is not None:
+            self._flow.writing_resumed()
 
     async def finish_response(
         # Any: aiohttp 3.11 says float here, later ones float | None.
@@ -116,9 +183,24 @@ class _Connection(RequestHandler):
             # aiohttp's own answers (Expect, CONNECT, a route's 405): same status, JSON.
             resp = json_error(resp.status, headers=_kept_headers(resp))
         answer = await super().finish_response(request, resp, start_time)
+        self._answered += 1
+        if self._refuse_encoded:
+            # The encoded body is never read, not even to drain it.
+            self._server.closed("content_encoding")
+            self.force_close()
         if self.transport is not None and not self._force_close:
             self._wait("idle_timeout", self._server.limits.idle_timeout_s)
+        if self._flow is not None:
+            self._flow.answered()
         return answer
+
+    def refuse_encoded(self) -> web.Response:
+        """The answer to a request with an encoded body; the connection closes after it."""
+        self._refuse_encoded = True
+        self._refused(415, "content_encoding")
+        response = json_error(415)
+        response.force_close()
+        return response
 
     def handle_error(
         self,
@@ -132,14 +214,25 @@ class _Connection(RequestHandler):
         if status >= 500:
             log.error("http_error", listener=self._server.listener, status=status, reason=reason)
         else:
-            log.info(
-                "http_request_refused", listener=self._server.listener, status=status, reason=reason
-            )
+            self._refused(status, reason)
         if request.writer.output_size > 0:
             raise ConnectionError("the response had begun; the connection is closed instead")
         response = json_error(status)
         response.force_close()
         return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError | ConnectionError):
+            # A body the client broke off or framed wrongly while aiohttp drained
+            # it after an answer: the client's doing, not an error of ours.
+            self._refused(None, type(exc).__name__)
+            return
+        super().log_exception(*args, **kw)
+
+    def _refused(self, status: int | None, reason: str | None) -> None:
+        fields = {"listener": self._server.listener, "status": status, "reason": reason}
+        sampled(log, "http_refused", "http_request_refused", **fields)
 
     def _wait(self, reason: str, seconds: float) -> None:
         self._stop_waiting()
@@ -153,6 +246,10 @@ class _Connection(RequestHandler):
 
     def _expire(self, reason: str) -> None:
         self._timer, self._waiting_for = None, None
+        if self._flow is not None and self._flow.unsent():
+            # Answers unread for a whole timeout: a close would leave them queued.
+            self._flow.abort()
+            return
         self._server.closed(reason)
         self.force_close()
 
@@ -175,6 +272,7 @@ class _Server(web.Server):
         connection: ConnectionFactory | None = None,
     ) -> None:
         factory = plain.request_factory
+        handler = plain.request_handler
 
         def request_factory(*args: Any) -> web.BaseRequest:
             # (message, payload, protocol, writer, task): the head is complete.
@@ -182,8 +280,16 @@ class _Server(web.Server):
             protocol.head_received()
             return factory(*args)
 
+        def request_handler(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+            # Before any route or middleware, so whatever the request (a 401,
+            # a 405), its encoded body is neither read nor drained.
+            if encoded_body(request):
+                protocol: _Connection = request.protocol  # type: ignore[assignment]
+                return _answer(protocol.refuse_encoded())
+            return handler(request)
+
         super().__init__(
-            plain.request_handler,
+            request_handler,
             request_factory=request_factory,
             handler_cancellation=plain.handler_cancellation,
             # aiohttp keeps the connections' settings only on the server it built.
@@ -202,8 +308,18 @@ class _Server(web.Server):
         return cap is not None and len(self.connections) > cap
 
     def closed(self, reason: str) -> None:
-        log.info("http_connection_closed", listener=self.listener, reason=reason)
+        sampled(
+            log,
+            "connection_closed",
+            "http_connection_closed",
+            listener=self.listener,
+            reason=reason,
+        )
         self._on_closed(self.listener, reason)
+
+
+async def _answer(response: web.StreamResponse) -> web.StreamResponse:
+    return response
 
 
 class ListenerRunner(web.AppRunner):
@@ -219,7 +335,11 @@ class ListenerRunner(web.AppRunner):
         connection: ConnectionFactory | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(app, keepalive_timeout=limits.idle_timeout_s, **kwargs)
+        # No decompression of request bodies, ever: an encoded one is refused
+        # before it is read, and nothing else may inflate one either.
+        super().__init__(
+            app, keepalive_timeout=limits.idle_timeout_s, auto_decompress=False, **kwargs
+        )
         self._listener = listener
         self._limits = limits
         self._on_closed = on_closed

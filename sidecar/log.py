@@ -4,6 +4,12 @@ Request context (request id, listener, caller) is bound through contextvars so
 that every line of a request carries it. The redaction processor is the last
 line of defence: code never logs tokens on purpose, and this makes sure an
 accident does not leak one either.
+
+Lines that anyone can cause without a credential (a refused or anonymous
+request, a connection the listener closed) go through ``sampled``: each kind
+gets a budget of lines per second, and what is over it is dropped and
+counted, so a flood of requests cannot make the log the bottleneck. Lines of
+changes and of refused credentials never go through it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Final, TextIO
 
@@ -69,18 +76,83 @@ def redact(
     return event_dict
 
 
+# The kinds of line ``sampled`` budgets: labels of the dropped-lines metric.
+SAMPLED_KINDS: Final = (
+    "request_refused",  # a request line with status 400 and up
+    "request_anonymous",  # a request line of a caller without credentials
+    "http_refused",  # a request the listener refused before any handler
+    "connection_closed",  # a connection the listener closed itself
+)
+
+
+class LineBudget:
+    """A token bucket per kind of line: ``per_second`` lines a second, as a burst too."""
+
+    def __init__(self, per_second: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = float(per_second)
+        self._clock = clock
+        # kind -> (tokens left, when they were counted)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self.dropped: dict[str, int] = dict.fromkeys(SAMPLED_KINDS, 0)
+        # Lines dropped since the last one of the kind that was written.
+        self._skipped: dict[str, int] = {}
+
+    def take(self, kind: str) -> int | None:
+        """None when a line of ``kind`` is over budget (it is counted as dropped), else
+        how many of that kind were dropped since the last one written."""
+        now = self._clock()
+        tokens, then = self._buckets.get(kind, (self._rate, now))
+        tokens = min(self._rate, tokens + (now - then) * self._rate)
+        if tokens < 1:
+            self._buckets[kind] = (tokens, now)
+            self.dropped[kind] = self.dropped.get(kind, 0) + 1
+            self._skipped[kind] = self._skipped.get(kind, 0) + 1
+            return None
+        self._buckets[kind] = (tokens - 1, now)
+        return self._skipped.pop(kind, 0)
+
+
+# None: no budget, every line is written (the default, until configured).
+_budget: LineBudget | None = None
+
+
+def sampled(logger: Any, kind: str, event: str, **fields: Any) -> None:
+    """Log ``event`` at info level unless lines of ``kind`` are over their budget.
+
+    A line written after some were dropped says how many, as ``dropped``.
+    """
+    if _budget is not None:
+        skipped = _budget.take(kind)
+        if skipped is None:
+            return
+        if skipped:
+            fields["dropped"] = skipped
+    logger.info(event, **fields)
+
+
+def dropped_lines() -> Mapping[str, int]:
+    """Lines dropped so far by kind, for the metric."""
+    return _budget.dropped if _budget is not None else dict.fromkeys(SAMPLED_KINDS, 0)
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
     *,
     stream: TextIO | None = None,
     sink: Callable[[str], None] | None = None,
+    sampled_per_s: int | None = None,
 ) -> None:
     """Configure structlog once for the process.
 
     ``sink`` receives every rendered line instead of ``stream`` (tests use it
     to capture all output). ``fmt`` "auto" means console on a TTY, else JSON.
+    ``sampled_per_s`` is the budget of each kind of ``sampled`` line; None
+    writes them all.
     """
+    # The log is the process's, and so is its budget.
+    global _budget
+    _budget = LineBudget(sampled_per_s) if sampled_per_s is not None else None
     out = stream or sys.stdout
     console = fmt == "console" or (fmt == "auto" and sink is None and out.isatty())
     renderer: Any = (

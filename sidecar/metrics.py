@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from sidecar.errors import AUTH_FAILURE_REASONS, ENVELOPE_FAILURE_REASONS
+from sidecar.log import dropped_lines
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -33,8 +34,15 @@ if TYPE_CHECKING:
 PREFIX = "wisp_sidecar"
 
 LISTENERS = ("xrpc", "sign", "ops")
-# Why a listener closed a connection itself (sidecar.listeners).
-CLOSE_REASONS = ("over_capacity", "read_timeout", "idle_timeout")
+# Why a listener closed a connection itself (sidecar.listeners); it aborts
+# (resets) on write_timeout, and closes on the others.
+CLOSE_REASONS = (
+    "over_capacity",
+    "read_timeout",
+    "idle_timeout",
+    "write_timeout",
+    "content_encoding",
+)
 # Every per-owner or per-client bound a request can run into (issue 19), each
 # exported at 0 from start. A new kind is declared here first: ``limit_hit``
 # refuses any other, so no label value can come from a request.
@@ -131,6 +139,25 @@ class LoopHistogram(Collector):
         yield HistogramMetricFamily(
             self._name, self._documentation, buckets=cumulative, sum_value=self._sum
         )
+
+
+class DroppedLines(Collector):
+    """Log lines dropped over their budget (``sidecar.log.sampled``), read at scrape time."""
+
+    NAME = f"{PREFIX}_log_lines_dropped"
+    HELP = "Log lines dropped because their kind was over SIDECAR_LOG_SAMPLED_PER_S, by kind."
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.NAME, self.HELP, labels=["kind"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=["kind"])
+        for kind, count in sorted(dropped_lines().items()):
+            family.add_metric([kind], count)
+        yield family
 
 
 @dataclass(frozen=True)
@@ -265,8 +292,9 @@ class Metrics:
         self.connections_closed = _counter(
             registry,
             "http_connections_closed",
-            "Connections a listener closed itself: over its cap, or too slow to send a "
-            "request, or idle too long.",
+            "Connections a listener closed itself: over its cap, too slow to send a "
+            "request, idle too long, too slow to read its answers (aborted), or sent "
+            "an encoded body.",
             ["listener", "reason"],
             itertools.product(LISTENERS, CLOSE_REASONS),
         )
@@ -296,6 +324,7 @@ class Metrics:
             "Times XRPC used up its share of the loop and its connections stopped being read.",
             registry=registry,
         )
+        self.log_lines_dropped = DroppedLines(registry)
         self.xrpc_requests = _counter(
             registry,
             "xrpc_requests",

@@ -252,6 +252,17 @@ class Settings:
         "SIDECAR_HTTP_IDLE_TIMEOUT_S", int_between(1, 3600), 15, "Listeners",
         "How long a kept-alive connection may sit idle between requests. 1..3600.",
     )  # fmt: skip
+    http_write_timeout_s: int = _setting(
+        "SIDECAR_HTTP_WRITE_TIMEOUT_S", int_between(1, 3600), 10, "Listeners",
+        "How long answers may wait for a client that does not read them; then its\n"
+        "connection is aborted (reset) and its buffers freed. 1..3600.")  # fmt: skip
+    http_max_pipelined: int = _setting(
+        "SIDECAR_HTTP_MAX_PIPELINED", int_between(1, 1024), 16, "Listeners",
+        "Requests awaiting answers at which reading a connection pauses. 1..1024.")  # fmt: skip
+    http_max_queued_bytes: int = _setting(
+        "SIDECAR_HTTP_MAX_QUEUED_BYTES", int_between(4096, 1 << 26), 65536, "Listeners",
+        "Unsent answer bytes one connection may queue; over it, reading pauses, and past\n"
+        "http_write_timeout_s the connection is aborted. 4096..67108864.")  # fmt: skip
     # --- Lifecycle
     shutdown_grace_s: int = _setting(
         # At least 1: aiohttp reads a shutdown timeout of 0 as "wait for ever".
@@ -418,6 +429,10 @@ class Settings:
         "SIDECAR_LOG_FORMAT", choice(LOG_FORMATS), "auto", "Local state and logs",
         "auto (console on a TTY, JSON otherwise), json or console.",
     )  # fmt: skip
+    log_sampled_per_s: int = _setting(
+        "SIDECAR_LOG_SAMPLED_PER_S", int_between(1, 1_000_000), 100, "Local state and logs",
+        "Lines a second of each kind any client can cause (refused or anonymous requests,\n"
+        "closed connections); the rest are dropped and counted. 1..1000000.")  # fmt: skip
     # Not a setting: the XRPC input limit of docs/architecture.md §4.
     xrpc_max_bytes: int = 64 * 1024
     # Not a setting: the variables that were given (environment or file), so a

@@ -36,13 +36,14 @@ from sidecar.errors import (
     StorageUnavailable,
     WireError,
 )
+from sidecar.log import sampled
 
 log = structlog.get_logger("sidecar.http")
 
 RETRY_AFTER_S: Final = "1"
 
-# aiohttp's own refusals, by status; any other 4xx is InvalidRequest.
-HTTP_ERROR_NAMES: Final = {404: "NotFound", 413: "PayloadTooLarge"}
+# aiohttp's own refusals, and the listeners', by status; any other 4xx is InvalidRequest.
+HTTP_ERROR_NAMES: Final = {404: "NotFound", 413: "PayloadTooLarge", 415: "UnsupportedMediaType"}
 
 ERRORS_BY_TYPE: Final[dict[type[Exception], tuple[int, str, dict[str, str]]]] = {
     PayloadTooLarge: (413, "PayloadTooLarge", {}),
@@ -137,6 +138,23 @@ def error_response(error: WireError) -> web.Response:
     return response
 
 
+def encoded_body(request: web.BaseRequest) -> bool:
+    """Whether a request says its body has a ``Content-Encoding`` other than ``identity``.
+
+    Such a request is refused (415) before its body is read: a body is signed
+    exactly as sent, and decompressing one would let a small request become a
+    large one in memory (docs/api.md#request-bodies).
+    """
+    headers = request.headers
+    if "Content-Encoding" not in headers:
+        return False
+    return any(
+        coding.strip().lower() not in ("", "identity")
+        for value in headers.getall("Content-Encoding")
+        for coding in value.split(",")
+    )
+
+
 def arrived_body(request: web.Request, limit: int) -> bytes | None:
     """The whole body if it has all arrived already, else None (then use ``read_body``).
 
@@ -173,6 +191,9 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
             return await read_limited(request.content, declared, limit, _too_large(limit))
     except TimeoutError:
         raise BodyTimedOut(f"The request body did not arrive within {timeout_s:g} s") from None
+    except web.RequestPayloadError:
+        # A chunked framing error, or a body cut short: the client's fault, not a 500.
+        raise InvalidInput("The request body is malformed or incomplete") from None
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -213,18 +234,30 @@ def request_id(request: web.Request) -> str:
 
 
 def log_request(
-    listener: str, request: web.Request, status: int, started: float, **fields: Any
+    listener: str,
+    request: web.Request,
+    status: int,
+    started: float,
+    *,
+    anonymous: bool = False,
+    **fields: Any,
 ) -> None:
-    """The canonical line of one request."""
-    log.info(
-        "request",
-        listener=listener,
-        method=request.method,
-        path=request.path,
-        status=status,
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    """The canonical line of one request; of a refused or anonymous one only within
+    the log budget (``sidecar.log.sampled``)."""
+    line = {
+        "listener": listener,
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
         **fields,
-    )
+    }
+    if status >= 400:
+        sampled(log, "request_refused", "request", **line)
+    elif anonymous:
+        sampled(log, "request_anonymous", "request", **line)
+    else:
+        log.info("request", **line)
 
 
 def http_middleware(listener: str) -> Any:
@@ -245,7 +278,9 @@ def http_middleware(listener: str) -> Any:
         except Exception as exc:
             response = _error_response(exc, request)
         response.headers["X-Request-Id"] = rid
-        log_request(listener, request, response.status, started)
+        # The XRPC server binds the caller's DID once its credential is accepted.
+        anonymous = "did" not in structlog.contextvars.get_contextvars()
+        log_request(listener, request, response.status, started, anonymous=anonymous)
         return response
 
     return middleware

@@ -9,7 +9,14 @@ import pytest
 import structlog
 
 from sidecar.crypto import encode_kek, generate_kek, generate_token
-from sidecar.log import REDACTED, configure_logging, redact_text
+from sidecar.log import (
+    REDACTED,
+    LineBudget,
+    configure_logging,
+    dropped_lines,
+    redact_text,
+    sampled,
+)
 
 TOKEN = generate_token()
 JWT = "eyJhbGciOiJFUzI1NksifQ.eyJpc3MiOiJkaWQ6cGxjOmFiYyJ9.c2lnbmF0dXJl"
@@ -99,3 +106,40 @@ def test_level_filters_lower_levels() -> None:
     logger.warning("loud")
     events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
     assert events == ["loud"]
+
+
+def test_a_line_budget_drops_what_is_over_it_counts_it_and_refills() -> None:
+    """Past its per-second budget a kind's lines are dropped and counted, another kind
+    is not affected, and after a second the next line says how many were dropped."""
+    now = [100.0]
+    budget = LineBudget(3, clock=lambda: now[0])
+    assert [budget.take("request_anonymous") for _ in range(5)] == [0, 0, 0, None, None]
+    assert budget.take("request_refused") == 0
+    assert budget.dropped["request_anonymous"] == 2
+    now[0] += 1.0
+    assert budget.take("request_anonymous") == 2
+    assert budget.take("request_anonymous") == 0
+    assert budget.dropped == {
+        "request_refused": 0,
+        "request_anonymous": 2,
+        "http_refused": 0,
+        "connection_closed": 0,
+    }
+
+
+def test_sampled_lines_are_all_written_without_a_budget_and_bounded_with_one() -> None:
+    """Unconfigured, every sampled line is written; with a budget of 2 a second, a
+    burst of 10 writes 2 and counts 8 as dropped."""
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    logger = structlog.get_logger("t")
+    for _ in range(10):
+        sampled(logger, "http_refused", "refused")
+    assert len(out.getvalue().splitlines()) == 10
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out, sampled_per_s=2)
+    for _ in range(10):
+        sampled(logger, "http_refused", "refused")
+    assert len(out.getvalue().splitlines()) == 2
+    assert dropped_lines()["http_refused"] == 8
+    configure_logging("info", "json")

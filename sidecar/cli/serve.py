@@ -22,7 +22,9 @@ def serve(settings: Settings) -> int:
     from sidecar.app import serve as serve_listeners
     from sidecar.log import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(
+        settings.log_level, settings.log_format, sampled_per_s=settings.log_sampled_per_s
+    )
     if settings.redis_url is not None:
         run(serve_listeners(settings))
         return EXIT_OK
