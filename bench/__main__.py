@@ -2,18 +2,19 @@
 
     make bench                                # 5 rounds of 5 s per measurement
     BENCH_SECONDS=10 BENCH_ROUNDS=9 make bench
+    BENCH_PARTS=batch make bench              # only some parts: single, batch, transport
 
 Starts an embedded Valkey, the real sidecar (``python -m sidecar serve``) and
 the baseline (``bench/baseline.py``) as separate processes, then loads each
 with 1 KiB bodies at 32 and 256 connections and prints ``ratio = sidecar /
-baseline``. It also reports each server's CPU use during its run: a server
+baseline``; then batches of 100 against the bare batch endpoint
+(``bench/batch.py``). It also reports each server's CPU use during its run: a server
 near one full core is the bottleneck, as it should be; a server well below it
 means the load generator was.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import statistics
@@ -28,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.batch import batch_body, compare_batches
 from bench.loadgen import Run, have_wrk, load
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.cli.devmode import embedded_binary
@@ -37,7 +39,6 @@ from sidecar.storage.embedded import EmbeddedValkey, free_port
 DID = "did:plc:bench0000000000000000000"
 BODY = (b'{"event":"create","did":"did:plc:abc","pad":"' + b"x" * 1024)[:1020] + b'"}\n\n'
 CONCURRENCIES = (32, 256)
-BATCH_ITEMS = 100
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -114,6 +115,7 @@ def batch_totals(ops_port: int) -> tuple[float, float]:
 def main() -> int:
     seconds = int(os.environ.get("BENCH_SECONDS", "5"))
     rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
+    parts = os.environ.get("BENCH_PARTS", "single,batch,transport").split(",")
     generator = "wrk -t1" if have_wrk() else "aiohttp client (install wrk for a lighter one)"
     print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} load generator: {generator}")
     with (
@@ -123,7 +125,7 @@ def main() -> int:
         key = generate_api_key()
         keys = Path(tmp) / "keys"
         keys.write_text(keys_file_line(DID, key) + "\n")
-        ports = {name: free_port() for name in ("xrpc", "sign", "ops", "base")}
+        ports = {name: free_port() for name in ("xrpc", "sign", "ops", "base", "batch")}
         env = {
             **os.environ,
             "REDIS_URL": v.url,
@@ -139,7 +141,12 @@ def main() -> int:
         }
         sidecar_argv = [sys.executable, "-m", "sidecar", "serve"]
         baseline_argv = [sys.executable, "-m", "bench.baseline", "--port", str(ports["base"])]
-        with process(sidecar_argv, env) as sidecar, process(baseline_argv, env) as baseline:
+        bare_argv = [sys.executable, "-m", "bench.batch_baseline", "--port", str(ports["batch"])]
+        with (
+            process(sidecar_argv, env) as sidecar,
+            process(baseline_argv, env) as baseline,
+            process(bare_argv, env) as bare,
+        ):
             wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
             create_secret(ports["xrpc"], key)
             sign_url = f"http://127.0.0.1:{ports['sign']}/v1/sign?did={DID}&name=orders"
@@ -152,7 +159,7 @@ def main() -> int:
             )
             print(header)
             ratios = []
-            for conns in CONCURRENCIES:
+            for conns in CONCURRENCIES if "single" in parts else ():
                 kind = "application/octet-stream"
                 round_ratios = []
                 # Alternate the two servers over several rounds, so a noisy
@@ -187,17 +194,20 @@ def main() -> int:
                 ratios.append((conns, median))
                 print(f"{'median ratio c=' + str(conns):>22} {median:9.2f}\n")
 
-            item = {"did": DID, "name": "orders", "body_b64": base64.b64encode(BODY).decode()}
-            batch = json.dumps({"items": [item] * BATCH_ITEMS}).encode()
-            batch_url = f"http://127.0.0.1:{ports['sign']}/v1/sign/batch"
-            batched = measure(sidecar.pid, batch_url, batch, "application/json", 8, seconds)
-            print(
-                f"batch of {BATCH_ITEMS}, c=8: {batched.run.requests_per_s:.0f} req/s = "
-                f"{batched.run.requests_per_s * BATCH_ITEMS:.0f} signatures/s, "
-                f"p50 {batched.run.p50_ms:.2f} ms, p99 {batched.run.p99_ms:.2f} ms, "
-                f"cpu {batched.cpu_share:.2f}, errors {batched.run.errors}"
-            )
-            print("\nmedian " + "  ".join(f"ratio@{c}={r:.2f}" for c, r in ratios))
+            bare_url = f"http://127.0.0.1:{ports['batch']}/v1/sign/batch"
+            wait_ready(bare_url)
+            medians = [f"ratio@{c}={r:.2f}" for c, r in ratios]
+            if "batch" in parts:
+                batch = compare_batches(
+                    measure,
+                    sidecar=(sidecar.pid, f"http://127.0.0.1:{ports['sign']}/v1/sign/batch"),
+                    bare=(bare.pid, bare_url),
+                    batch=batch_body(DID, "orders", BODY),
+                    rounds=rounds,
+                    seconds=seconds,
+                )
+                medians.append(f"batch={batch:.2f}")
+            print("\nmedian " + "  ".join(medians))
     return 0
 
 
