@@ -28,7 +28,7 @@ from sidecar.auth.api_keys import ApiKeyEntry, ApiKeys, load_api_keys
 from sidecar.auth.authenticator import Authenticator, BearerVerifier
 from sidecar.auth.did_resolver import DidResolver
 from sidecar.auth.service_jwt import ServiceAuthVerifier
-from sidecar.crypto import Keyring, OpenedTokenCache
+from sidecar.crypto import Keyring
 from sidecar.errors import ConfigError, StartupFailed, StorageUnavailable
 from sidecar.listeners import ConnectionLimits, ListenerRunner, connection_cap
 from sidecar.metrics import KnownLabels, Metrics
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 from sidecar.signing.api import OUTCOMES as SIGN_OUTCOMES
 from sidecar.signing.api import VERIFY_REASONS, SignApi
 from sidecar.signing.signer import Signer
+from sidecar.signing.tokens import OpenedTokenCache
 
 log = structlog.get_logger("sidecar.app")
 
