@@ -41,6 +41,7 @@ from sidecar.storage.connection import connect
 from sidecar.storage.durability import Durability, ReplicaCheck
 from sidecar.storage.replay import ReplayRecords
 from sidecar.storage.store import SecretStore
+from sidecar.unix_socket import start_sign_socket
 from sidecar.wire import http_middleware
 from sidecar.xrpc.did_document import add_did_document_route, did_document
 from sidecar.xrpc.lexicon import LexiconRegistry, default_lexicon_dir
@@ -424,7 +425,7 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
             ("ops", create_ops_app(sidecar), settings.ops_host, settings.ops_port),
         ]
         runners: dict[str, web.AppRunner] = {}
-        sites: dict[str, web.TCPSite] = {}
+        sites: dict[str, web.BaseSite] = {}
         try:
             xrpc_cap = connection_cap(settings.xrpc_max_connections)
             for name, app, host, port in listeners:
@@ -443,6 +444,10 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
                 )
                 await runner.setup()
                 runners[name] = runner
+                if name == "sign" and settings.sign_socket is not None:
+                    sites["sign_socket"] = await start_sign_socket(runner, settings)
+                if port == 0:
+                    continue  # SIDECAR_SIGN_PORT=0: the sign API on its socket alone
                 sites[name] = web.TCPSite(runner, host, port)
                 await sites[name].start()
                 log.info("listening", listener=name, host=host, port=port)

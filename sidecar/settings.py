@@ -16,8 +16,6 @@ stop with one line that says what to fix.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -36,6 +34,7 @@ from sidecar.setting_values import (
     did_list,
     existing_file,
     flag,
+    group_id,
     host,
     http_url,
     int_between,
@@ -47,8 +46,12 @@ from sidecar.setting_values import (
     redis_url,
     secret_text,
     service_id,
+    sign_port,
+    socket_mode,
+    socket_path,
     text,
 )
+from sidecar.settings_file import did_you_mean, read_toml, toml_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -199,7 +202,26 @@ class Settings:
         "Sign: the dispatcher's pod-local signing API. Keep it on loopback: it is a\n"
         "signing oracle.",
     )  # fmt: skip
-    sign_port: int = _setting("SIDECAR_SIGN_PORT", port, 8081, "Listeners", "Sign: its port.")
+    sign_port: int = _setting(
+        "SIDECAR_SIGN_PORT", sign_port, 8081, "Listeners",
+        "Sign: its port; 0 for none, with sign_socket set (no other port may be 0).",
+    )  # fmt: skip
+    sign_socket: Path | None = _setting(
+        "SIDECAR_SIGN_SOCKET", socket_path, None, "Listeners",
+        "Sign: also on this Unix socket (at most 90 bytes), for the dispatcher alone.\n"
+        "A stale socket is replaced; another file, or a live socket, is refused.",
+        example='"/run/wisp-sidecar/sign.sock"',
+    )  # fmt: skip
+    sign_socket_mode: str = _setting(
+        "SIDECAR_SIGN_SOCKET_MODE", socket_mode, "0660", "Listeners",
+        "Its permissions, octal, set before it is reachable; no write for 'others'.",
+    )  # fmt: skip
+    sign_socket_group: int | None = _setting(
+        "SIDECAR_SIGN_SOCKET_GROUP", group_id, None, "Listeners",
+        "Its group (name or number): the dispatcher's, one the sidecar is in too.\n"
+        "Unset: the sidecar's own.",
+        example='"10002"',
+    )  # fmt: skip
     ops_host: str = _setting(
         "SIDECAR_OPS_HOST", host, "0.0.0.0", "Listeners",
         "Ops: /metrics, /healthz, /readyz. The address it binds.",
@@ -378,23 +400,12 @@ VARIABLES: Final = tuple(
 NOT_SETTINGS: Final = ("SIDECAR_CONFIG", "SIDECAR_TEST_REDIS_URL", "SIDECAR_TEST_REDIS_SERVER")
 
 
-def toml_key(variable: str) -> str:
-    return variable.removeprefix("SIDECAR_").lower()
-
-
-def _did_you_mean(given: str, known: tuple[str, ...]) -> str:
-    # Compared without the prefix they all share, which would make anything look close.
-    by_stem = {name.removeprefix("SIDECAR_"): name for name in known}
-    close = difflib.get_close_matches(given.removeprefix("SIDECAR_"), by_stem, n=1)
-    return f"; did you mean {by_stem[close[0]]}?" if close else ""
-
-
 def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
     """A misspelt variable would be dropped silently, leaving its default in force."""
     known = (*VARIABLES, *NOT_SETTINGS)
     for variable in sorted(environ):
         if variable.startswith("SIDECAR_") and variable not in known:
-            raise ConfigError(variable, f"unknown setting{_did_you_mean(variable, VARIABLES)}")
+            raise ConfigError(variable, f"unknown setting{did_you_mean(variable, VARIABLES)}")
 
 
 def _merged_sources(environ: Mapping[str, str]) -> dict[str, str]:
@@ -402,7 +413,7 @@ def _merged_sources(environ: Mapping[str, str]) -> dict[str, str]:
     merged: dict[str, str] = {}
     config_path = environ.get("SIDECAR_CONFIG")
     if config_path:
-        merged.update(_read_toml(Path(config_path)))
+        merged.update(read_toml(Path(config_path), VARIABLES))
     for spec in SPECS.values():
         spellings = [v for v in (spec.variable, spec.file_variable) if v is not None]
         # Two spellings of one setting (SIDECAR_KEK, SIDECAR_KEK_FILE): either
@@ -415,32 +426,6 @@ def _merged_sources(environ: Mapping[str, str]) -> dict[str, str]:
             if value is not None and value != "":
                 merged[variable] = value
     return merged
-
-
-def _read_toml(path: Path) -> dict[str, str]:
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError("SIDECAR_CONFIG", f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("SIDECAR_CONFIG", f"{path} is not valid TOML: {exc}") from None
-    by_key = {toml_key(variable): variable for variable in VARIABLES}
-    values: dict[str, str] = {}
-    for key, value in document.items():
-        variable = by_key.get(key)
-        if variable is None:
-            hint = _did_you_mean(key, tuple(by_key))
-            raise ConfigError("SIDECAR_CONFIG", f"{path}: unknown setting {key!r}{hint}")
-        if isinstance(value, bool):
-            # Spelled out, so a boolean given for a number is refused, not 1.
-            values[variable] = "true" if value else "false"
-        elif isinstance(value, str | int):
-            values[variable] = str(value)
-        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-            values[variable] = ",".join(value)
-        else:
-            raise ConfigError(variable, f"{path}: {key} must be a string or an integer")
-    return values
 
 
 def _parse(raw: Mapping[str, str]) -> Settings:
@@ -478,6 +463,9 @@ def _check_together(settings: Settings) -> None:
             "SIDECAR_REDIS_CA_FILE",
             "is set, but REDIS_URL does not use TLS (rediss:// or rediss+sentinel://)",
         )
+    if settings.sign_port == 0 and settings.sign_socket is None:
+        message = "is 0 (no TCP sign listener) but SIDECAR_SIGN_SOCKET is not set: set one"
+        raise ConfigError("SIDECAR_SIGN_PORT", message)
     check_service_endpoint(
         settings.service_endpoint,
         service_did=settings.service_did,
