@@ -8,7 +8,8 @@ Starts an embedded Valkey, the real sidecar (``python -m sidecar serve``) and
 the baseline (``bench/baseline.py``) as separate processes, then loads each
 with 1 KiB bodies at 32 and 256 connections and prints ``ratio = sidecar /
 baseline``; then batches of 100 against the bare batch endpoint
-(``bench/batch.py``). It also reports each server's CPU use during its run: a server
+(``bench/batch.py``), and single signs over the sign socket against TCP
+(``bench/transport.py``). It also reports each server's CPU use during its run: a server
 near one full core is the bottleneck, as it should be; a server well below it
 means the load generator was.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from bench.batch import batch_body, compare_batches
 from bench.loadgen import Run, have_wrk, load
+from bench.transport import compare_transports
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.cli.devmode import embedded_binary
 from sidecar.crypto import encode_kek, generate_kek
@@ -138,6 +140,7 @@ def main() -> int:
             "SIDECAR_OPS_PORT": str(ports["ops"]),
             "SIDECAR_LOG_FORMAT": "json",
             "SIDECAR_DATA_DIR": str(Path(tmp) / "data"),
+            "SIDECAR_SIGN_SOCKET": str(Path(tmp) / "sign.sock"),
         }
         sidecar_argv = [sys.executable, "-m", "sidecar", "serve"]
         baseline_argv = [sys.executable, "-m", "bench.baseline", "--port", str(ports["base"])]
@@ -207,6 +210,17 @@ def main() -> int:
                     seconds=seconds,
                 )
                 medians.append(f"batch={batch:.2f}")
+            if "transport" in parts:
+                print("single signs, aiohttp load generator for both: socket against TCP")
+                for c, r in compare_transports(
+                    tcp_url=sign_url,
+                    socket_path=env["SIDECAR_SIGN_SOCKET"],
+                    path_and_query=f"/v1/sign?did={DID}&name=orders",
+                    body=BODY,
+                    rounds=rounds,
+                    seconds=seconds,
+                ):
+                    medians.append(f"socket/tcp@{c}={r:.2f}")
             print("\nmedian " + "  ".join(medians))
     return 0
 
