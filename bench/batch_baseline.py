@@ -9,16 +9,14 @@ were a constant; ``make bench`` divides the sidecar's rate by this one's.
 
 from __future__ import annotations
 
-import argparse
 import binascii
 import hashlib
 import hmac
 
 import orjson
-import uvloop
 from aiohttp import web
 
-KEY = b"wsk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+from bench.baseline import KEY, serve
 
 
 async def sign_batch(request: web.Request) -> web.Response:
@@ -37,21 +35,5 @@ async def sign_batch(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps({"results": results}), content_type="application/json")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    app = web.Application(client_max_size=16 * 1024 * 1024 + 1)
-    app.router.add_post("/v1/sign/batch", sign_batch)
-    web.run_app(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
-    )
-
-
 if __name__ == "__main__":
-    main()
+    serve("/v1/sign/batch", sign_batch, 16 * 1024 * 1024 + 1)
