@@ -2,24 +2,26 @@
 
     make bench                                # 5 rounds of 5 s per measurement
     BENCH_SECONDS=10 BENCH_ROUNDS=9 make bench
-    BENCH_SCENARIOS=anonymous BENCH_SECONDS=3 BENCH_ISOLATION_ROUNDS=1 make bench  # short
+    BENCH_PARTS=batch,anonymous make bench    # only some parts (names below)
+    BENCH_PARTS=anonymous BENCH_SECONDS=3 BENCH_ISOLATION_ROUNDS=1 make bench  # short
 
 Starts an embedded Valkey, the real sidecar (``python -m sidecar serve``) and
 the baseline (``bench/baseline.py``) as separate processes, then loads each
 with 1 KiB bodies at 32 and 256 connections and prints ``ratio = sidecar /
-baseline``. It also reports each server's CPU use during its run: a server
+baseline``; then batches of 100 against the bare batch endpoint
+(``bench/batch.py``), and single signs over the sign socket against TCP
+(``bench/transport.py``). It also reports each server's CPU use during its run: a server
 near one full core is the bottleneck, as it should be; a server well below it
 means the load generator was.
 
 Then the isolation scenarios of ``bench/isolation.py``: sign throughput while
 the XRPC port is flooded, in one process and with the roles split.
-``BENCH_SCENARIOS`` picks the parts, comma-separated: ``baseline``,
-``anonymous``, ``authenticated``, ``big-owner`` (default: all of them).
+``BENCH_PARTS`` picks the parts, comma-separated: ``single``, ``batch``,
+``transport``, ``anonymous``, ``authenticated``, ``big-owner`` (default: all).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import statistics
@@ -34,8 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import isolation
+from bench.batch import batch_body, compare_batches
 from bench.loadgen import Run, have_wrk, load
 from bench.processes import process, wait_ready
+from bench.transport import compare_transports
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.cli.devmode import embedded_binary
 from sidecar.crypto import encode_kek, generate_kek
@@ -44,8 +48,8 @@ from sidecar.storage.embedded import EmbeddedValkey, free_port
 DID = "did:plc:bench0000000000000000000"
 BODY = (b'{"event":"create","did":"did:plc:abc","pad":"' + b"x" * 1024)[:1020] + b'"}\n\n'
 CONCURRENCIES = (32, 256)
-BATCH_ITEMS = 100
 TICKS = os.sysconf("SC_CLK_TCK")
+PARTS = ("single", "batch", "transport", *isolation.SCENARIOS)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -131,74 +135,94 @@ def main() -> int:
     rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
     # Each isolation round is two measurements and a flood: fewer by default.
     isolation_rounds = int(os.environ.get("BENCH_ISOLATION_ROUNDS", "3"))
+    parts = os.environ.get("BENCH_PARTS", ",".join(PARTS)).split(",")
     generator = "wrk -t1" if have_wrk() else "aiohttp client (install wrk for a lighter one)"
     print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} load generator: {generator}")
     with bench_redis() as (redis_url, key, tmp):
-        ports = {name: free_port() for name in ("xrpc", "sign", "ops", "base")}
-        env = sidecar_env(redis_url, ports, tmp)
+        ports = {name: free_port() for name in ("xrpc", "sign", "ops", "base", "batch")}
+        env = {**sidecar_env(redis_url, ports, tmp), "SIDECAR_SIGN_SOCKET": str(tmp / "sign.sock")}
         sidecar_argv = [sys.executable, "-m", "sidecar", "serve"]
         baseline_argv = [sys.executable, "-m", "bench.baseline", "--port", str(ports["base"])]
-        if "baseline" in os.environ.get("BENCH_SCENARIOS", "baseline").split(","):
-            with process(sidecar_argv, env) as sidecar, process(baseline_argv, env) as baseline:
-                wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
-                create_secret(ports["xrpc"], key)
-                sign_url = f"http://127.0.0.1:{ports['sign']}/v1/sign?did={DID}&name=orders"
-                base_url = f"http://127.0.0.1:{ports['base']}/v1/sign"
-                wait_ready(f"http://127.0.0.1:{ports['base']}/v1/sign")  # 405 is an answer
-                print(f"body {len(BODY)} bytes, {rounds} rounds of {seconds} s per measurement\n")
-                header = (
-                    f"{'':>22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>5} "
-                    f"{'us cpu/req':>10} {'errors':>6}"
-                )
-                print(header)
-                ratios = []
-                for conns in CONCURRENCIES:
-                    kind = "application/octet-stream"
-                    round_ratios = []
-                    # Alternate the two servers over several rounds, so a noisy
-                    # neighbour on a shared machine hits both, and take the median.
-                    # The order flips each round, so neither server always runs
-                    # in the other's wake.
-                    for round_ in range(1, rounds + 1):
-                        if round_ % 2 == 0:
-                            base = measure(baseline.pid, base_url, BODY, kind, conns, seconds)
-                        reads, trips = batch_totals(ports["ops"])
-                        ours = measure(sidecar.pid, sign_url, BODY, kind, conns, seconds)
-                        reads_after, trips_after = batch_totals(ports["ops"])
-                        if round_ % 2 == 1:
-                            base = measure(baseline.pid, base_url, BODY, kind, conns, seconds)
-                        coalesced = (reads_after - reads) / max(trips_after - trips, 1)
-                        for label, m in (("baseline", base), ("sidecar", ours)):
-                            r = m.run
-                            print(
-                                f"{label + f' c={conns} #{round_}':>22} {r.requests_per_s:9.0f}"
-                                f" {r.p50_ms:8.2f} {r.p99_ms:8.2f} {m.cpu_share:5.2f}"
-                                f" {m.cpu_us_per_request:10.1f} {r.errors:6d}"
-                            )
-                        ratio = ours.run.requests_per_s / base.run.requests_per_s
-                        round_ratios.append(ratio)
-                        # CPU per request is steadier than throughput on a shared machine.
-                        cpu_ratio = base.cpu_us_per_request / ours.cpu_us_per_request
+        bare_argv = [sys.executable, "-m", "bench.batch_baseline", "--port", str(ports["batch"])]
+        with (
+            process(sidecar_argv, env) as sidecar,
+            process(baseline_argv, env) as baseline,
+            process(bare_argv, env) as bare,
+        ):
+            wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
+            create_secret(ports["xrpc"], key)
+            sign_url = f"http://127.0.0.1:{ports['sign']}/v1/sign?did={DID}&name=orders"
+            base_url = f"http://127.0.0.1:{ports['base']}/v1/sign"
+            wait_ready(f"http://127.0.0.1:{ports['base']}/v1/sign")  # 405 is an answer
+            print(f"body {len(BODY)} bytes, {rounds} rounds of {seconds} s per measurement\n")
+            header = (
+                f"{'':>22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu':>5} "
+                f"{'us cpu/req':>10} {'errors':>6}"
+            )
+            print(header)
+            ratios = []
+            for conns in CONCURRENCIES if "single" in parts else ():
+                kind = "application/octet-stream"
+                round_ratios = []
+                # Alternate the two servers over several rounds, so a noisy
+                # neighbour on a shared machine hits both, and take the median.
+                # The order flips each round, so neither server always runs
+                # in the other's wake.
+                for round_ in range(1, rounds + 1):
+                    if round_ % 2 == 0:
+                        base = measure(baseline.pid, base_url, BODY, kind, conns, seconds)
+                    reads, trips = batch_totals(ports["ops"])
+                    ours = measure(sidecar.pid, sign_url, BODY, kind, conns, seconds)
+                    reads_after, trips_after = batch_totals(ports["ops"])
+                    if round_ % 2 == 1:
+                        base = measure(baseline.pid, base_url, BODY, kind, conns, seconds)
+                    coalesced = (reads_after - reads) / max(trips_after - trips, 1)
+                    for label, m in (("baseline", base), ("sidecar", ours)):
+                        r = m.run
                         print(
-                            f"{'ratio':>22} {ratio:9.2f}   (by cpu/request: {cpu_ratio:.2f}; "
-                            f"{coalesced:.1f} sign requests per Redis round trip)"
+                            f"{label + f' c={conns} #{round_}':>22} {r.requests_per_s:9.0f}"
+                            f" {r.p50_ms:8.2f} {r.p99_ms:8.2f} {m.cpu_share:5.2f}"
+                            f" {m.cpu_us_per_request:10.1f} {r.errors:6d}"
                         )
-                    median = statistics.median(round_ratios)
-                    ratios.append((conns, median))
-                    print(f"{'median ratio c=' + str(conns):>22} {median:9.2f}\n")
+                    ratio = ours.run.requests_per_s / base.run.requests_per_s
+                    round_ratios.append(ratio)
+                    # CPU per request is steadier than throughput on a shared machine.
+                    cpu_ratio = base.cpu_us_per_request / ours.cpu_us_per_request
+                    print(
+                        f"{'ratio':>22} {ratio:9.2f}   (by cpu/request: {cpu_ratio:.2f}; "
+                        f"{coalesced:.1f} sign requests per Redis round trip)"
+                    )
+                median = statistics.median(round_ratios)
+                ratios.append((conns, median))
+                print(f"{'median ratio c=' + str(conns):>22} {median:9.2f}\n")
 
-                item = {"did": DID, "name": "orders", "body_b64": base64.b64encode(BODY).decode()}
-                batch = json.dumps({"items": [item] * BATCH_ITEMS}).encode()
-                batch_url = f"http://127.0.0.1:{ports['sign']}/v1/sign/batch"
-                batched = measure(sidecar.pid, batch_url, batch, "application/json", 8, seconds)
-                print(
-                    f"batch of {BATCH_ITEMS}, c=8: {batched.run.requests_per_s:.0f} req/s = "
-                    f"{batched.run.requests_per_s * BATCH_ITEMS:.0f} signatures/s, "
-                    f"p50 {batched.run.p50_ms:.2f} ms, p99 {batched.run.p99_ms:.2f} ms, "
-                    f"cpu {batched.cpu_share:.2f}, errors {batched.run.errors}"
+            bare_url = f"http://127.0.0.1:{ports['batch']}/v1/sign/batch"
+            wait_ready(bare_url)
+            medians = [f"ratio@{c}={r:.2f}" for c, r in ratios]
+            if "batch" in parts:
+                batch = compare_batches(
+                    measure,
+                    sidecar=(sidecar.pid, f"http://127.0.0.1:{ports['sign']}/v1/sign/batch"),
+                    bare=(bare.pid, bare_url),
+                    batch=batch_body(DID, "orders", BODY),
+                    rounds=rounds,
+                    seconds=seconds,
                 )
-                print("\nmedian " + "  ".join(f"ratio@{c}={r:.2f}" for c, r in ratios))
-        rows = isolation.run(isolation.selected_scenarios(), seconds, isolation_rounds, env, BODY)
+                medians.append(f"batch={batch:.2f}")
+            if "transport" in parts:
+                print("single signs, aiohttp load generator for both: socket against TCP")
+                for c, r in compare_transports(
+                    tcp_url=sign_url,
+                    socket_path=env["SIDECAR_SIGN_SOCKET"],
+                    path_and_query=f"/v1/sign?did={DID}&name=orders",
+                    body=BODY,
+                    rounds=rounds,
+                    seconds=seconds,
+                ):
+                    medians.append(f"socket/tcp@{c}={r:.2f}")
+            print("\nmedian " + "  ".join(medians))
+        scenarios = [name for name in isolation.SCENARIOS if name in parts]
+        rows = isolation.run(scenarios, seconds, isolation_rounds, env, BODY)
         if rows:
             print("\nisolation: sign under XRPC load, as a ratio to sign alone in the same run")
             print(isolation.HEADER)

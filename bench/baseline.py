@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 
 import uvloop
 from aiohttp import web
 
 KEY = b"wsk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 async def sign(request: web.Request) -> web.Response:
@@ -24,12 +26,13 @@ async def sign(request: web.Request) -> web.Response:
     )
 
 
-def main() -> None:
+def serve(path: str, handler: Handler, client_max_size: int) -> None:
+    """Serve ``handler`` at ``path`` on the port given as ``--port``, on uvloop, no access log."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    app = web.Application(client_max_size=1024 * 1024 + 1)
-    app.router.add_post("/v1/sign", sign)
+    app = web.Application(client_max_size=client_max_size)
+    app.router.add_post(path, handler)
     web.run_app(
         app,
         host="127.0.0.1",
@@ -41,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    serve("/v1/sign", sign, 1024 * 1024 + 1)

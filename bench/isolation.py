@@ -24,7 +24,6 @@ process (``xrpc,ops``), neither niced. wrk is required.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -238,9 +237,3 @@ def print_row(row: Row) -> None:
         f"{row.p99_ratio:9.2f} {row.median(lambda a, s, x: x.requests_per_s):7.0f}",
         flush=True,
     )
-
-
-def selected_scenarios() -> list[str]:
-    """The isolation scenarios ``BENCH_SCENARIOS`` names (default: all)."""
-    chosen = os.environ.get("BENCH_SCENARIOS", "baseline," + ",".join(SCENARIOS))
-    return [name for name in SCENARIOS if name in chosen.split(",")]

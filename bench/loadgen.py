@@ -1,6 +1,8 @@
 """Load generators: wrk when installed (C, never the bottleneck here), else aiohttp.
 
-Each run reports requests per second and latency percentiles.
+Each run reports requests per second and latency percentiles. wrk speaks TCP
+only, so a Unix socket is always loaded by the aiohttp generator (``unix=``),
+and a comparison of the two transports uses that one generator for both.
 """
 
 from __future__ import annotations
@@ -106,12 +108,16 @@ def wrk(url: str, body: bytes, content_type: str, connections: int, seconds: int
 
 
 async def _aiohttp_load(
-    url: str, body: bytes, content_type: str, connections: int, seconds: int
+    url: str, body: bytes, content_type: str, connections: int, seconds: int, unix: str | None
 ) -> Run:
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=connections)
+    connector: aiohttp.BaseConnector = (
+        aiohttp.TCPConnector(limit=connections)
+        if unix is None
+        else aiohttp.UnixConnector(path=unix, limit=connections)
+    )
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker() -> None:
@@ -133,9 +139,20 @@ async def _aiohttp_load(
     return Run(len(latencies) / elapsed, cuts[49], cuts[98], errors)
 
 
-def aiohttp_load(url: str, body: bytes, content_type: str, connections: int, seconds: int) -> Run:
-    """Fallback load generator; on two cores it may be the bottleneck (the report says so)."""
-    return asyncio.run(_aiohttp_load(url, body, content_type, connections, seconds))
+def aiohttp_load(
+    url: str,
+    body: bytes,
+    content_type: str,
+    connections: int,
+    seconds: int,
+    unix: str | None = None,
+) -> Run:
+    """Fallback load generator; on two cores it may be the bottleneck (the report says so).
+
+    With ``unix``, connections go to that socket path; ``url`` then gives only
+    the path and query (its host is sent as the Host header).
+    """
+    return asyncio.run(_aiohttp_load(url, body, content_type, connections, seconds, unix))
 
 
 def load(url: str, body: bytes, content_type: str, connections: int, seconds: int) -> Run:

@@ -27,7 +27,7 @@ from sidecar.auth.api_keys import ApiKeyEntry, ApiKeys, load_api_keys
 from sidecar.auth.authenticator import Authenticator, BearerVerifier
 from sidecar.auth.did_resolver import open_did_resolver
 from sidecar.auth.service_jwt import ServiceAuthVerifier
-from sidecar.crypto import Keyring, OpenedTokenCache
+from sidecar.crypto import Keyring
 from sidecar.errors import ConfigError, StartupFailed, StorageError, StorageUnavailable
 from sidecar.listeners import ConnectionLimits, ListenerRunner, connection_cap
 from sidecar.loop_share import shared_loop_connections, xrpc_loop_share
@@ -42,6 +42,7 @@ from sidecar.storage.durability import Durability, ReplicaCheck
 from sidecar.storage.rate_limits import AddressLimits, ChangeLimit
 from sidecar.storage.replay import ReplayRecords
 from sidecar.storage.store import SecretStore
+from sidecar.unix_socket import start_sign_socket
 from sidecar.wire import http_middleware
 from sidecar.xrpc.client_address import ClientAddresses
 from sidecar.xrpc.did_document import add_did_document_route, did_document
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 from sidecar.signing.api import OUTCOMES as SIGN_OUTCOMES
 from sidecar.signing.api import VERIFY_REASONS, SignApi
 from sidecar.signing.signer import Signer
+from sidecar.signing.tokens import OpenedTokenCache
 
 log = structlog.get_logger("sidecar.app")
 
@@ -476,7 +478,7 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
         # XRPC beside sign in one process: a bounded share of the loop.
         share = xrpc_loop_share(settings, sidecar.metrics)
         runners: dict[str, web.AppRunner] = {}
-        sites: dict[str, web.TCPSite] = {}
+        sites: dict[str, web.BaseSite] = {}
         try:
             xrpc_cap = connection_cap(settings.xrpc_max_connections)
             for name, app, host, port in listeners:
@@ -499,6 +501,10 @@ async def serve(settings: Settings, *, registry: CollectorRegistry | None = None
                 )
                 await runner.setup()
                 runners[name] = runner
+                if name == "sign" and settings.sign_socket is not None:
+                    sites["sign_socket"] = await start_sign_socket(runner, settings)
+                if port == 0:
+                    continue  # SIDECAR_SIGN_PORT=0: the sign API on its socket alone
                 sites[name] = web.TCPSite(runner, host, port)
                 await sites[name].start()
                 log.info("listening", listener=name, host=host, port=port)

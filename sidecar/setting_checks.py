@@ -30,6 +30,9 @@ def check_together(settings: Settings) -> None:
             "SIDECAR_REDIS_CA_FILE",
             "is set, but REDIS_URL does not use TLS (rediss:// or rediss+sentinel://)",
         )
+    if "sign" in settings.listeners and settings.sign_port == 0 and settings.sign_socket is None:
+        message = "is 0 (no TCP sign listener) but SIDECAR_SIGN_SOCKET is not set: set one"
+        raise ConfigError("SIDECAR_SIGN_PORT", message)
     check_service_endpoint(
         settings.service_endpoint,
         service_did=settings.service_did,

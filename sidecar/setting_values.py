@@ -6,7 +6,9 @@ A parser never repeats a value that may be a credential in its message.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
@@ -84,7 +86,57 @@ def host(variable: str, value: str) -> str:
 
 
 def port(variable: str, value: str) -> int:
+    # Not 0: binding port 0 takes a random free port, which nobody could find.
+    return int_between(1, 65535)(variable, value)
+
+
+def sign_port(variable: str, value: str) -> int:
+    """A port, or 0 for "no TCP sign listener" (the sign API then listens only on
+    SIDECAR_SIGN_SOCKET, which the settings check together)."""
     return int_between(0, 65535)(variable, value)
+
+
+# The kernel takes 107 bytes for a socket's path; the sidecar binds a temporary
+# name beside it first (its path, a dot, the process id and ".tmp").
+SOCKET_PATH_MAX_BYTES: Final = 90
+
+
+def socket_path(variable: str, value: str) -> Path:
+    text = value.strip()
+    if not text or "\0" in text:
+        raise ConfigError(variable, "must be the path of a Unix socket")
+    if len(os.fsencode(text)) > SOCKET_PATH_MAX_BYTES:
+        raise ConfigError(
+            variable, f"must be at most {SOCKET_PATH_MAX_BYTES} bytes long (a Unix socket's limit)"
+        )
+    return Path(text)
+
+
+def socket_mode(variable: str, value: str) -> str:
+    """File permissions as four octal digits, as chmod takes them (``0660``; a string in
+    TOML, whose integers would lose the octal); none for "others" to write, since
+    writing is what connecting to a socket takes."""
+    text = value.strip()
+    if not (len(text) == 4 and text[0] == "0" and set(text) <= set("01234567")):
+        raise ConfigError(variable, 'must be four octal digits, such as "0660"')
+    if int(text, 8) & 0o002:
+        raise ConfigError(
+            variable,
+            "lets every user connect (the 'others' write bit); "
+            "use 0660 with SIDECAR_SIGN_SOCKET_GROUP for the dispatcher's group",
+        )
+    return text
+
+
+def group_id(variable: str, value: str) -> int:
+    """A group, by name or number, as the number ``chown`` takes."""
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ConfigError(variable, f"no group named {text!r} on this system") from None
 
 
 def int_between(low: int, high: int) -> Callable[[str, str], int]:

@@ -37,6 +37,7 @@ from sidecar.setting_values import (
     existing_file,
     flag,
     fsync_mode,
+    group_id,
     host,
     http_url,
     int_between,
@@ -48,6 +49,9 @@ from sidecar.setting_values import (
     redis_url,
     secret_text,
     service_id,
+    sign_port,
+    socket_mode,
+    socket_path,
     text,
 )
 
@@ -210,7 +214,26 @@ class Settings:
         "Sign: the dispatcher's pod-local signing API. Keep it on loopback: it is a\n"
         "signing oracle.",
     )  # fmt: skip
-    sign_port: int = _setting("SIDECAR_SIGN_PORT", port, 8081, "Listeners", "Sign: its port.")
+    sign_port: int = _setting(
+        "SIDECAR_SIGN_PORT", sign_port, 8081, "Listeners",
+        "Sign: its port; 0 for none, with sign_socket set (no other port may be 0).",
+    )  # fmt: skip
+    sign_socket: Path | None = _setting(
+        "SIDECAR_SIGN_SOCKET", socket_path, None, "Listeners",
+        "Sign: also on this Unix socket (at most 90 bytes), for the dispatcher alone.\n"
+        "A stale socket is replaced; another file, or a live socket, is refused.",
+        example='"/run/wisp-sidecar/sign.sock"',
+    )  # fmt: skip
+    sign_socket_mode: str = _setting(
+        "SIDECAR_SIGN_SOCKET_MODE", socket_mode, "0660", "Listeners",
+        "Its permissions, octal, set before it is reachable; no write for 'others'.",
+    )  # fmt: skip
+    sign_socket_group: int | None = _setting(
+        "SIDECAR_SIGN_SOCKET_GROUP", group_id, None, "Listeners",
+        "Its group (name or number): the dispatcher's, one the sidecar is in too.\n"
+        "Unset: the sidecar's own.",
+        example='"10002"',
+    )  # fmt: skip
     ops_host: str = _setting(
         "SIDECAR_OPS_HOST", host, "0.0.0.0", "Listeners",
         "Ops: /metrics, /healthz, /readyz. The address it binds.",

@@ -14,7 +14,6 @@ from sidecar.crypto import (
     TOKEN_PREFIX,
     Kek,
     Keyring,
-    OpenedTokenCache,
     encode_kek,
     generate_kek,
     generate_token,
@@ -22,6 +21,7 @@ from sidecar.crypto import (
     parse_kek,
 )
 from sidecar.errors import ConfigError, EncryptionUnavailable, EnvelopeError
+from sidecar.signing.tokens import OpenedTokenCache
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 NAME = "orders-webhook"

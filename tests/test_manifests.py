@@ -41,6 +41,9 @@ BASE = KUBERNETES / "base"
 COMPONENT = KUBERNETES / "components" / "sidecar"
 SIDECAR_PATCH = COMPONENT / "sidecar-patch.yaml"
 EXAMPLE = KUBERNETES / "examples" / "existing-dispatcher"
+# The opt-in sign socket: its component, and the example that uses it.
+SIGN_SOCKET = KUBERNETES / "components" / "sign-socket"
+SOCKET_EXAMPLE = KUBERNETES / "examples" / "dispatcher-on-socket"
 OVERLAYS = ("dev", "production")
 # Everything a user may apply: rendered, each validates.
 RENDERED = ("base", *(f"overlays/{name}" for name in OVERLAYS), "examples/existing-dispatcher")
@@ -310,7 +313,8 @@ def test_the_base_and_both_overlays_exist() -> None:
     """deploy/kubernetes has the kustomize layout the README describes: the sidecar component,
     a base built from it, two overlays and the example of an existing dispatcher."""
     dirs = {str(d.relative_to(KUBERNETES)) for d in kustomization_dirs() if KUBERNETES in d.parents}
-    assert dirs == {"components/sidecar", *RENDERED}
+    extra = {"components/sign-socket", "examples/dispatcher-on-socket"}
+    assert dirs == {"components/sidecar", *RENDERED, *extra}
     assert kustomization(COMPONENT)["kind"] == "Component"
     assert kustomization(BASE)["components"] == ["../components/sidecar"]
 
@@ -763,3 +767,52 @@ def test_base_tightens_the_keys_mode_because_its_pod_sets_fs_group() -> None:
     )
     (rendered,) = [v for v in spec["volumes"] if v["name"] == "wisp-sidecar-keys"]
     assert rendered["secret"]["defaultMode"] == 0o440
+
+
+# --- the sign socket (components/sign-socket) ---------------------------------
+
+
+def test_the_socket_example_renders_and_validates() -> None:
+    """The existing dispatcher with the sign-socket component renders and every object of it
+    validates, the sidecar's settings included."""
+    documents = render(SOCKET_EXAMPLE)
+    for document in documents:
+        validate(document)
+    (sidecar,) = sidecars_of(one(documents, "Deployment", "orders-dispatcher"))
+    environment = {
+        **base_settings(),
+        **{e["name"]: e["value"] for e in sidecar["env"] if "value" in e},
+    }
+    # Files of the cluster's Secret, not here: a key of our own instead.
+    environment.pop("SIDECAR_KEK_FILE")
+    environment.pop("SIDECAR_API_KEYS_FILE")
+    environment["SIDECAR_KEK"] = encode_kek(generate_kek())
+    settings = Settings.from_env(environment)
+    assert settings.sign_port == 0
+    assert settings.sign_socket is not None
+
+
+def test_the_dispatcher_mounts_the_sign_socket_volume() -> None:
+    """In the socket example the dispatcher and the sidecar mount the same emptyDir at the
+    socket's directory, no other container mounts it, the pod is in the socket's group, and
+    the sidecar's TCP sign listener is off; the opted-out Deployment is left alone."""
+    documents = render(SOCKET_EXAMPLE)
+    workload = one(documents, "Deployment", "orders-dispatcher")
+    spec = workload["spec"]["template"]["spec"]
+    (sidecar,) = sidecars_of(workload)
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    socket_dir = str(PurePosixPath(env["SIDECAR_SIGN_SOCKET"]).parent)
+    assert env["SIDECAR_SIGN_PORT"] == "0"
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "wisp-sidecar-sign"]
+    assert "emptyDir" in volume
+    mounting = {
+        container["name"]
+        for container in spec.get("initContainers", []) + spec["containers"]
+        for mount in container.get("volumeMounts", [])
+        if mount["name"] == "wisp-sidecar-sign" and mount["mountPath"] == socket_dir
+    }
+    assert mounting == {"wisp-sidecar", "dispatcher"}
+    assert int(env["SIDECAR_SIGN_SOCKET_GROUP"]) in spec["securityContext"]["supplementalGroups"]
+    skipped = one(documents, "Deployment", "orders-api")["spec"]["template"]["spec"]
+    assert "volumes" not in skipped
+    assert "securityContext" not in skipped

@@ -20,6 +20,7 @@ import aiohttp
 
 from sidecar.cli.common import EXIT_FAILED, EXIT_OK, counted, run
 from sidecar.cli.devmode import dev_tool_settings
+from sidecar.cli.doctor_socket import is_sign_answer, sign_socket
 from sidecar.cli.keys import role_of
 from sidecar.errors import ConfigError, StorageError, StorageUnavailable
 from sidecar.redis_url import SentinelTarget, scrub
@@ -297,9 +298,18 @@ async def _listeners(settings: Settings) -> list[Check]:
         "ops": ("GET", settings.ops_host, settings.ops_port, "/readyz"),
     }
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        checks = await asyncio.gather(
-            *(_listener(session, name, *probes[name]) for name in settings.listeners)
+        checks = list(
+            await asyncio.gather(
+                *(_listener(session, name, *probes[name]) for name in settings.listeners)
+            )
         )
+    if "sign" in settings.listeners:
+        if settings.sign_port == 0:
+            at = [check.name for check in checks].index("listener sign")
+            checks[at] = Check("skip", "listener sign", "SIDECAR_SIGN_PORT=0: no TCP sign listener")
+        if settings.sign_socket is not None:
+            status, detail = await sign_socket(settings, LISTENER_TIMEOUT_S)
+            checks.append(Check(status, "listener sign socket", detail))
     skipped = [name for name in probes if name not in settings.listeners]
     return [*checks, *(Check("skip", f"listener {name}", _role(settings)) for name in skipped)]
 
@@ -327,8 +337,6 @@ async def _listener(
         if status == 200 and isinstance(body, dict) and "version" in body:
             return Check("ok", check, f"{shown}: version {body['version']}")
         return Check("FAIL", check, f"{shown}: health answered {status}")
-    # The sign listener answers a request without parameters with its JSON error
-    # (400, or 401 with a sign token): it is there and it is ours.
-    if status in (400, 401) and isinstance(body, dict) and set(body) == {"error", "message"}:
+    if is_sign_answer(status, body):
         return Check("ok", check, f"{shown}: answers")
     return Check("FAIL", check, f"{shown}: answered {status}, not as the sign API does")

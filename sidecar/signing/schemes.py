@@ -17,6 +17,10 @@ Pure functions, stdlib only; nothing here knows of HTTP, Redis or envelopes
 
 ``verify`` answers with a ``Verdict`` whose ``reason`` names the check that
 failed. Reasons are fixed labels and say nothing about the token.
+
+Every scheme is one entry of ``TABLE``: its name, how it signs, how it
+verifies, and the headers it sends. A new scheme is a new entry; ``sign``,
+``verify``, the parameter check and the metrics' labels all read the table.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from sidecar.errors import InvalidInput
 
@@ -39,7 +43,9 @@ __all__ = [
     "DEFAULT_SCHEME",
     "DEFAULT_TOLERANCE_S",
     "SCHEMES",
+    "TABLE",
     "Reason",
+    "Scheme",
     "Verdict",
     "check_msg_id",
     "new_msg_id",
@@ -49,7 +55,6 @@ __all__ = [
     "verify",
 ]
 
-SCHEMES: tuple[str, ...] = ("wisp", "standard", "github", "stripe")
 DEFAULT_SCHEME: Final = "wisp"
 DEFAULT_TOLERANCE_S: Final = 300
 
@@ -69,7 +74,6 @@ _MAX_MSG_ID_LEN: Final = 256
 _DIGEST_SIZE: Final = hashlib.sha256().digest_size
 _HEX_LEN: Final = 2 * _DIGEST_SIZE
 _SHA256_PREFIX: Final = "sha256="
-_SCHEMES_TEXT: Final = ", ".join(SCHEMES)
 
 Reason = Literal[
     "ok", "missing_header", "malformed_header", "timestamp_out_of_tolerance", "mismatch"
@@ -154,81 +158,65 @@ def new_msg_id() -> str:
     return "msg_" + secrets.token_urlsafe(18)
 
 
-# --- signing ------------------------------------------------------------------------------------
+# --- the schemes -------------------------------------------------------------------------------
+#
+# Signers and verifiers take the HMAC key as bytes (the token's UTF-8), so a
+# caller signing many items with one token encodes it once. A signer trusts its
+# msg_id and timestamp (``sign`` checks them; the sign API has already).
 
 
-def _mac(token: str, prefix: bytes, body: bytes) -> bytes:
-    """HMAC-SHA256 of ``prefix + body`` under the token, without copying the body."""
-    mac = hmac.new(token.encode("utf-8"), prefix, hashlib.sha256)
+class Signs(Protocol):
+    def __call__(
+        self,
+        key: bytes,
+        body: bytes,
+        msg_id: str | None,
+        timestamp: int | None,
+        now: Callable[[], float],
+    ) -> dict[str, str]: ...
+
+
+class Verifies(Protocol):
+    def __call__(
+        self,
+        key: bytes,
+        body: bytes,
+        headers: Mapping[str, str],
+        tolerance_s: int,
+        now: Callable[[], float],
+    ) -> Verdict: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Scheme:
+    """One signature scheme: how it signs, how it verifies, and the headers it sends."""
+
+    sign: Signs
+    verify: Verifies
+    headers: tuple[str, ...]
+
+
+def _mac(key: bytes, prefix: bytes, body: bytes) -> bytes:
+    """HMAC-SHA256 of ``prefix + body``, without copying the body."""
+    mac = hmac.new(key, prefix, hashlib.sha256)
     mac.update(body)
     return mac.digest()
 
 
-def _standard_prefix(msg_id: str, timestamp: int) -> bytes:
-    return f"{msg_id}.{timestamp}.".encode("ascii")
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Look ``name`` up case-insensitively.
 
-
-def _stripe_prefix(timestamp: int) -> bytes:
-    return f"{timestamp}.".encode("ascii")
-
-
-def sign(
-    scheme: str,
-    token: str,
-    body: bytes,
-    *,
-    msg_id: str | None = None,
-    timestamp: int | None = None,
-    now: Callable[[], float] = time.time,
-) -> dict[str, str]:
-    """Return the headers (name -> value, exactly as to send) that sign ``body`` under ``scheme``.
-
-    ``msg_id`` is used by ``standard`` (default: ``new_msg_id()``) and ``timestamp`` by
-    ``standard`` and ``stripe`` (default: ``now()``). Either one, when given, is
-    validated whatever the scheme, so a bad value is refused consistently.
-    """
-    if msg_id is not None:
-        check_msg_id(msg_id)
-    if timestamp is not None:
-        parse_timestamp(timestamp)
-
-    if scheme == "wisp" or scheme == "github":
-        digest = hmac.digest(token.encode("utf-8"), body, hashlib.sha256)
-        name = WISP_HEADER if scheme == "wisp" else GITHUB_HEADER
-        return {name: _SHA256_PREFIX + digest.hex()}
-
-    if scheme == "standard":
-        ts = int(now()) if timestamp is None else timestamp
-        mid = new_msg_id() if msg_id is None else msg_id
-        digest = _mac(token, _standard_prefix(mid, ts), body)
-        return {
-            STANDARD_ID_HEADER: mid,
-            STANDARD_TIMESTAMP_HEADER: str(ts),
-            STANDARD_SIGNATURE_HEADER: "v1," + base64.b64encode(digest).decode("ascii"),
-        }
-
-    if scheme == "stripe":
-        ts = int(now()) if timestamp is None else timestamp
-        digest = _mac(token, _stripe_prefix(ts), body)
-        return {STRIPE_HEADER: f"t={ts},v1={digest.hex()}"}
-
-    raise _unknown_scheme(scheme)
-
-
-# --- verification -------------------------------------------------------------------------------
-
-
-def _header(headers: Mapping[str, str], name: str, lower: str) -> str | None:
-    """Look ``name`` up case-insensitively; ``lower`` is its lowercased form.
-
-    The exact spellings are tried first because that is what callers usually pass
-    (and a case-insensitive mapping such as aiohttp's answers them directly); only
-    then are the keys scanned. Header names are ASCII tokens, so ``lower()`` is the
-    right fold (``casefold()`` would also fold non-ASCII lookalikes such as U+017F).
+    The exact spelling is tried first because that is what callers usually pass
+    (and a case-insensitive mapping such as aiohttp's answers it directly), then
+    the lowercased one; only then are the keys scanned. Header names are ASCII
+    tokens, so ``lower()`` is the right fold (``casefold()`` would also fold
+    non-ASCII lookalikes such as U+017F).
     """
     value = headers.get(name)
-    if value is None:
-        value = headers.get(lower)
+    if value is not None:
+        return value
+    lower = name.lower()
+    value = headers.get(lower)
     if value is None:
         for key, candidate in headers.items():
             if key.lower() == lower:
@@ -248,33 +236,109 @@ def _hex_digest(value: str) -> bytes | None:
     return raw if len(raw) == _DIGEST_SIZE else None
 
 
-def _within(timestamp: int, tolerance_s: int, now: Callable[[], float]) -> bool:
-    return abs(now() - timestamp) <= tolerance_s
+def _any_matches(expected: bytes, given: list[bytes]) -> bool:
+    """Whether any entry equals ``expected``, comparing against every entry so the
+    time taken does not depend on which one matched."""
+    matched = False
+    for candidate in given:
+        matched |= hmac.compare_digest(expected, candidate)
+    return matched
 
 
-def _verify_sha256_header(token: str, body: bytes, value: str | None) -> Verdict:
-    if value is None:
-        return _MISSING
-    value = value.strip()
-    if not value.startswith(_SHA256_PREFIX):
-        return _MALFORMED
-    given = _hex_digest(value[len(_SHA256_PREFIX) :])
-    if given is None:
-        return _MALFORMED
-    expected = hmac.digest(token.encode("utf-8"), body, hashlib.sha256)
-    return _OK if hmac.compare_digest(expected, given) else _MISMATCH
+def _sha256_header(header: str) -> Scheme:
+    """``<header>: sha256=<hex HMAC(body)>``, no replay protection: wisp and github."""
+
+    def sign(
+        key: bytes,
+        body: bytes,
+        msg_id: str | None,
+        timestamp: int | None,
+        now: Callable[[], float],
+    ) -> dict[str, str]:
+        return {header: _SHA256_PREFIX + hmac.digest(key, body, hashlib.sha256).hex()}
+
+    def verify(
+        key: bytes,
+        body: bytes,
+        headers: Mapping[str, str],
+        tolerance_s: int,
+        now: Callable[[], float],
+    ) -> Verdict:
+        value = _header(headers, header)
+        if value is None:
+            return _MISSING
+        value = value.strip()
+        if not value.startswith(_SHA256_PREFIX):
+            return _MALFORMED
+        given = _hex_digest(value[len(_SHA256_PREFIX) :])
+        if given is None:
+            return _MALFORMED
+        expected = hmac.digest(key, body, hashlib.sha256)
+        return _OK if hmac.compare_digest(expected, given) else _MISMATCH
+
+    return Scheme(sign=sign, verify=verify, headers=(header,))
 
 
-def _verify_standard(
-    token: str,
+# What a timestamped scheme's headers say: the signed prefix, the timestamp and
+# the candidate digests; or the Verdict that ends the check early.
+_Parsed = tuple[bytes, int, list[bytes]] | Verdict
+
+
+def _timestamped(
+    parse: Callable[[Mapping[str, str]], _Parsed],
+    sign: Signs,
+    sent: tuple[str, ...],
+) -> Scheme:
+    """A scheme that signs ``<prefix>.<ts>.<body>`` and checks the timestamp: the
+    checks after parsing are the same for all of them."""
+
+    def verify(
+        key: bytes,
+        body: bytes,
+        headers: Mapping[str, str],
+        tolerance_s: int,
+        now: Callable[[], float],
+    ) -> Verdict:
+        parsed = parse(headers)
+        if isinstance(parsed, Verdict):
+            return parsed
+        prefix, timestamp, given = parsed
+        if abs(now() - timestamp) > tolerance_s:
+            return _STALE
+        return _OK if _any_matches(_mac(key, prefix, body), given) else _MISMATCH
+
+    return Scheme(sign=sign, verify=verify, headers=sent)
+
+
+# Standard Webhooks v1: webhook-id, webhook-timestamp, and
+# webhook-signature: v1,<base64 HMAC("{id}.{ts}.{body}")>.
+
+
+def _standard_prefix(msg_id: str, timestamp: int) -> bytes:
+    return f"{msg_id}.{timestamp}.".encode("ascii")
+
+
+def _sign_standard(
+    key: bytes,
     body: bytes,
-    headers: Mapping[str, str],
-    tolerance_s: int,
+    msg_id: str | None,
+    timestamp: int | None,
     now: Callable[[], float],
-) -> Verdict:
-    raw_id = _header(headers, STANDARD_ID_HEADER, STANDARD_ID_HEADER)
-    raw_ts = _header(headers, STANDARD_TIMESTAMP_HEADER, STANDARD_TIMESTAMP_HEADER)
-    raw_sig = _header(headers, STANDARD_SIGNATURE_HEADER, STANDARD_SIGNATURE_HEADER)
+) -> dict[str, str]:
+    ts = int(now()) if timestamp is None else timestamp
+    mid = new_msg_id() if msg_id is None else msg_id
+    digest = _mac(key, _standard_prefix(mid, ts), body)
+    return {
+        STANDARD_ID_HEADER: mid,
+        STANDARD_TIMESTAMP_HEADER: str(ts),
+        STANDARD_SIGNATURE_HEADER: "v1," + base64.b64encode(digest).decode("ascii"),
+    }
+
+
+def _parse_standard(headers: Mapping[str, str]) -> _Parsed:
+    raw_id = _header(headers, STANDARD_ID_HEADER)
+    raw_ts = _header(headers, STANDARD_TIMESTAMP_HEADER)
+    raw_sig = _header(headers, STANDARD_SIGNATURE_HEADER)
     if raw_id is None or raw_ts is None or raw_sig is None:
         return _MISSING
     try:
@@ -282,7 +346,6 @@ def _verify_standard(
         timestamp = parse_timestamp(raw_ts.strip())
     except InvalidInput:
         return _MALFORMED
-
     # The spec allows several space-separated "<version>,<signature>" entries (for key
     # rotation and future versions); v1 entries must all be well-formed, others are skipped.
     given: list[bytes] = []
@@ -301,33 +364,27 @@ def _verify_standard(
         given.append(decoded)
     if not given:
         return _MALFORMED
-
-    if not _within(timestamp, tolerance_s, now):
-        return _STALE
-    expected = _mac(token, _standard_prefix(msg_id, timestamp), body)
-    return _OK if _any_matches(expected, given) else _MISMATCH
+    return _standard_prefix(msg_id, timestamp), timestamp, given
 
 
-def _any_matches(expected: bytes, given: list[bytes]) -> bool:
-    """Whether any entry equals ``expected``, comparing against every entry so the
-    time taken does not depend on which one matched."""
-    matched = False
-    for candidate in given:
-        matched |= hmac.compare_digest(expected, candidate)
-    return matched
+# Stripe: Webhook-Signature: t=<ts>,v1=<hex HMAC("{ts}.{body}")>.
 
 
-def _verify_stripe(
-    token: str,
+def _sign_stripe(
+    key: bytes,
     body: bytes,
-    headers: Mapping[str, str],
-    tolerance_s: int,
+    msg_id: str | None,
+    timestamp: int | None,
     now: Callable[[], float],
-) -> Verdict:
-    value = _header(headers, STRIPE_HEADER, STRIPE_HEADER.lower())
+) -> dict[str, str]:
+    ts = int(now()) if timestamp is None else timestamp
+    return {STRIPE_HEADER: f"t={ts},v1={_mac(key, f'{ts}.'.encode('ascii'), body).hex()}"}
+
+
+def _parse_stripe(headers: Mapping[str, str]) -> _Parsed:
+    value = _header(headers, STRIPE_HEADER)
     if value is None:
         return _MISSING
-
     timestamp: int | None = None
     given: list[bytes] = []
     for item in value.split(","):
@@ -349,11 +406,51 @@ def _verify_stripe(
         # Other keys (Stripe's v0 test-mode signature, future versions) are skipped.
     if timestamp is None or not given:
         return _MALFORMED
+    return f"{timestamp}.".encode("ascii"), timestamp, given
 
-    if not _within(timestamp, tolerance_s, now):
-        return _STALE
-    expected = _mac(token, _stripe_prefix(timestamp), body)
-    return _OK if _any_matches(expected, given) else _MISMATCH
+
+# Name -> scheme, in the order the docs and the metrics list them.
+TABLE: Final[dict[str, Scheme]] = {
+    "wisp": _sha256_header(WISP_HEADER),
+    "standard": _timestamped(
+        _parse_standard,
+        _sign_standard,
+        (STANDARD_ID_HEADER, STANDARD_TIMESTAMP_HEADER, STANDARD_SIGNATURE_HEADER),
+    ),
+    "github": _sha256_header(GITHUB_HEADER),
+    "stripe": _timestamped(_parse_stripe, _sign_stripe, (STRIPE_HEADER,)),
+}
+SCHEMES: Final[tuple[str, ...]] = tuple(TABLE)
+_SCHEMES_TEXT: Final = ", ".join(SCHEMES)
+
+
+def _scheme(name: str) -> Scheme:
+    scheme = TABLE.get(name)
+    if scheme is None:
+        raise _unknown_scheme(name)
+    return scheme
+
+
+def sign(
+    scheme: str,
+    token: str,
+    body: bytes,
+    *,
+    msg_id: str | None = None,
+    timestamp: int | None = None,
+    now: Callable[[], float] = time.time,
+) -> dict[str, str]:
+    """Return the headers (name -> value, exactly as to send) that sign ``body`` under ``scheme``.
+
+    ``msg_id`` is used by ``standard`` (default: ``new_msg_id()``) and ``timestamp`` by
+    ``standard`` and ``stripe`` (default: ``now()``). Either one, when given, is
+    validated whatever the scheme, so a bad value is refused consistently.
+    """
+    if msg_id is not None:
+        check_msg_id(msg_id)
+    if timestamp is not None:
+        parse_timestamp(timestamp)
+    return _scheme(scheme).sign(token.encode("utf-8"), body, msg_id, timestamp, now)
 
 
 def verify(
@@ -374,16 +471,7 @@ def verify(
     ``mismatch``. Digests are compared in constant time. Raises ``InvalidInput`` for
     an unknown scheme or a negative tolerance.
     """
-    if scheme == "wisp":
-        value = _header(headers, WISP_HEADER, "x-webhook-signature")
-        return _verify_sha256_header(token, body, value)
-    if scheme == "github":
-        value = _header(headers, GITHUB_HEADER, "x-hub-signature-256")
-        return _verify_sha256_header(token, body, value)
-    if scheme == "standard" or scheme == "stripe":
-        if tolerance_s < 0:
-            raise InvalidInput("tolerance_s must not be negative")
-        if scheme == "standard":
-            return _verify_standard(token, body, headers, tolerance_s, now)
-        return _verify_stripe(token, body, headers, tolerance_s, now)
-    raise _unknown_scheme(scheme)
+    found = _scheme(scheme)
+    if tolerance_s < 0:
+        raise InvalidInput("tolerance_s must not be negative")
+    return found.verify(token.encode("utf-8"), body, headers, tolerance_s, now)

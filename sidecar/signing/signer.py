@@ -6,15 +6,16 @@ It knows nothing of HTTP: ``sidecar.signing.api`` parses requests into
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sidecar.errors import SecretNotFound
-from sidecar.signing import schemes
+from sidecar.signing.schemes import TABLE
 
 if TYPE_CHECKING:
-    from sidecar.crypto import OpenedTokenCache
     from sidecar.signing.reader import CoalescingReader
+    from sidecar.signing.tokens import OpenedTokenCache
     from sidecar.storage.store import StoredEnvelope
 
 
@@ -61,24 +62,39 @@ class Signer:
     def sign(
         self, target: SignTarget, body: bytes, stored: StoredEnvelope | None
     ) -> dict[str, Any]:
-        """The answer to one sign request: headers to send, name and version."""
-        token = self._token(target.did, target.name, stored)
+        """The answer to one sign request: headers to send, name and version.
+
+        ``target`` is checked (the API built it), so the scheme signs at once.
+        """
+        key = self._token(target.did, target.name, stored).encode()
         assert stored is not None  # _token raised otherwise
-        headers = schemes.sign(
-            target.scheme, token, body, msg_id=target.msg_id, timestamp=target.timestamp
-        )
+        headers = TABLE[target.scheme].sign(key, body, target.msg_id, target.timestamp, time.time)
         return {"headers": headers, "name": target.name, "version": stored.version}
 
     async def sign_many(self, items: list[SignItem]) -> list[dict[str, Any] | Exception]:
         """Sign each item; a per-item failure is returned in its place, not raised.
 
-        Storage failures are raised: every item would fail the same way.
+        All items are read in one coalesced read, joined as one waiter. Storage
+        failures are raised: every item would fail the same way.
         """
         stored = await self._reader.get_many([(t.did, t.name) for t, _ in items])
+        # Key bytes by stored envelope object: get_many answers one object per
+        # (did, name), so each secret of the batch is opened and encoded once,
+        # still checked against its own owner and name.
+        keys: dict[int, bytes] = {}
+        now = time.time
         results: list[dict[str, Any] | Exception] = []
         for (target, body), envelope in zip(items, stored, strict=True):
             try:
-                results.append(self.sign(target, body, envelope))
+                key = keys.get(id(envelope))
+                if key is None:
+                    key = self._token(target.did, target.name, envelope).encode()
+                    keys[id(envelope)] = key
+                assert envelope is not None  # _token raised otherwise
+                headers = TABLE[target.scheme].sign(key, body, target.msg_id, target.timestamp, now)
+                results.append(
+                    {"headers": headers, "name": target.name, "version": envelope.version}
+                )
             except Exception as exc:
                 results.append(exc)
         return results
