@@ -1,19 +1,16 @@
-"""The one place that wires everything: resources, the three listeners, and serving.
+"""The one place that wires everything: the shared resources and the three listeners' apps.
 
 ``open_sidecar(settings)`` opens the shared resources (Redis, keyring, auth,
 metrics) once; ``create_*_app(sidecar)`` builds each listener's aiohttp app on
-them. Tests build several sidecars on one Redis to act as replicas.
-
-``serve`` owns the process lifecycle: wait for Redis at start (or start unready
-with ``SIDECAR_START_WITHOUT_REDIS``), then on SIGTERM turn unready at once and
-drain the traffic listeners within ``SIDECAR_SHUTDOWN_GRACE_S``.
+them. Tests build several sidecars on one Redis to act as replicas. Running
+them as a process is ``sidecar.lifecycle``'s; the start-up checks of Redis are
+``sidecar.startup``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,11 +25,8 @@ from sidecar.auth.authenticator import Authenticator, BearerVerifier
 from sidecar.auth.did_resolver import open_did_resolver
 from sidecar.auth.service_jwt import ServiceAuthVerifier
 from sidecar.crypto import Keyring
-from sidecar.errors import ConfigError, StartupFailed, StorageError, StorageUnavailable
-from sidecar.listeners import ConnectionLimits, ListenerRunner, connection_cap
-from sidecar.loop_share import shared_loop_connections, xrpc_loop_share
+from sidecar.errors import ConfigError, StorageUnavailable
 from sidecar.metrics import KnownLabels, Metrics
-from sidecar.redis_url import scrub
 from sidecar.signing.reader import CoalescingReader
 from sidecar.signing.schemes import SCHEMES
 from sidecar.storage.calls import OPERATIONS as REDIS_OPERATIONS
@@ -42,7 +36,6 @@ from sidecar.storage.durability import Durability, ReplicaCheck
 from sidecar.storage.rate_limits import AddressLimits, ChangeLimit
 from sidecar.storage.replay import ReplayRecords
 from sidecar.storage.store import SecretStore
-from sidecar.unix_socket import start_sign_socket
 from sidecar.wire import http_middleware
 from sidecar.xrpc.client_address import ClientAddresses
 from sidecar.xrpc.did_document import add_did_document_route, did_document
@@ -325,212 +318,3 @@ def create_ops_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(sidecar.metrics.registry))
     return app
-
-
-# Pauses between Redis probes while waiting for it: quick at first, then gentle.
-_PROBE_DELAYS_S: Final = (0.05, 0.1, 0.2, 0.5, 1.0)
-
-
-async def _probe_redis(
-    sidecar: Sidecar, deadline: float | None, *, url: str
-) -> StorageUnavailable | None:
-    """Ping until Redis answers (None) or ``deadline`` passes (the last failure).
-
-    The first failure is logged once, so an operator sees what is awaited.
-    """
-    loop = asyncio.get_running_loop()
-    attempt = 0
-    while True:
-        try:
-            await sidecar.store.calls.ping()
-        except StorageUnavailable as exc:
-            failure = exc
-        else:
-            return None
-        if attempt == 0:
-            log.warning("redis_unavailable", reason=_reason(failure, url))
-        delay = _PROBE_DELAYS_S[min(attempt, len(_PROBE_DELAYS_S) - 1)]
-        attempt += 1
-        if deadline is not None:
-            if loop.time() >= deadline:
-                return failure
-            delay = min(delay, deadline - loop.time())
-        # Redis offers nothing to wait on while it is away, so probing is the event.
-        await asyncio.sleep(delay)
-
-
-def _reason(failure: StorageUnavailable, url: str) -> str:
-    """One line about why Redis did not answer, without the URL or its password."""
-    cause = failure.__cause__
-    text = (str(cause) or type(cause).__name__) if cause is not None else str(failure)
-    return " ".join(scrub(text, url).split())
-
-
-async def _until_redis_answers(sidecar: Sidecar, url: str) -> None:
-    await _probe_redis(sidecar, deadline=None, url=url)
-    log.info("redis_available")
-    try:
-        await _check_durability(sidecar)
-    except StartupFailed as exc:
-        # Too late to refuse the start: every change answers 503 instead.
-        log.error("durability_unsupported", reason=str(exc))
-
-
-async def _check_durability(sidecar: Sidecar) -> None:
-    """Refuse an fsync setting the server cannot honour; say whether the replicas suffice.
-
-    With fsync ``auto`` a server that cannot fsync is no reason to refuse:
-    one warning line says so, and changes are acknowledged without it (each
-    change finds out again, see ``sidecar.storage.durability``). Too few
-    replicas do not stop the start either: signing works without them, and
-    changes answer 503 until they are back.
-    """
-    calls = sidecar.store.calls
-    durability = calls.durability
-    if not durability.waits:
-        return
-    try:
-        refusal = await calls.fsync_refusal() if durability.fsync != "off" else None
-        check = await sidecar.replica_check()
-    except StorageUnavailable as exc:
-        log.warning("durability_unchecked", reason=str(exc))
-        return
-    except StorageError as exc:
-        if durability.required_fsync:
-            raise
-        # An answer no setting explains: each change finds out for itself
-        # (and is refused while WAITAOF fails so).
-        log.warning("durability_unchecked", reason=str(exc))
-        return
-    if refusal is not None:
-        if durability.required_fsync:
-            raise StartupFailed("SIDECAR_DURABLE_FSYNC", refusal)
-        calls.without_fsync(refusal)
-    elif durability.fsync == "auto":
-        calls.with_fsync()
-    if check is None:
-        if refusal is None:
-            log.info("durability", required=durability.describe())
-    elif check.met:
-        log.info("durability", **check.detail())
-    else:
-        log.warning(
-            "durability_unmet",
-            **check.detail(),
-            hint="changes answer 503 until enough replicas are connected; "
-            "see SIDECAR_DURABLE_REPLICAS",
-        )
-
-
-async def serve(settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
-    """Run the listeners until SIGTERM or SIGINT, then drain and close.
-
-    At start, Redis must answer within ``SIDECAR_REDIS_CONNECT_TIMEOUT_S``, or
-    ``StartupFailed`` is raised; with ``SIDECAR_START_WITHOUT_REDIS`` the
-    listeners start at once and ``/readyz`` says 503 until Redis answers.
-
-    On the signal, ``/readyz`` answers 503 at once. The XRPC and sign listeners
-    stop accepting connections and let in-flight requests finish for up to
-    ``SIDECAR_SHUTDOWN_GRACE_S`` (aiohttp cancels what is left after that).
-    The ops listener stays open meanwhile, so probes see the 503 and metrics
-    stay scrapable; then it closes, Redis closes, and this returns.
-    """
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with open_sidecar(settings, registry=registry) as sidecar:
-        url = settings.redis_url.reveal() if settings.redis_url else ""
-        watcher: asyncio.Task[None] | None = None
-        if settings.start_without_redis:
-            watcher = asyncio.create_task(_until_redis_answers(sidecar, url))
-        else:
-            deadline = loop.time() + settings.redis_connect_timeout_s
-            probe = asyncio.create_task(_probe_redis(sidecar, deadline, url=url))
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({probe, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if not probe.done():
-                # Asked to stop while still waiting for Redis: nothing to drain.
-                probe.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await probe
-                return
-            failure = probe.result()
-            if failure is not None:
-                raise StartupFailed(
-                    "REDIS_URL",
-                    f"Redis did not answer within {settings.redis_connect_timeout_s}s "
-                    f"({_reason(failure, url)})",
-                )
-            await _check_durability(sidecar)
-        # Traffic listeners first and ops last, so nothing reports ready before
-        # the XRPC and sign ports accept connections. Only this process's role.
-        listeners = [
-            (name, make(sidecar), host, port)
-            for name, make, host, port in (
-                ("xrpc", create_xrpc_app, settings.xrpc_host, settings.xrpc_port),
-                ("sign", create_sign_app, settings.sign_host, settings.sign_port),
-                ("ops", create_ops_app, settings.ops_host, settings.ops_port),
-            )
-            if name in settings.listeners
-        ]
-        # XRPC beside sign in one process: a bounded share of the loop.
-        share = xrpc_loop_share(settings, sidecar.metrics)
-        runners: dict[str, web.AppRunner] = {}
-        sites: dict[str, web.BaseSite] = {}
-        try:
-            xrpc_cap = connection_cap(settings.xrpc_max_connections)
-            for name, app, host, port in listeners:
-                runner = ListenerRunner(
-                    app,
-                    listener=name,
-                    limits=ConnectionLimits(
-                        read_timeout_s=settings.http_read_timeout_s,
-                        idle_timeout_s=settings.http_idle_timeout_s,
-                        # The public port is capped; the pod-local ones serve their own pod.
-                        max_connections=xrpc_cap if name == "xrpc" else None,
-                        write_timeout_s=settings.http_write_timeout_s,
-                        max_pipelined=settings.http_max_pipelined,
-                        max_queued_bytes=settings.http_max_queued_bytes,
-                    ),
-                    on_closed=sidecar.metrics.connection_closed,
-                    connection=shared_loop_connections(share) if share and name == "xrpc" else None,
-                    access_log=None,
-                    shutdown_timeout=settings.shutdown_grace_s,
-                )
-                await runner.setup()
-                runners[name] = runner
-                if name == "sign" and settings.sign_socket is not None:
-                    sites["sign_socket"] = await start_sign_socket(runner, settings)
-                if port == 0:
-                    continue  # SIDECAR_SIGN_PORT=0: the sign API on its socket alone
-                sites[name] = web.TCPSite(runner, host, port)
-                await sites[name].start()
-                log.info("listening", listener=name, host=host, port=port)
-            await stop.wait()
-            sidecar.draining.set()
-            # New connections are refused from here on; requests already in
-            # flight carry on while the runners drain below.
-            for name, site in sites.items():
-                if name != "ops":
-                    await site.stop()
-            log.info("shutting_down", grace_s=settings.shutdown_grace_s)
-        finally:
-            if share is not None:
-                share.close()
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            ops = runners.pop("ops", None)
-            # Together, so that the grace is shared rather than summed.
-            results = await asyncio.gather(
-                *(runner.cleanup() for runner in runners.values()), return_exceptions=True
-            )
-            for name, result in zip(runners, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.error("listener_close_failed", listener=name, error=repr(result))
-            if ops is not None:
-                await ops.cleanup()
-    log.info("stopped")

@@ -37,8 +37,8 @@ class Backpressure:
     """The holds on reading one connection, and the write timeout of its answers.
 
     ``parse`` hands bytes to the HTTP parser; ``backlog`` says how many parsed
-    requests await an answer; ``parser_holds`` whether aiohttp holds reading
-    itself (a body's buffer is full); ``abort`` is called, with the reason,
+    requests await an answer; ``parser_holds`` whether another holds reading
+    (aiohttp, whose body buffer is full, or the XRPC loop share); ``abort`` is called, with the reason,
     just before the transport is aborted.
     """
 
@@ -69,6 +69,11 @@ class Backpressure:
         self._timer: asyncio.TimerHandle | None = None
         transport.set_write_buffer_limits(high=max_queued_bytes)
         _bound_socket(transport, max_queued_bytes, write_timeout_s)
+
+    @property
+    def holding(self) -> bool:
+        """Whether one of these bounds holds reading now."""
+        return bool(self._holds)
 
     def received(self, data: bytes) -> None:
         """Bytes from the client: parsed, or kept while reading is held."""

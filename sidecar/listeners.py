@@ -119,12 +119,16 @@ class _Connection(RequestHandler):
             parse=super().data_received,
             backlog=lambda: self._request_count - self._answered,
             # aiohttp 3.11 has the first flag, later ones both.
-            parser_holds=lambda: bool(
-                getattr(self, "_reading_paused", False) or getattr(self, "_buffer_paused", False)
-            ),
+            parser_holds=self.reading_held_elsewhere,
             abort=server.closed,
         )
         self._wait("read_timeout", limits.read_timeout_s)
+
+    def reading_held_elsewhere(self) -> bool:
+        """Whether reading is held by other than the backpressure: by aiohttp for its own
+        buffers (3.11 has the first flag, later ones both), or by a subclass."""
+        paused = getattr(self, "_reading_paused", False) or getattr(self, "_buffer_paused", False)
+        return bool(paused)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:

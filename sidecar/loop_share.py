@@ -225,10 +225,17 @@ class SharedLoopConnection(_Connection):
             data, self._unread = bytes(self._unread), None
             self.data_received(data)
         # aiohttp pauses a transport itself for its own buffers (a request body
-        # read slowly); such a one it resumes when it is ready.
-        own_hold = getattr(self, "_reading_paused", False) or getattr(self, "_buffer_paused", False)
-        if self.transport is not None and not self._share.held and not own_hold:
+        # read slowly), and the backpressure for a client that does not read;
+        # each resumes its own hold when it is over.
+        others_hold = super().reading_held_elsewhere() or (
+            self._flow is not None and self._flow.holding
+        )
+        if self.transport is not None and not self._share.held and not others_hold:
             self.transport.resume_reading()
+
+    def reading_held_elsewhere(self) -> bool:
+        # The backpressure must not resume a transport this share holds.
+        return super().reading_held_elsewhere() or self._share.held
 
     async def start(self) -> None:
         await _Metered(super().start(), self._share)

@@ -16,7 +16,7 @@ from sidecar.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from sidecar.settings import Spec
+    from sidecar.setting_spec import Spec
 
 
 def toml_key(variable: str) -> str:

@@ -16,7 +16,7 @@ from sidecar.setting_values import Secret
 from sidecar.settings import GROUPS, SPECS, Settings, toml_key
 
 if TYPE_CHECKING:
-    from sidecar.settings import Spec
+    from sidecar.setting_spec import Spec
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 EXAMPLE: Final = ROOT / "config" / "sidecar.example.toml"

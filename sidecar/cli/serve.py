@@ -19,7 +19,7 @@ NO_REDIS: str = (
 
 def serve(settings: Settings) -> int:
     # Imported here so the other commands start fast.
-    from sidecar.app import serve as serve_listeners
+    from sidecar.lifecycle import serve_listeners
     from sidecar.log import configure_logging
 
     configure_logging(
