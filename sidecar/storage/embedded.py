@@ -85,7 +85,10 @@ class EmbeddedValkey:
 
     def argv(self) -> list[str]:
         persistence = (
-            ["--appendonly", "yes", "--appendfsync", "everysec"]
+            # The server answers WAITAOF on its timer tick after the fsync, and
+            # the default hz 10 ticks every 100 ms: each durable change would
+            # wait that long (docs/operations.md, durability).
+            ["--appendonly", "yes", "--appendfsync", "everysec", "--hz", "100"]
             if self.persist
             else ["--appendonly", "no"]
         )
