@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # The lowest versions that pyproject.toml allows, in a virtualenv of their own
 # so that the everyday one keeps the newest.
 LOWEST := .venv-lowest
-LINTED := sidecar tests bench .ci
+LINTED := sidecar harness tests bench .ci
 
 .PHONY: run test lint bench chaos fuzz test-lowest clean
 
@@ -23,7 +23,8 @@ run: $(STAMP)
 	$(PY) -m sidecar serve
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m coverage run -m pytest
+	$(PY) -m coverage report
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)

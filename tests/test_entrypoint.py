@@ -4,23 +4,19 @@ the Dockerfile and .dockerignore agree with the settings and with each other."""
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import json
-import os
 import re
-import signal
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from conftest import Keys
 from support import LIST, bearer, read_env_file
 
+from harness import ServeProcess, sidecar_env
 from sidecar.settings import Settings
-from sidecar.storage.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
@@ -118,63 +114,36 @@ async def test_entrypoint_serves_in_production_mode_and_stops_on_sigterm(
     kek_file.write_text(kek_text + "\n")
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    ports = {name: free_port() for name in ("XRPC", "SIGN", "OPS")}
-    env = {
+    env = sidecar_env(
+        data_dir,
         # As the ConfigMap sets it, except what differs outside a pod: Redis, the files'
         # paths, and loopback binds on free ports.
-        **read_env_file(BASE_SETTINGS),
-        "PATH": os.environ["PATH"],
-        "REDIS_URL": redis_url,
-        "SIDECAR_KEK_FILE": str(kek_file),
-        "SIDECAR_API_KEYS_FILE": str(keys.path),
-        "SIDECAR_DATA_DIR": str(data_dir),
-        **{f"SIDECAR_{name}_HOST": "127.0.0.1" for name in ports},
-        **{f"SIDECAR_{name}_PORT": str(port) for name, port in ports.items()},
-    }
-    program, *args = entrypoint()
-    process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / program),
-        *args,
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        **{
+            **read_env_file(BASE_SETTINGS),
+            "REDIS_URL": redis_url,
+            "SIDECAR_KEK_FILE": str(kek_file),
+            "SIDECAR_API_KEYS_FILE": str(keys.path),
+            "SIDECAR_DATA_DIR": str(data_dir),
+        },
     )
-    assert process.stdout is not None
-    events: list[dict[str, Any]] = []
-
-    async def until_every_listener_listens() -> None:
-        assert process.stdout is not None
-        listening: set[str] = set()
-        while listening != {"xrpc", "sign", "ops"}:
-            line = await process.stdout.readline()
-            assert line, "serve exited before listening"
-            events.append(json.loads(line))
-            if events[-1]["event"] == "listening":
-                listening.add(events[-1]["listener"])
-
-    try:
-        await asyncio.wait_for(until_every_listener_listens(), timeout=30)
-        ops = f"http://127.0.0.1:{ports['OPS']}"
+    env |= {k: v for k, v in sidecar_env(data_dir).items() if k.endswith(("_HOST", "_PORT"))}
+    program, *args = entrypoint()
+    argv = [str(Path(sys.executable).parent / program), *args]
+    async with ServeProcess(env, argv=argv, cwd=tmp_path) as served:
+        await served.until_listening()
         async with aiohttp.ClientSession() as session:
             for path in ("/healthz", "/readyz"):
-                async with session.get(ops + path) as response:
+                async with session.get(served.ops + path) as response:
                     assert response.status == 200, (path, await response.text())
             async with session.get(
-                f"http://127.0.0.1:{ports['XRPC']}/xrpc/{LIST}", headers=bearer(keys.alice)
+                f"{served.xrpc}/xrpc/{LIST}", headers=bearer(keys.alice)
             ) as response:
                 assert response.status == 200
-        process.send_signal(signal.SIGTERM)
-        out, err = await asyncio.wait_for(process.communicate(), timeout=30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, err.decode()
-    events += [json.loads(line) for line in out.splitlines()]
-    assert "shutting_down" in [event["event"] for event in events]
-    assert b"DEVELOPMENT MODE" not in err
-    assert b"embedded Valkey" not in err
+        code = await served.terminate()
+    assert code == 0, served.stderr
+    assert "shutting_down" in [event["event"] for event in served.events()]
+    assert "DEVELOPMENT MODE" not in served.stderr
+    assert "embedded Valkey" not in served.stderr
     assert list(data_dir.iterdir()) == []
 
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from served import SIGN_TOKEN, Served, exchange, serve
+from raw_http import SIGN_TOKEN, Target, exchange, serve
 from support import ALICE, CREATE, DELETE, LIST, ROTATE, keyspace_dump
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ REQUESTS_MADE = [0]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> Iterator[Target]:
     """One sidecar process for every generated request; on teardown, its whole output
     is checked: JSON lines only, and no credential that was sent."""
     with redis.Redis.from_url(redis_server_url) as client:
@@ -61,7 +61,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> I
 
 
 @pytest.fixture(scope="module")
-def keyspace(served: Served, redis_server_url: str) -> Iterator[redis.Redis]:
+def keyspace(served: Target, redis_server_url: str) -> Iterator[redis.Redis]:
     """A client of the sidecar's Redis, with two of Alice's secrets already made."""
     with redis.Redis.from_url(redis_server_url) as client:
         for name in ("orders", "billing"):
@@ -207,7 +207,7 @@ _malformed_heads = st.binary(min_size=1, max_size=300).filter(
 # --- properties -------------------------------------------------------------
 
 
-def check_answer(served: Served, listener: str, request: bytes, method: str) -> int:
+def check_answer(served: Target, listener: str, request: bytes, method: str) -> int:
     """Send ``request`` to ``listener`` and check the answer's shape; its status."""
     REQUESTS_MADE[0] += 1
     answer = exchange(served.ports[listener], request)
@@ -233,7 +233,7 @@ def check_answer(served: Served, listener: str, request: bytes, method: str) -> 
 @FUZZ
 @given(data=st.data())
 def test_every_answer_is_json_and_an_error_changes_nothing(
-    served: Served, keyspace: redis.Redis, listener: str, data: st.DataObject
+    served: Target, keyspace: redis.Redis, listener: str, data: st.DataObject
 ) -> None:
     """Generated requests get a JSON error or a documented success, never a 500, and an
     error leaves every key of the store as it was."""
@@ -248,7 +248,7 @@ def test_every_answer_is_json_and_an_error_changes_nothing(
 @pytest.mark.parametrize("listener", ["xrpc", "sign"])
 @FUZZ
 @given(raw=_malformed_heads)
-def test_a_malformed_head_gets_a_json_error(served: Served, listener: str, raw: bytes) -> None:
+def test_a_malformed_head_gets_a_json_error(served: Target, listener: str, raw: bytes) -> None:
     """Bytes the HTTP parser refuses (or a head with one garbage header) are answered
     with a JSON error, never text and never a 500."""
     REQUESTS_MADE[0] += 1

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
-from served import SIGN_TOKEN, Served, closed_by_server, exchange, serve
+from raw_http import SIGN_TOKEN, Target, closed_by_server, exchange, serve
 from support import ALICE, CREATE, LIST
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ MAX_CONNECTIONS = 20
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> Iterator[Target]:
     """One sidecar process with short connection timeouts and a small XRPC cap."""
     process = serve(
         tmp_path_factory.mktemp("hostile"),
@@ -50,7 +50,7 @@ def assert_json_error(answer: object, status: int) -> dict[str, str]:
     return dict(body)
 
 
-def assert_output_is_json_and_clean(served: Served) -> None:
+def assert_output_is_json_and_clean(served: Target) -> None:
     """Every line the process wrote is a JSON object, and no credential sent appears."""
     lines = served.output_lines()
     assert lines
@@ -61,7 +61,7 @@ def assert_output_is_json_and_clean(served: Served) -> None:
         assert credential not in text
 
 
-def assert_sign_and_ops_answer(served: Served) -> None:
+def assert_sign_and_ops_answer(served: Target) -> None:
     """The sign listener answers a sign request (404 for an absent secret), and /readyz 200."""
     signed = exchange(
         served.ports["sign"],
@@ -86,7 +86,7 @@ def head(method: str, path: str, *lines: bytes) -> bytes:
 
 @pytest.mark.parametrize("stray", [b"\x00", b"\x7f"])
 def test_a_bad_byte_after_an_api_key_is_a_json_400_that_echoes_and_logs_nothing(
-    served: Served, stray: bytes
+    served: Target, stray: bytes
 ) -> None:
     """The issue's reproducer: a refused Authorization head is a JSON 400, and the key is
     neither in the answer nor in anything the process writes."""
@@ -103,7 +103,7 @@ def test_a_bad_byte_after_an_api_key_is_a_json_400_that_echoes_and_logs_nothing(
     assert_output_is_json_and_clean(served)
 
 
-def test_a_bad_byte_after_the_sign_token_is_a_json_400_that_leaks_nothing(served: Served) -> None:
+def test_a_bad_byte_after_the_sign_token_is_a_json_400_that_leaks_nothing(served: Target) -> None:
     """The sign listener answers a refused head in JSON too, and never repeats its token."""
     request = head(
         "POST", "/v1/sign?did=x&name=y", f"Authorization: Bearer {SIGN_TOKEN}\x00".encode()
@@ -127,7 +127,7 @@ def test_a_bad_byte_after_the_sign_token_is_a_json_400_that_leaks_nothing(served
     ids=["long-header", "bad-request-line", "bad-version", "star-target", "expect", "connect"],
 )
 def test_what_aiohttp_refuses_itself_is_answered_in_json(
-    served: Served, request_bytes: bytes, status: int
+    served: Target, request_bytes: bytes, status: int
 ) -> None:
     """Parser refusals, an unknown Expect and CONNECT get the JSON error shape, not text."""
     assert_json_error(exchange(served.ports["xrpc"], request_bytes), status)
@@ -135,7 +135,7 @@ def test_what_aiohttp_refuses_itself_is_answered_in_json(
 
 
 def test_a_json_integer_of_5000_digits_is_invalid_request_and_changes_nothing(
-    served: Served, redis_server_url: str
+    served: Target, redis_server_url: str
 ) -> None:
     """An integer Python will not convert is a 400 InvalidRequest, never a 500."""
     body = b'{"name": ' + b"9" * 5000 + b"}"
@@ -153,7 +153,7 @@ def test_a_json_integer_of_5000_digits_is_invalid_request_and_changes_nothing(
     assert assert_json_error(answer, 400)["error"] == "InvalidRequest"
 
 
-def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout(served: Served) -> None:
+def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout(served: Target) -> None:
     """An idle new connection is closed once the read timeout passes."""
     with socket.create_connection(("127.0.0.1", served.ports["xrpc"])) as sock:
         started = time.monotonic()
@@ -161,7 +161,7 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout(served
         assert time.monotonic() - started >= READ_TIMEOUT_S * 0.9
 
 
-def test_a_slowloris_head_is_closed_though_it_keeps_sending(served: Served) -> None:
+def test_a_slowloris_head_is_closed_though_it_keeps_sending(served: Target) -> None:
     """A head sent one line at a time never completes, and is cut at the read timeout."""
     with socket.create_connection(("127.0.0.1", served.ports["xrpc"])) as sock:
         sock.sendall(b"GET /xrpc/_health HTTP/1.1\r\n")
@@ -181,7 +181,7 @@ def test_a_slowloris_head_is_closed_though_it_keeps_sending(served: Served) -> N
         assert time.monotonic() - started < READ_TIMEOUT_S + 3
 
 
-def test_a_body_that_never_finishes_gets_408_and_the_connection_closes(served: Served) -> None:
+def test_a_body_that_never_finishes_gets_408_and_the_connection_closes(served: Target) -> None:
     """An authenticated request whose body stops short is answered 408 in JSON, then closed."""
     request = head(
         "POST",
@@ -203,7 +203,7 @@ def test_a_body_that_never_finishes_gets_408_and_the_connection_closes(served: S
     assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"] == "InvalidRequest"
 
 
-def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(served: Served) -> None:
+def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(served: Target) -> None:
     """After an answered request, a connection left idle is closed at the idle timeout."""
     with socket.create_connection(("127.0.0.1", served.ports["xrpc"])) as sock:
         sock.sendall(b"GET /xrpc/_health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -212,7 +212,7 @@ def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(served: Served
         assert closed_by_server(sock, IDLE_TIMEOUT_S + 5)
 
 
-def test_past_the_cap_new_xrpc_connections_are_closed_and_signing_goes_on(served: Served) -> None:
+def test_past_the_cap_new_xrpc_connections_are_closed_and_signing_goes_on(served: Target) -> None:
     """With the XRPC cap held by idle clients, one more is closed at once, and the sign
     and ops listeners still answer."""
     held = [

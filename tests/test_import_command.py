@@ -7,15 +7,14 @@ import asyncio
 import hashlib
 import hmac
 import json
-import sys
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from serving import dev_env, start_serve, stop_serve
 from support import ALICE, BOB, CREATE, ROTATE, call, keyspace_dump, sign_body
 
+from harness import run_command, sidecar_env, start_serve
 from sidecar.cli import main
 from sidecar.storage.keys import log_key, secret_key
 
@@ -39,24 +38,6 @@ def token_for(i: int) -> str:
 def line(did: str, name: str, token: Any) -> str:
     """One JSON line of the import file."""
     return json.dumps({"did": did, "name": name, "token": token})
-
-
-async def run_import(*args: str, env: dict[str, str], stdin: bytes = b"") -> tuple[int, str, str]:
-    """Run ``python -m sidecar import <args>`` as a process: (exit status, stdout, stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "import",
-        *args,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin), timeout=120)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_import_reports_skips_and_bad_lines_by_number_and_never_a_token(
@@ -132,13 +113,13 @@ async def test_a_thousand_lines_import_and_a_rerun_imports_none(
     """1,000 lines import as a real process with exit 0; run again, all 1,000 are skipped."""
     path = tmp_path / "tokens.jsonl"
     path.write_text("".join(line(ALICE, f"hook-{i}", token_for(i)) + "\n" for i in range(1000)))
-    code, out, err = await run_import(str(path), env=env)
+    code, out, err = await run_command("import", str(path), env=env)
     assert (code, err) == (0, "")
     assert out == "import: 1000 imported, 0 skipped (name exists), 0 bad lines\n"
     assert raw_redis.zcard(f"wsc:{{{ALICE}}}:idx") == 1000
     before = keyspace_dump(raw_redis)
 
-    code, out, err = await run_import(str(path), env=env)
+    code, out, err = await run_command("import", str(path), env=env)
     assert (code, err) == (0, "")
     assert out.splitlines()[-1] == "import: 0 imported, 1000 skipped (name exists), 0 bad lines"
     assert len(out.splitlines()) == 1001
@@ -160,7 +141,7 @@ async def test_a_dry_run_from_stdin_checks_everything_and_writes_nothing(
         ]
     ).encode()
     before = keyspace_dump(raw_redis)
-    code, out, err = await run_import("--dry-run", "-", env=env, stdin=stdin)
+    code, out, err = await run_command("import", "--dry-run", "-", env=env, stdin=stdin)
     assert code == 1
     assert out.splitlines() == [
         f"import: line 2: skipped: {ALICE} already has a secret named 'kept'",
@@ -185,7 +166,7 @@ async def test_configuration_errors_exit_2_and_write_nothing(
     """A missing file, KEK or Redis is a configuration error: exit 2, one line, nothing written."""
     settings = {k: v for k, v in env.items() if k != drop}
     stdin = (line(ALICE, "orders", token_for(1)) + "\n").encode()
-    code, out, err = await run_import(*args, env=settings, stdin=stdin)
+    code, out, err = await run_command("import", *args, env=settings, stdin=stdin)
     assert code == 2, err
     assert out == ""
     assert err.startswith("wisp-sidecar: configuration error: " + names)
@@ -195,11 +176,11 @@ async def test_configuration_errors_exit_2_and_write_nothing(
 async def test_beside_make_run_it_finds_the_development_kek_and_valkey(tmp_path: Path) -> None:
     """With nothing configured, import writes to the running development sidecar, which then
     signs with the imported token."""
-    env = dev_env(tmp_path, hosts=False)
-    served = await start_serve(tmp_path, env)
+    env = sidecar_env(tmp_path, loopback=False)
+    served = await start_serve(env, banner=True)
     try:
         stdin = (line("did:web:localhost", "orders", token_for(1)) + "\n").encode()
-        code, out, err = await run_import("-", env=env, stdin=stdin)
+        code, out, err = await run_command("import", "-", env=env, stdin=stdin)
         assert (code, err) == (0, ""), out
         assert out == "import: 1 imported, 0 skipped (name exists), 0 bad lines\n"
         params = {"did": "did:web:localhost", "name": "orders", "scheme": "github"}
@@ -210,7 +191,7 @@ async def test_beside_make_run_it_finds_the_development_kek_and_valkey(tmp_path:
             assert response.status == 200
             signed = await response.json()
     finally:
-        assert await stop_serve(served) == 0
+        assert await served.terminate() == 0
     digest = hmac.new(token_for(1).encode(), BODY, hashlib.sha256).hexdigest()
     assert signed["headers"] == {"X-Hub-Signature-256": "sha256=" + digest}
 
@@ -222,12 +203,12 @@ async def test_an_import_not_confirmed_durable_stops_and_a_rerun_skips_it(
     write may have applied, so a rerun without the wait reports it skipped."""
     stdin = "".join(line(ALICE, f"hook-{i}", token_for(i)) + "\n" for i in range(3)).encode()
     waiting = {**env, "SIDECAR_DURABLE_REPLICAS": "1", "SIDECAR_DURABLE_TIMEOUT_MS": "100"}
-    code, out, err = await run_import("-", env=waiting, stdin=stdin)
+    code, out, err = await run_command("import", "-", env=waiting, stdin=stdin)
     assert code == 1
     assert err.startswith("import: line 1: not confirmed by the replicas")
     assert out == "import: 0 imported, 0 skipped (name exists), 0 bad lines, 1 not done (Redis)\n"
     assert raw_redis.zcard(f"wsc:{{{ALICE}}}:idx") == 1
 
-    code, out, err = await run_import("-", env=env, stdin=stdin)
+    code, out, err = await run_command("import", "-", env=env, stdin=stdin)
     assert (code, err) == (0, "")
     assert out.splitlines()[-1] == "import: 2 imported, 1 skipped (name exists), 0 bad lines"

@@ -11,120 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 import redis
 from support import ALICE, CREATE, SERVER_BINARY, bearer
 
+from harness import ServeProcess, sidecar_env
 from sidecar.storage.embedded import EmbeddedValkey, free_port
 from sidecar.storage.keys import index_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
-    from types import TracebackType
 
     from conftest import Keys
 
 # Long enough that nothing in these tests times out by accident; the tests
 # that need a deadline say so.
 EVENT_TIMEOUT_S = 30
-
-
-class ServeProcess:
-    """A ``python -m sidecar serve`` child, its JSON log lines, and its ports."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.xrpc_port = free_port()
-        self.sign_port = free_port()
-        self.ops_port = free_port()
-        self.env = {
-            "PATH": os.environ["PATH"],
-            "SIDECAR_XRPC_HOST": "127.0.0.1",
-            "SIDECAR_XRPC_PORT": str(self.xrpc_port),
-            "SIDECAR_SIGN_PORT": str(self.sign_port),
-            "SIDECAR_OPS_HOST": "127.0.0.1",
-            "SIDECAR_OPS_PORT": str(self.ops_port),
-            "SIDECAR_LOG_FORMAT": "json",
-            **env,
-        }
-        self.events: list[dict[str, Any]] = []
-        self._process: asyncio.subprocess.Process | None = None
-
-    @property
-    def process(self) -> asyncio.subprocess.Process:
-        assert self._process is not None
-        return self._process
-
-    @property
-    def xrpc(self) -> str:
-        return f"http://127.0.0.1:{self.xrpc_port}"
-
-    @property
-    def sign(self) -> str:
-        return f"http://127.0.0.1:{self.sign_port}"
-
-    @property
-    def ops(self) -> str:
-        return f"http://127.0.0.1:{self.ops_port}"
-
-    async def __aenter__(self) -> Self:
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sidecar",
-            "serve",
-            env=self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-    async def event(self, name: str, **fields: Any) -> dict[str, Any]:
-        """Read log lines until one is ``name`` with ``fields``; that line."""
-
-        async def read() -> dict[str, Any]:
-            assert self.process.stdout is not None
-            while line := await self.process.stdout.readline():
-                event: dict[str, Any] = json.loads(line)
-                self.events.append(event)
-                if event.get("event") == name and fields.items() <= event.items():
-                    return event
-            raise AssertionError(f"serve exited before logging {name}: {self.events}")
-
-        return await asyncio.wait_for(read(), EVENT_TIMEOUT_S)
-
-    async def until_listening(self) -> None:
-        # The ops listener starts last.
-        await self.event("listening", listener="ops")
-
-    async def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), EVENT_TIMEOUT_S)
-
-    async def finish(self) -> tuple[int, str, list[dict[str, Any]]]:
-        """Wait for exit; the code, stderr, and the log lines not read yet."""
-        out, err = await asyncio.wait_for(self.process.communicate(), EVENT_TIMEOUT_S)
-        rest = [json.loads(line) for line in out.splitlines() if line.strip()]
-        self.events += rest
-        assert self.process.returncode is not None
-        return self.process.returncode, err.decode(), rest
 
 
 async def status_of(url: str) -> int:
@@ -151,11 +59,9 @@ def valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
 @pytest.fixture
 def serve_env(keys: Keys, kek_text: str, tmp_path: Path) -> dict[str, str]:
     """The environment of a served sidecar, but for REDIS_URL, which each test sets."""
-    return {
-        "SIDECAR_KEK": kek_text,
-        "SIDECAR_API_KEYS_FILE": str(keys.path),
-        "SIDECAR_DATA_DIR": str(tmp_path / "data"),
-    }
+    return sidecar_env(
+        tmp_path / "data", SIDECAR_KEK=kek_text, SIDECAR_API_KEYS_FILE=str(keys.path)
+    )
 
 
 async def test_sigterm_drains_in_flight_requests_and_exits_0(
@@ -186,7 +92,7 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(
                     "the creates to reach Redis",
                     lambda: admin.info("clients")["blocked_clients"] == in_flight,
                 )
-                served.process.send_signal(signal.SIGTERM)
+                served.send_signal(signal.SIGTERM)
                 await served.event("shutting_down")
 
                 assert await status_of(f"{served.ops}/readyz") == 503
@@ -199,9 +105,9 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(
             results = await asyncio.gather(*requests)
             assert [status for status, _ in results] == [200] * in_flight, results
             assert all(body["token"].startswith("wsk_") for _, body in results)
-            code, _err, _rest = await served.finish()
+            code = await served.finish()
             assert code == 0
-            assert {"event": "stopped"}.items() <= served.events[-1].items()
+            assert {"event": "stopped"}.items() <= served.events()[-1].items()
             assert admin.zcard(index_key(ALICE)) == in_flight
 
 
@@ -250,7 +156,8 @@ async def test_startup_fails_fast_when_redis_does_not_answer(
     env = {**serve_env, "REDIS_URL": url, "SIDECAR_REDIS_CONNECT_TIMEOUT_S": "1"}
     started = time.monotonic()
     async with ServeProcess(env) as served:
-        code, err, events = await served.finish()
+        code = await served.finish()
+    err, events = served.stderr, served.events()
     elapsed = time.monotonic() - started
     assert code == 2
     lines = err.strip().splitlines()
@@ -274,10 +181,10 @@ async def test_sigterm_while_waiting_for_redis_exits_0_at_once(
     }
     async with ServeProcess(env) as served:
         await served.event("redis_unavailable")
-        served.process.send_signal(signal.SIGTERM)
-        code, _err, _rest = await served.finish()
+        served.send_signal(signal.SIGTERM)
+        code = await served.finish()
     assert code == 0
-    assert not any(event.get("event") == "listening" for event in served.events)
+    assert not any(event.get("event") == "listening" for event in served.events())
 
 
 async def test_start_without_redis_is_unready_until_redis_appears(

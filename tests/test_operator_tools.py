@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
-from serving import dev_env, run_cli, start_serve, stop_serve
 from support import ALICE, BOB, CREATE, DELETE, ROTATE, SERVER_BINARY, call
 
+from harness import run_command, sidecar_env, start_serve
 from sidecar import __version__
 from sidecar.cli import main
 from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
@@ -30,7 +30,7 @@ Client = TestClient[Any, Any]
 
 async def test_version_prints_the_package_version() -> None:
     """``wisp-sidecar --version`` prints the name and version and exits 0."""
-    status, out, _err = await run_cli("--version", env={"PATH": os.environ["PATH"]})
+    status, out, _err = await run_command("--version", env={"PATH": os.environ["PATH"]})
     assert (status, out) == (0, f"wisp-sidecar {__version__}\n")
 
 
@@ -193,17 +193,17 @@ async def test_doctor_passes_against_a_deployed_sidecar_and_prints_no_secret(
     )
     server.start()
     try:
-        env = dev_env(
+        env = sidecar_env(
             tmp_path / "data",
             REDIS_URL=f"redis://:{password}@127.0.0.1:{server.port}/0",
             SIDECAR_KEK=kek_text,
             SIDECAR_API_KEYS_FILE=str(keys.path),
         )
-        served = await start_serve(tmp_path / "data", env, embedded=False)
+        served = await start_serve(env)
         try:
-            status, out, err = await run_cli("doctor", env=env)
+            status, out, err = await run_command("doctor", env=env)
         finally:
-            assert await stop_serve(served) == 0
+            assert await served.terminate() == 0
     finally:
         server.stop()
     checks = report(out)
@@ -287,12 +287,12 @@ def test_doctor_fails_on_missing_replicas_and_unopenable_tokens(
 async def test_doctor_beside_make_run_finds_the_development_sidecar(tmp_path: Path) -> None:
     """With nothing configured but the ports, doctor checks the running development sidecar:
     its Valkey, KEK, keys file and loopback listeners, and exits 0."""
-    env = dev_env(tmp_path, hosts=False)
-    served = await start_serve(tmp_path, env)
+    env = sidecar_env(tmp_path, loopback=False)
+    served = await start_serve(env, banner=True)
     try:
-        status, out, err = await run_cli("doctor", env=env)
+        status, out, err = await run_command("doctor", env=env)
     finally:
-        assert await stop_serve(served) == 0
+        assert await served.terminate() == 0
     checks = report(out)
     assert status == 0, out + err
     assert checks["redis"][1].startswith("one server 127.0.0.1:")

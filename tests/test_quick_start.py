@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from serving import start_serve, stop_serve
+
+from harness import sidecar_env, start_serve
 
 if TYPE_CHECKING:
-    from serving import Served
+    from harness import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SHELL_BLOCK = re.compile(r"```sh\n(.*?)```", re.DOTALL)
@@ -34,7 +35,7 @@ def examples(document: Path) -> list[tuple[list[str], dict[str, Any] | None]]:
     return found
 
 
-async def replay(served: Served, key: str, argv: list[str]) -> tuple[int, Any]:
+async def replay(served: ServeProcess, key: str, argv: list[str]) -> tuple[int, Any]:
     """Send what ``argv`` (a curl command) sends, with the ports and key of ``served``."""
     method, headers, data, url = "GET", {}, None, ""
     words = iter(argv[1:])
@@ -51,7 +52,7 @@ async def replay(served: Served, key: str, argv: list[str]) -> tuple[int, Any]:
             url = word
     url = (
         url.replace("$X", "http://127.0.0.1:8080/xrpc")
-        .replace("127.0.0.1:8080", served.base.removeprefix("http://"))
+        .replace("127.0.0.1:8080", served.xrpc.removeprefix("http://"))
         .replace("127.0.0.1:8081", served.sign.removeprefix("http://"))
     )
     async with (
@@ -69,13 +70,13 @@ async def test_the_documented_curl_examples_work_against_development_mode(
     documented = [*examples(ROOT / "docs" / "api.md"), *examples(ROOT / "README.md")]
     assert len(documented) >= 8
     assert any("/v1/sign" in " ".join(argv) for argv, _ in documented)
-    served = await start_serve(tmp_path)
+    served = await start_serve(sidecar_env(tmp_path), banner=True)
     try:
-        key = next(line.strip() for line in served.banner.splitlines() if "wsa_" in line)
+        key = next(line.strip() for line in served.stderr.splitlines() if "wsa_" in line)
         for argv, shown in documented:
             status, answer = await replay(served, key, argv)
             assert status == 200, (argv, answer)
             if shown is not None:
                 assert set(answer) == set(shown), (argv, answer)
     finally:
-        assert await stop_serve(served) == 0
+        assert await served.terminate() == 0

@@ -7,11 +7,8 @@ loopback PLC directory, and Redis.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,6 +19,7 @@ from aiohttp import web
 from atproto_fakes import Issuer, ProxyingPds, new_plc_did, web_did
 from support import CREATE, LIST, ROTATE, parsed
 
+from harness import run_command, sidecar_env
 from sidecar.app import create_xrpc_app
 from sidecar.storage.embedded import free_port
 
@@ -271,21 +269,9 @@ async def test_the_bare_did_still_works_beside_the_fragment(
 
 async def test_serve_refuses_a_did_web_without_an_endpoint(tmp_path: Path) -> None:
     """serve with a did:web service DID and no endpoint exits 2 with one line naming it."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "serve",
-        env={
-            "PATH": os.environ["PATH"],
-            "SIDECAR_SERVICE_DID": "did:web:sidecar.example.com",
-            "SIDECAR_DATA_DIR": str(tmp_path),
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _out, err = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode == 2
-    lines = err.decode().strip().splitlines()
+    env = sidecar_env(tmp_path, SIDECAR_SERVICE_DID="did:web:sidecar.example.com")
+    code, _out, err = await run_command("serve", env=env)
+    assert code == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 1, lines
     assert "SIDECAR_SERVICE_ENDPOINT" in lines[0]
