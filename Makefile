@@ -38,7 +38,7 @@ bench: $(STAMP)
 # examples a test); it prints how many requests it made.
 FUZZ_EXAMPLES ?= 3000
 fuzz: $(STAMP)
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py -q -s
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/fuzz/test_fuzz.py -q -s
 
 # Fault injection (killed, frozen and failed-over Redis) against the real
 # sidecar; writes bench/CHAOS.md and fails when a check does.

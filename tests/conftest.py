@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -15,7 +14,7 @@ import redis
 from aiohttp import web
 from atproto_fakes import ES256K, SERVICE_DID, DidHost, Issuer, KeyPair, new_plc_did
 from prometheus_client import CollectorRegistry
-from support import ALICE, BOB, SERVER_BINARY
+from support import ALICE, BOB, SERVER_BINARY, AiohttpClient, Keys, SidecarFactory
 
 from sidecar.app import Sidecar, create_ops_app, create_sign_app, create_xrpc_app, open_sidecar
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
 
 # Sentinel and Cluster topologies, and the fixtures that open sidecars on them.
 pytest_plugins = ("topologies",)
-
-AiohttpClient = Callable[[web.Application], Any]
 
 
 @pytest.fixture(scope="session")
@@ -70,15 +67,6 @@ def raw_redis(redis_url: str) -> Iterator[redis.Redis]:
         yield client
 
 
-@dataclass(frozen=True)
-class Keys:
-    """API keys of two owners, and the file that admits them."""
-
-    alice: str
-    bob: str
-    path: Path
-
-
 @pytest.fixture
 def keys(tmp_path: Path) -> Keys:
     """Fresh API keys for Alice and Bob, written to the keys file the sidecar loads."""
@@ -113,9 +101,6 @@ def env(redis_url: str, keys: Keys, kek_text: str, tmp_path: Path) -> dict[str, 
 def lexicons() -> LexiconRegistry:
     """The lexicons the sidecar ships, loaded once for the session."""
     return LexiconRegistry.load(default_lexicon_dir())
-
-
-SidecarFactory = Callable[..., Any]
 
 
 @pytest.fixture

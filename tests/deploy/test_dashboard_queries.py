@@ -24,16 +24,26 @@ import pytest
 import redis
 import yaml
 from aiohttp.test_utils import TestClient
-from conftest import AiohttpClient, Keys, SidecarFactory
 from prometheus_client.parser import text_string_to_metric_families
-from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, sign_body
+from support import (
+    ALICE,
+    CREATE,
+    DELETE,
+    LIST,
+    ROTATE,
+    AiohttpClient,
+    Keys,
+    SidecarFactory,
+    call,
+    sign_body,
+)
 
 from sidecar.app import create_ops_app, create_sign_app, create_xrpc_app
 from sidecar.auth.api_keys import generate_api_key
 
 Client = TestClient[Any, Any]
 
-OBSERVABILITY = Path(__file__).resolve().parents[1] / "deploy" / "observability"
+OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 DASHBOARD = OBSERVABILITY / "grafana-dashboard.json"
 RULES = OBSERVABILITY / "prometheus-rules.yaml"
 

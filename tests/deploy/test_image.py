@@ -12,13 +12,12 @@ import tomllib
 from pathlib import Path
 
 import aiohttp
-from conftest import Keys
-from support import LIST, bearer, read_env_file
+from support import LIST, Keys, bearer, read_env_file
 
 from harness import ServeProcess, sidecar_env
 from sidecar.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 BASE_SETTINGS = ROOT / "deploy" / "kubernetes" / "components" / "sidecar" / "sidecar.env"

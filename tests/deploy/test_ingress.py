@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-KUBERNETES = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
+KUBERNETES = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 PRODUCTION = KUBERNETES / "overlays" / "production"
 
 

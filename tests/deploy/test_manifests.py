@@ -34,7 +34,7 @@ from support import read_env_file
 from sidecar.crypto import encode_kek, generate_kek
 from sidecar.settings import VARIABLES, Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 BASE = KUBERNETES / "base"

@@ -15,7 +15,7 @@ from sidecar.storage.keys import index_key, secret_key
 
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient
-    from conftest import AiohttpClient
+    from support import AiohttpClient
     from topologies import Owners, ValkeyCluster
 
     from sidecar.app import Sidecar

@@ -17,7 +17,7 @@ from sidecar.storage.keys import log_key, secret_key
 
 if TYPE_CHECKING:
     import redis
-    from conftest import Keys
+    from support import Keys
 
     from sidecar.app import Sidecar
     from sidecar.xrpc.lexicon import LexiconRegistry

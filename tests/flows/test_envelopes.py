@@ -6,8 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from conftest import SidecarFactory
-from support import ALICE, BOB
+from support import ALICE, BOB, SidecarFactory
 
 from sidecar.app import Sidecar
 from sidecar.errors import StorageUnavailable

@@ -6,8 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from conftest import AiohttpClient, Keys, SidecarFactory
-from support import ALICE, CREATE, DELETE, LIST, ROTATE, bearer, call, parsed, sign_body
+from support import (
+    ALICE,
+    CREATE,
+    DELETE,
+    LIST,
+    ROTATE,
+    AiohttpClient,
+    Keys,
+    SidecarFactory,
+    bearer,
+    call,
+    parsed,
+    sign_body,
+)
 
 from sidecar.app import create_sign_app
 from sidecar.crypto import encode_kek, generate_kek, parse_kek

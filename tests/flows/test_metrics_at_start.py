@@ -17,7 +17,7 @@ from sidecar.signing.schemes import SCHEMES, Reason
 from sidecar.storage.calls import OPERATIONS
 from sidecar.xrpc.methods import OUTCOMES as XRPC_OUTCOMES
 
-SIDECAR = Path(__file__).resolve().parents[1] / "sidecar"
+SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
 
 
 async def first_scrape(ops: TestClient[Any, Any]) -> set[tuple[str, tuple[tuple[str, str], ...]]]:

@@ -10,7 +10,7 @@ from support import CREATE, DELETE, LIST, ROTATE, bearer, call
 
 if TYPE_CHECKING:
     import redis
-    from conftest import Keys
+    from support import Keys
 
 Client = TestClient[Any, Any]
 

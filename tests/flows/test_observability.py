@@ -7,9 +7,21 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import AiohttpClient, Keys, SidecarFactory
 from prometheus_client.parser import text_string_to_metric_families
-from support import ALICE, CREATE, DELETE, LIST, ROTATE, bearer, call, parsed, sign_body
+from support import (
+    ALICE,
+    CREATE,
+    DELETE,
+    LIST,
+    ROTATE,
+    AiohttpClient,
+    Keys,
+    SidecarFactory,
+    bearer,
+    call,
+    parsed,
+    sign_body,
+)
 
 from sidecar.app import Sidecar, create_ops_app, create_sign_app, create_xrpc_app
 

@@ -25,7 +25,7 @@ from sidecar.storage.rewrap import Rewrap
 
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient
-    from conftest import AiohttpClient, Keys, SidecarFactory
+    from support import AiohttpClient, Keys, SidecarFactory
     from topologies import Owners, ValkeyCluster
 
     from sidecar.app import Sidecar

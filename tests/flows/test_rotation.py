@@ -12,7 +12,7 @@ from sidecar.storage.keys import secret_key
 
 if TYPE_CHECKING:
     import redis
-    from conftest import AiohttpClient, Keys, SidecarFactory
+    from support import AiohttpClient, Keys, SidecarFactory
 
 
 async def test_fifty_concurrent_rotates_on_two_replicas_are_serialised(

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from aiohttp.test_utils import TestClient
-    from conftest import AiohttpClient, SidecarFactory
+    from support import AiohttpClient, SidecarFactory
     from topologies import Owners
 
     from sidecar.app import Sidecar

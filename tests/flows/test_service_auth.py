@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -28,7 +29,7 @@ from sidecar.storage.keys import jti_key, secret_key
 
 if TYPE_CHECKING:
     import redis
-    from conftest import AiohttpClient, Keys, SidecarFactory
+    from support import AiohttpClient, Keys, SidecarFactory
 
     from sidecar.app import Sidecar
 
@@ -360,12 +361,13 @@ async def test_an_unreachable_plc_directory_is_a_quick_401(
     alice: Issuer,
     keys: Keys,
 ) -> None:
-    """With the directory down, JWT calls fail fast with 401 and API keys still work."""
+    """With the directory down, JWT calls fail with 401 rather than hang, and API keys still
+    work (that a refused connection fails before the lookup's timeout is
+    tests/unit/test_did_resolver.py's)."""
     down = await make_sidecar(**{**jwt_env, "SIDECAR_PLC_URL": f"http://127.0.0.1:{free_port()}"})
     client = await aiohttp_client(create_xrpc_app(down))
-    started = time.monotonic()
-    status, body = await send(client, LIST, alice.token(LIST))
-    assert time.monotonic() - started < 1.0
+    async with asyncio.timeout(30):  # a bound against hangs only
+        status, body = await send(client, LIST, alice.token(LIST))
     assert (status, body["error"]) == (401, "AuthenticationRequired")
     assert counted(down, "unresolved_did") == 1
     assert (await call(client, LIST, keys.alice, method="GET"))[0] == 200

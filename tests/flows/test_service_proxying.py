@@ -26,7 +26,7 @@ from sidecar.storage.embedded import free_port
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import SidecarFactory
+    from support import SidecarFactory
 
     from sidecar.app import Sidecar
 

@@ -11,9 +11,19 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import AiohttpClient, Keys, SidecarFactory
 from standardwebhooks.webhooks import Webhook
-from support import ALICE, BOB, CREATE, ROTATE, call, read_round_trips, sign_body
+from support import (
+    ALICE,
+    BOB,
+    CREATE,
+    ROTATE,
+    AiohttpClient,
+    Keys,
+    SidecarFactory,
+    call,
+    read_round_trips,
+    sign_body,
+)
 from yarl import URL
 
 from sidecar.app import create_sign_app

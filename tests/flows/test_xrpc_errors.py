@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
     import redis
-    from conftest import AiohttpClient, Keys, SidecarFactory
+    from support import AiohttpClient, Keys, SidecarFactory
 
 Client = TestClient[Any, Any]
 
@@ -319,7 +319,7 @@ GENERIC_XRPC_ERRORS = frozenset(
         "UpstreamTimeout",
     }
 )
-SOURCES = Path(__file__).resolve().parents[1] / "sidecar"
+SOURCES = Path(__file__).resolve().parents[2] / "sidecar"
 
 
 def names_the_xrpc_listener_can_send() -> set[str]:

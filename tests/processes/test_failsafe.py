@@ -18,7 +18,7 @@ from sidecar.settings import Settings
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import Keys
+    from support import Keys
 
 
 def only_line(err: str) -> str:

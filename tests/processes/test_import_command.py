@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import redis
-    from conftest import Keys
+    from support import Keys
 
     from sidecar.app import Sidecar
 

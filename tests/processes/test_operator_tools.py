@@ -23,7 +23,7 @@ from sidecar.storage.keys import secret_key
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import Keys
+    from support import Keys
 
 Client = TestClient[Any, Any]
 

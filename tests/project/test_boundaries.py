@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-SIDECAR = Path(__file__).resolve().parents[1] / "sidecar"
+SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
 
 # Third-party modules with one home each: module prefix -> where it may be imported.
 ONLY_IMPORTED_IN = {

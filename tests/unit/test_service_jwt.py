@@ -26,7 +26,7 @@ from sidecar.storage.keys import jti_key
 
 if TYPE_CHECKING:
     import redis
-    from conftest import SidecarFactory
+    from support import SidecarFactory
 
     from sidecar.app import Sidecar
 

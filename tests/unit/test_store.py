@@ -16,7 +16,7 @@ from sidecar.storage.keys import parse_secret_key
 if TYPE_CHECKING:
     import redis
     from aiohttp.test_utils import TestClient
-    from conftest import Keys
+    from support import Keys
 
     from sidecar.app import Sidecar
     from sidecar.xrpc.lexicon import LexiconRegistry
