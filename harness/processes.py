@@ -66,13 +66,12 @@ def configured_env(
     api_key = generate_api_key()
     keys = directory / "api-keys"
     keys.write_text(keys_file_line(owner, api_key, "harness") + "\n")
-    env = sidecar_env(
-        directory / "data",
-        REDIS_URL=redis_url,
-        SIDECAR_KEK=encode_kek(generate_kek()),
-        SIDECAR_API_KEYS_FILE=str(keys),
+    env = sidecar_env(directory / "data") | {
+        "REDIS_URL": redis_url,
+        "SIDECAR_KEK": encode_kek(generate_kek()),
+        "SIDECAR_API_KEYS_FILE": str(keys),
         **settings,
-    )
+    }
     return env, api_key
 
 
@@ -386,7 +385,12 @@ async def until_exited(pid: int) -> None:
         return
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, readable)
     try:
         await asyncio.wait_for(exited, TIMEOUT_S)
     finally:

@@ -117,9 +117,9 @@ async def test_a_cluster_primary_killed_fails_over_to_its_replica_without_loss(
 T1, T2, T3 = "wsk_token-one", "wsk_token-two", "wsk_token-three"
 
 
-def rotate(start: float, token: str | None, status: int = 200, **flags: bool) -> Op:
+def rotate(start: float, token: str | None, status: int = 200, *, must_refuse: bool = False) -> Op:
     """A rotate that took 10 ms."""
-    return Op("rotate", start, start + 0.01, status, token=token, **flags)
+    return Op("rotate", start, start + 0.01, status, token=token, must_refuse=must_refuse)
 
 
 def sign(start: float, token: str | None, version: int, status: int = 200, **flags: bool) -> Op:

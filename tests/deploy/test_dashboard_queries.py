@@ -237,11 +237,11 @@ def problems_with(query: Query, page: Page) -> list[str]:
 @contextlib.contextmanager
 def writes_stalled(client: redis.Redis) -> Iterator[None]:
     """Redis holds every write (scripts included) while reads still answer: a real outage."""
-    client.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+    client.execute_command("CLIENT", "PAUSE", "30000", "WRITE")  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
-        client.execute_command("CLIENT", "UNPAUSE")
+        client.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
 
 
 async def full_cycle(xrpc: Client, sign: Client, key: str, raw_redis: redis.Redis) -> None:

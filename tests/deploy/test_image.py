@@ -113,18 +113,15 @@ async def test_entrypoint_serves_in_production_mode_and_stops_on_sigterm(
     kek_file.write_text(kek_text + "\n")
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    env = sidecar_env(
-        data_dir,
-        # As the ConfigMap sets it, except what differs outside a pod: Redis, the files'
-        # paths, and loopback binds on free ports.
-        **{
-            **read_env_file(BASE_SETTINGS),
-            "REDIS_URL": redis_url,
-            "SIDECAR_KEK_FILE": str(kek_file),
-            "SIDECAR_API_KEYS_FILE": str(keys.path),
-            "SIDECAR_DATA_DIR": str(data_dir),
-        },
-    )
+    # As the ConfigMap sets it, except what differs outside a pod: Redis, the files'
+    # paths, and loopback binds on free ports.
+    env = sidecar_env(data_dir) | {
+        **read_env_file(BASE_SETTINGS),
+        "REDIS_URL": redis_url,
+        "SIDECAR_KEK_FILE": str(kek_file),
+        "SIDECAR_API_KEYS_FILE": str(keys.path),
+        "SIDECAR_DATA_DIR": str(data_dir),
+    }
     env |= {k: v for k, v in sidecar_env(data_dir).items() if k.endswith(("_HOST", "_PORT"))}
     program, *args = entrypoint()
     argv = [str(Path(sys.executable).parent / program), *args]

@@ -231,7 +231,7 @@ def sidecar_container() -> dict[str, Any]:
     (container,) = [
         c for c in sidecar_pod()["spec"]["initContainers"] if c["name"] == "wisp-sidecar"
     ]
-    return container
+    return dict(container)
 
 
 def sidecars_of(workload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -527,7 +527,7 @@ def test_selectors_match_the_pods() -> None:
     labels = deployment()["spec"]["template"]["metadata"]["labels"]
 
     def selects(selector: dict[str, str]) -> bool:
-        return selector.items() <= labels.items()
+        return bool(selector.items() <= labels.items())
 
     assert sidecar_pod()["metadata"]["labels"] == dict([SIDECAR_LABEL])
     (service,) = load_documents(COMPONENT / "service.yaml")

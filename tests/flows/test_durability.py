@@ -261,7 +261,7 @@ async def serve_until_listening_or_exit(
     env: dict[str, str], tmp_path: Path
 ) -> tuple[int | None, list[str]]:
     """Start ``python -m sidecar serve``; its exit code (None once it listens) and its lines."""
-    async with ServeProcess(sidecar_env(tmp_path / "data", **env)) as served:
+    async with ServeProcess(sidecar_env(tmp_path / "data") | env) as served:
         try:
             await served.until_listening()
         except AssertionError:

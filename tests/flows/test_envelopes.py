@@ -29,10 +29,11 @@ async def test_reads_of_one_loop_turn_share_one_round_trip(sidecar: Sidecar) -> 
     results = await asyncio.gather(*(reader.get(did, name) for did, name in refs))
     assert reader.batches_sent == 1
     by_ref = {ref: result for ref, result in zip(refs, results, strict=True)}
-    assert by_ref[(ALICE, "a")] is not None
-    assert by_ref[(ALICE, "a")].envelope == first
-    assert by_ref[(BOB, "b")] is not None
-    assert by_ref[(BOB, "b")].envelope == second
+    alices, bobs = by_ref[(ALICE, "a")], by_ref[(BOB, "b")]
+    assert alices is not None
+    assert alices.envelope == first
+    assert bobs is not None
+    assert bobs.envelope == second
     assert by_ref[(ALICE, "missing")] is None
 
 

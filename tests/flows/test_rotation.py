@@ -1,3 +1,5 @@
+# mypy: disable-error-code="union-attr,index,list-item,arg-type"
+# (redis-py types a synchronous answer as a union with its awaitable and with None.)
 """Rotation across replicas: atomic under contention, and the stored token is the newest."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="union-attr,index,list-item,arg-type"
+# (redis-py types a synchronous answer as a union with its awaitable and with None.)
 """atproto service auth end to end: real keys, real HTTP (XRPC and DID resolution), real Redis."""
 
 from __future__ import annotations

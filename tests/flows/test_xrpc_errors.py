@@ -25,7 +25,7 @@ Client = TestClient[Any, Any]
 
 
 @pytest.fixture
-async def seeded(xrpc: Client, keys: Keys) -> AsyncIterator[Client]:
+async def seeded(xrpc: Client, keys: Keys) -> Client:
     """An XRPC client whose owner Alice already has the secret 'orders'."""
     status, _ = await call(xrpc, CREATE, keys.alice, {"name": "orders"})
     assert status == 200
@@ -335,7 +335,7 @@ def names_the_xrpc_listener_can_send() -> set[str]:
                 and node.func.id == "WireError"
             ):
                 name = node.args[1]
-                if isinstance(name, ast.Constant):
+                if isinstance(name, ast.Constant) and isinstance(name.value, str):
                     names.add(name.value)
                 else:
                     # Only wire.py builds names from the two mappings read above.

@@ -64,7 +64,7 @@ async def test_a_bad_setting_stops_serve_with_exit_2_and_one_line(
     variable: str, value: str, tmp_path: Path
 ) -> None:
     """serve with a bad setting exits 2 and prints one line naming the setting, not its value."""
-    code, _out, err = await run_command("serve", env=sidecar_env(tmp_path, **{variable: value}))
+    code, _out, err = await run_command("serve", env=sidecar_env(tmp_path) | {variable: value})
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, lines

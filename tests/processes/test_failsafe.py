@@ -40,7 +40,7 @@ async def test_a_production_configuration_without_redis_url_exits_2(
         "SIDECAR_KEK_PREVIOUS": {"SIDECAR_KEK_PREVIOUS": kek_text},
         "keys file": {"SIDECAR_API_KEYS_FILE": str(keys.path)},
     }[configured]
-    status, _out, err = await run_command("serve", env=sidecar_env(data_dir, **setting))
+    status, _out, err = await run_command("serve", env=sidecar_env(data_dir) | setting)
     assert status == 2
     line = only_line(err)
     assert line.startswith("wisp-sidecar: configuration error: REDIS_URL: is not set")
@@ -173,7 +173,7 @@ async def test_an_unknown_sidecar_variable_stops_serve_with_a_suggestion(
 ) -> None:
     """serve with a SIDECAR_* variable that names no setting exits 2 with one line naming
     it and, when one is close, the setting it may have meant."""
-    status, _out, err = await run_command("serve", env=sidecar_env(tmp_path, **{variable: "debug"}))
+    status, _out, err = await run_command("serve", env=sidecar_env(tmp_path) | {variable: "debug"})
     assert status == 2
     assert only_line(err) == (
         f"wisp-sidecar: configuration error: {variable}: unknown setting{suggestion}"

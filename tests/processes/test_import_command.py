@@ -1,3 +1,5 @@
+# mypy: disable-error-code="union-attr,index,list-item,arg-type"
+# (redis-py types a synchronous answer as a union with its awaitable and with None.)
 """``wisp-sidecar import``: JSON lines of existing tokens, in-process and as a real process,
 against the test Redis, with the sidecar signing what it imported."""
 

@@ -31,11 +31,11 @@ async def test_batched_reads_run_while_writes_are_paused(
     # cannot be known, so Redis would hold its first run as a possible write.
     refs = [(ALICE, "orders")]
     await sidecar.store.get_envelopes(refs)
-    raw_redis.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+    raw_redis.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")  # type: ignore[no-untyped-call]
     try:
         stored = await asyncio.wait_for(sidecar.store.get_envelopes(refs), 10)
     finally:
-        raw_redis.execute_command("CLIENT", "UNPAUSE")
+        raw_redis.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
     assert opened(sidecar.keyring, refs, stored) == [(created["token"], 1)]
 
 
