@@ -19,10 +19,11 @@ import structlog
 from aiohttp import web
 
 from sidecar.errors import AuthenticationFailed, InvalidInput, WireError
-from sidecar.wire import INTERNAL, error_response, read_body, to_wire
+from sidecar.wire import INTERNAL, bearer_credential, error_response, read_body, to_wire
 
 if TYPE_CHECKING:
-    from sidecar.auth.authenticator import Authenticator, Caller
+    from sidecar.auth.authenticator import Authenticator
+    from sidecar.auth.caller import Caller
     from sidecar.xrpc.lexicon import LexiconRegistry
     from sidecar.xrpc.schemas import MethodDef
 
@@ -156,7 +157,8 @@ class XrpcServer:
                 f"{nsid} is a {method.kind}: use {method.http_method}",
                 {"Allow": method.http_method},
             )
-        caller = await self._auth.authenticate(request.headers.get("Authorization"), nsid=nsid)
+        credential = bearer_credential(request.headers.get("Authorization"))
+        caller = await self._auth.authenticate(credential, nsid=nsid)
         structlog.contextvars.bind_contextvars(did=caller.did, nsid=nsid)
         params = method.validate_params(request.query)
         payload = await self._input(request, method)

@@ -19,7 +19,8 @@ from sidecar.auth.api_keys import (
     load_api_keys,
     parse_api_keys,
 )
-from sidecar.auth.authenticator import Authenticator, BearerVerifier, Caller
+from sidecar.auth.authenticator import Authenticator, BearerVerifier
+from sidecar.auth.caller import Caller
 from sidecar.errors import AuthenticationFailed, ConfigError, Forbidden
 from sidecar.wire import bearer_credential
 
@@ -311,8 +312,9 @@ class PrefixVerifier:
 
 
 def authenticate(authenticator: Authenticator, header: str | None) -> Caller:
-    """Run ``Authenticator.authenticate`` to completion on a fresh event loop."""
-    return asyncio.run(authenticator.authenticate(header, nsid=NSID))
+    """Take the credential out of ``header`` as the XRPC pipeline does, then run
+    ``Authenticator.authenticate`` to completion on a fresh event loop."""
+    return asyncio.run(authenticator.authenticate(bearer_credential(header), nsid=NSID))
 
 
 def test_verifier_satisfies_the_protocol() -> None:
