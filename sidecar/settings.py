@@ -341,7 +341,7 @@ class Settings:
         "SIDECAR_LOG_FORMAT", choice(LOG_FORMATS), "auto", "Local state and logs",
         "auto (console on a TTY, JSON otherwise), json or console.",
     )  # fmt: skip
-    # Not a setting: the XRPC input limit of docs/architecture.md §4.
+    # Not a setting: the XRPC input limit, 64 KiB (docs/api.md, the 413 row of the errors).
     xrpc_max_bytes: int = 64 * 1024
     # Not a setting: the variables that were given (environment or file), so a
     # default can be told from the same value set on purpose.
