@@ -19,6 +19,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple, Self
 
@@ -304,6 +307,16 @@ class ServeProcess:
         """``wait_until_listening`` from a coroutine."""
         await asyncio.to_thread(self.wait_until_listening, listeners)
 
+    def wait_until_ready(self) -> None:
+        """Return once ``/readyz`` answers 200: for a sidecar whose log level hides its
+        "listening" lines. The ops listener is the only report there is to poll."""
+        url = f"{self.ops}/readyz"
+        deadline = time.monotonic() + TIMEOUT_S
+        while not _answers_200(url):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{url} never answered 200:\n" + "\n".join(self.lines()))
+            time.sleep(0.05)
+
     def listening(self) -> dict[str, dict[str, Any]]:
         """Listener name -> its "listening" log event, for those that listen."""
         return {
@@ -325,6 +338,14 @@ class ServeProcess:
         found = _VALKEY_PID.search(self.stderr)
         assert found is not None, self.stderr
         return int(found.group(1))
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (a loopback URL)
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
 
 
 _VALKEY_PID: Final = re.compile(r"embedded Valkey \(pid (\d+)\)")

@@ -67,10 +67,10 @@ class SidecarProcess:
         return f"http://127.0.0.1:{self.env['SIDECAR_SIGN_PORT']}/v1/sign"
 
     def start(self) -> None:
-        """Start, and return once every listener listens (serve has reached Redis by then)."""
+        """Start, and return once ``/readyz`` answers 200 (its log level hides "listening")."""
         self._process = ServeProcess(self.env).start()
         try:
-            self._process.wait_until_listening()
+            self._process.wait_until_ready()
         except BaseException:
             self.stop()
             raise
