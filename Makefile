@@ -64,4 +64,4 @@ test-lowest:
 	$(LOWEST)/bin/python -m pytest
 
 clean:
-	rm -rf $(VENV) $(LOWEST) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*
