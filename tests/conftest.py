@@ -94,6 +94,9 @@ def env(redis_url: str, keys: Keys, kek_text: str, tmp_path: Path) -> dict[str, 
         "SIDECAR_KEK": kek_text,
         "SIDECAR_API_KEYS_FILE": str(keys.path),
         "SIDECAR_DATA_DIR": str(tmp_path / "data"),
+        # A bound against hangs, not the default 500 ms: on a loaded machine a healthy
+        # Redis can take longer than that. Tests of the deadline set their own.
+        "SIDECAR_REDIS_TIMEOUT_MS": "10000",
     }
 
 

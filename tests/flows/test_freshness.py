@@ -126,6 +126,10 @@ async def test_concurrent_signing_during_rotations_never_uses_a_stale_token(
             assert started <= successor[2], "signed with a token rotated away before the request"
 
 
+# The Redis deadline these tests are about (the suite's default is a generous one).
+DEADLINE_S = 0.5
+
+
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[EmbeddedValkey]:
     """A Valkey of this test's own, which the test may stop, freeze and restart."""
@@ -154,13 +158,19 @@ async def test_sign_fails_closed_when_redis_stops_and_recovers_when_it_returns(
     own_server: EmbeddedValkey,
 ) -> None:
     """Stopped Redis: sign answers 503 within the timeout; restarted: sign works with no restart."""
-    (replica,) = await replicas(aiohttp_client, make_sidecar, 1, REDIS_URL=own_server.url)
+    (replica,) = await replicas(
+        aiohttp_client,
+        make_sidecar,
+        1,
+        REDIS_URL=own_server.url,
+        SIDECAR_REDIS_TIMEOUT_MS=str(int(DEADLINE_S * 1000)),
+    )
     _, created = await call(replica.xrpc, CREATE, keys.alice, {"name": "orders"})
     assert (await sign_body(replica.sign, ALICE, "orders", BODY))[0] == 200
 
     own_server.stop()
     for _ in range(3):
-        await expect_503_quickly(replica.sign, 0.5)
+        await expect_503_quickly(replica.sign, DEADLINE_S)
 
     own_server.start()
     status, answer = await sign_body(replica.sign, ALICE, "orders", BODY)
@@ -175,14 +185,20 @@ async def test_sign_fails_closed_when_redis_stops_answering(
     own_server: EmbeddedValkey,
 ) -> None:
     """A frozen Redis (a partition: connected, silent) gives 503 in time, and signing resumes."""
-    (replica,) = await replicas(aiohttp_client, make_sidecar, 1, REDIS_URL=own_server.url)
+    (replica,) = await replicas(
+        aiohttp_client,
+        make_sidecar,
+        1,
+        REDIS_URL=own_server.url,
+        SIDECAR_REDIS_TIMEOUT_MS=str(int(DEADLINE_S * 1000)),
+    )
     await call(replica.xrpc, CREATE, keys.alice, {"name": "orders"})
     assert (await sign_body(replica.sign, ALICE, "orders", BODY))[0] == 200
 
     assert own_server.pid is not None
     os.kill(own_server.pid, signal.SIGSTOP)
     try:
-        await asyncio.gather(*(expect_503_quickly(replica.sign, 0.5) for _ in range(5)))
+        await asyncio.gather(*(expect_503_quickly(replica.sign, DEADLINE_S) for _ in range(5)))
     finally:
         os.kill(own_server.pid, signal.SIGCONT)
     # Thawed, it answers again at once: the connections the deadlines cut are
@@ -204,7 +220,13 @@ async def test_every_xrpc_procedure_gives_up_on_a_frozen_redis_in_time(
     The client has no socket timeout of its own (the store's deadline is the
     only one), so this is what proves no command can wait forever.
     """
-    (replica,) = await replicas(aiohttp_client, make_sidecar, 1, REDIS_URL=own_server.url)
+    (replica,) = await replicas(
+        aiohttp_client,
+        make_sidecar,
+        1,
+        REDIS_URL=own_server.url,
+        SIDECAR_REDIS_TIMEOUT_MS=str(int(DEADLINE_S * 1000)),
+    )
     await call(replica.xrpc, CREATE, keys.alice, {"name": "orders"})
 
     assert own_server.pid is not None
