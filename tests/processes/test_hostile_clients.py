@@ -41,13 +41,27 @@ def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> I
     process.stop()
 
 
+def logged(served: Target, name: str, **fields: str) -> list[dict[str, object]]:
+    """The log events ``name`` with ``fields`` the sidecar has written so far."""
+    return [
+        event
+        for event in served.events()
+        if event.get("event") == name and fields.items() <= event.items()
+    ]
+
+
+def logged_anew(served: Target, before: int, name: str, **fields: str) -> list[dict[str, object]]:
+    """Those events, once there are more than ``before`` of them: a line is written after
+    the answer it is about, so it is waited for, not looked for at once."""
+    served.process.wait_until(
+        f"a new {name} line", lambda: len(logged(served, name, **fields)) > before
+    )
+    return logged(served, name, **fields)
+
+
 def closed_for(served: Target, reason: str) -> int:
     """How many connections the sidecar has logged closing for ``reason``."""
-    return sum(
-        1
-        for event in served.events()
-        if event.get("event") == "http_connection_closed" and event.get("reason") == reason
-    )
+    return len(logged(served, "http_connection_closed", reason=reason))
 
 
 def assert_json_error(answer: object, status: int) -> dict[str, str]:
@@ -103,12 +117,12 @@ def test_a_bad_byte_after_an_api_key_is_a_json_400_that_echoes_and_logs_nothing(
     request = head(
         "GET", f"/xrpc/{LIST}", b"Authorization: Bearer " + served.api_key.encode() + stray
     )
+    before = len(logged(served, "http_request_refused"))
     answer = exchange(served.ports["xrpc"], request)
     body = assert_json_error(answer, 400)
     assert body["error"] == "InvalidRequest"
     assert served.api_key.encode() not in answer.body  # type: ignore[union-attr]
-    refused = [e for e in served.events() if e.get("event") == "http_request_refused"]
-    assert refused
+    refused = logged_anew(served, before, "http_request_refused")
     assert all(e["level"] == "info" for e in refused)
     assert_output_is_json_and_clean(served)
 
@@ -169,9 +183,7 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout(served
     with socket.create_connection(("127.0.0.1", served.ports["xrpc"])) as sock:
         assert closed_by_server(sock, HANG_BOUND_S)
     # Closed by the read timeout, as the sidecar logs it, not by anything else.
-    served.process.wait_until(
-        "the close to be logged", lambda: closed_for(served, "read_timeout") > closed_before
-    )
+    assert logged_anew(served, closed_before, "http_connection_closed", reason="read_timeout")
 
 
 def test_a_slowloris_head_is_closed_though_it_keeps_sending(served: Target) -> None:
@@ -225,6 +237,7 @@ def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(served: Target
 def test_past_the_cap_new_xrpc_connections_are_closed_and_signing_goes_on(served: Target) -> None:
     """With the XRPC cap held by idle clients, one more is closed at once, and the sign
     and ops listeners still answer."""
+    before = closed_for(served, "over_capacity")
     held = [
         socket.create_connection(("127.0.0.1", served.ports["xrpc"]))
         for _ in range(MAX_CONNECTIONS)
@@ -236,12 +249,8 @@ def test_past_the_cap_new_xrpc_connections_are_closed_and_signing_goes_on(served
     finally:
         for sock in held:
             sock.close()
-    over = [
-        e
-        for e in served.events()
-        if e.get("event") == "http_connection_closed" and e.get("reason") == "over_capacity"
-    ]
-    assert over
+    # The extra connection was closed for being over the cap, as the sidecar logs it.
+    assert logged_anew(served, before, "http_connection_closed", reason="over_capacity")
 
 
 def test_under_a_file_limit_of_1024_a_flooded_xrpc_port_leaves_signing_working(
