@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # The lowest versions that pyproject.toml allows, in a virtualenv of their own
 # so that the everyday one keeps the newest.
 LOWEST := .venv-lowest
-LINTED := sidecar tests bench .ci
+LINTED := sidecar harness tests bench .ci
 
 .PHONY: run test lint bench chaos fuzz test-lowest clean
 
@@ -23,7 +23,8 @@ run: $(STAMP)
 	$(PY) -m sidecar serve
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m coverage run -m pytest
+	$(PY) -m coverage report
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
@@ -37,7 +38,7 @@ bench: $(STAMP)
 # examples a test); it prints how many requests it made.
 FUZZ_EXAMPLES ?= 3000
 fuzz: $(STAMP)
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py -q -s
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/fuzz/test_fuzz.py -q -s
 
 # Fault injection (killed, frozen and failed-over Redis) against the real
 # sidecar; writes bench/CHAOS.md and fails when a check does.
@@ -63,4 +64,4 @@ test-lowest:
 	$(LOWEST)/bin/python -m pytest
 
 clean:
-	rm -rf $(VENV) $(LOWEST) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.*

@@ -1,7 +1,7 @@
 """Every exception the sidecar raises on purpose.
 
 Domain errors know nothing of HTTP; the XRPC and sign layers map them to wire
-errors by walking the exception's MRO (see ``sidecar.xrpc.server``). Messages of every
+errors by walking the exception's MRO (see ``sidecar.wire.to_wire``). Messages of every
 exception here are safe to show a caller: they never carry a token, a key or a
 credential. ``AuthenticationFailed.reason`` is for logs and metrics only.
 

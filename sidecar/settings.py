@@ -426,7 +426,7 @@ class Settings:
         "SIDECAR_LOG_SAMPLED_PER_S", int_between(1, 1_000_000), 100, "Local state and logs",
         "Lines a second of each kind any client can cause (refused or anonymous requests,\n"
         "closed connections); the rest are dropped and counted. 1..1000000.")  # fmt: skip
-    # Not a setting: the XRPC input limit of docs/architecture.md §4.
+    # Not a setting: the XRPC input limit, 64 KiB (docs/api.md, the 413 row of the errors).
     xrpc_max_bytes: int = 64 * 1024
     # Not a setting: the variables that were given (environment or file), so a
     # default can be told from the same value set on purpose.

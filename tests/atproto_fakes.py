@@ -171,7 +171,7 @@ class Issuer:
 
 
 @dataclass
-class Served:
+class CannedReply:
     """A canned answer of the fake host, for documents that are not plain JSON."""
 
     status: int = 200
@@ -185,7 +185,7 @@ class DidHost:
 
     ``GET /<did>`` answers like a PLC directory, ``GET /.well-known/did.json``
     like the host of ``did:web:<this host>``. ``documents`` maps a DID to its
-    JSON document or to a ``Served``; ``requests`` records every path asked for.
+    JSON document or to a ``CannedReply``; ``requests`` records every path asked for.
     """
 
     def __init__(self) -> None:
@@ -217,7 +217,7 @@ class DidHost:
         document = self.documents.get(did)
         if document is None:
             return web.json_response({"message": f"DID not registered: {did}"}, status=404)
-        if isinstance(document, Served):
+        if isinstance(document, CannedReply):
             if document.hang:
                 await asyncio.Event().wait()
             return web.Response(

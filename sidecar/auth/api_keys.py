@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from sidecar.auth.authenticator import Caller
+from sidecar.auth.caller import Caller
 from sidecar.errors import AuthenticationFailed, ConfigError
 from sidecar.names import is_valid_did
 

@@ -1,8 +1,9 @@
-"""Who is calling: an ``Authorization`` header becomes a ``Caller``.
+"""Who is calling: a bearer credential becomes a ``Caller``.
 
 API keys are checked here, and atproto service JWTs through the
-``BearerVerifier`` seam. Works on a plain header value, so it knows nothing of
-aiohttp. Every failure is ``AuthenticationFailed`` with a short ``reason`` for
+``BearerVerifier`` seam. It takes the credential as a string, which the
+listener has taken out of the ``Authorization`` header (``wire.bearer_credential``),
+so it knows nothing of HTTP. Every failure is ``AuthenticationFailed`` with a short ``reason`` for
 logs and metrics; the caller only ever learns that authentication is
 required. An authenticated caller whose DID is not on the optional allow-list
 is ``Forbidden``, whichever credential it used.
@@ -10,28 +11,19 @@ is ``Forbidden``, whichever credential it used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from sidecar.errors import Forbidden
-from sidecar.wire import bearer_credential
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from sidecar.auth.api_keys import ApiKeys
+    from sidecar.auth.caller import Caller
 
 log = structlog.get_logger("sidecar.auth")
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """An authenticated caller: ``did`` owns the secrets, ``actor`` goes in the audit log."""
-
-    did: str
-    actor: str
 
 
 class BearerVerifier(Protocol):
@@ -43,7 +35,7 @@ class BearerVerifier(Protocol):
 
 
 class Authenticator:
-    """Turns an ``Authorization`` header into a ``Caller``, then applies the allow-list.
+    """Turns a bearer credential into a ``Caller``, then applies the allow-list.
 
     Raises ``AuthenticationFailed`` for bad credentials, and ``Forbidden`` for
     good ones whose DID is not in ``allowed_dids`` (when that is not None).
@@ -60,8 +52,8 @@ class Authenticator:
         self._verifiers = tuple(verifiers)
         self._allowed_dids = allowed_dids
 
-    async def authenticate(self, authorization: str | None, *, nsid: str) -> Caller:
-        caller = await self._identify(bearer_credential(authorization), nsid=nsid)
+    async def authenticate(self, credential: str, *, nsid: str) -> Caller:
+        caller = await self._identify(credential, nsid=nsid)
         if self._allowed_dids is not None and caller.did not in self._allowed_dids:
             log.info("caller_forbidden", did=caller.did, actor=caller.actor, nsid=nsid)
             raise Forbidden("this DID is not on the allow-list")

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
-from sidecar.auth.authenticator import Caller
+from sidecar.auth.caller import Caller
 from sidecar.auth.did_keys import ES256, ES256K
 from sidecar.errors import AuthenticationFailed, DidResolutionError
 from sidecar.names import is_valid_did

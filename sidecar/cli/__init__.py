@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
             return rewrap(settings, audit=not args.no_audit)
         if args.command == "keys":
-            from sidecar.cli.keys import status
+            from sidecar.cli.kek_status import status
 
             return status(settings)
         if args.command == "audit":

@@ -21,7 +21,7 @@ import aiohttp
 from sidecar.cli.common import EXIT_FAILED, EXIT_OK, counted, run
 from sidecar.cli.devmode import dev_tool_settings
 from sidecar.cli.doctor_socket import is_sign_answer, sign_socket
-from sidecar.cli.keys import role_of
+from sidecar.cli.kek_status import role_of
 from sidecar.errors import ConfigError, StorageError, StorageUnavailable
 from sidecar.redis_url import SentinelTarget, scrub
 from sidecar.setting_values import redis_target

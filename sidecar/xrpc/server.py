@@ -32,10 +32,11 @@ from sidecar.errors import (
     StorageUnavailable,
     WireError,
 )
-from sidecar.wire import INTERNAL, error_response, read_body, to_wire
+from sidecar.wire import INTERNAL, bearer_credential, error_response, read_body, to_wire
 
 if TYPE_CHECKING:
-    from sidecar.auth.authenticator import Authenticator, Caller
+    from sidecar.auth.authenticator import Authenticator
+    from sidecar.auth.caller import Caller
     from sidecar.xrpc.client_address import ClientAddresses
     from sidecar.xrpc.lexicon import LexiconRegistry
     from sidecar.xrpc.schemas import MethodDef
@@ -200,9 +201,10 @@ class XrpcServer:
         return output
 
     async def _authenticate(self, request: web.Request, nsid: str) -> Caller:
+        credential = bearer_credential(request.headers.get("Authorization"))
         failures = self._failure_limit
         if failures is None:
-            return await self._auth.authenticate(request.headers.get("Authorization"), nsid=nsid)
+            return await self._auth.authenticate(credential, nsid=nsid)
         addresses = self._addresses
         address = (
             addresses.client(request.remote, request.headers.getall("X-Forwarded-For", ()))
@@ -214,7 +216,7 @@ class XrpcServer:
         # Before any credential work: a JWT may cost a DID resolution.
         await failures.check(address)
         try:
-            return await self._auth.authenticate(request.headers.get("Authorization"), nsid=nsid)
+            return await self._auth.authenticate(credential, nsid=nsid)
         except AuthenticationFailed:
             # The refusal stands whether or not Redis could count it; a count
             # lost to an outage is seen in redis_errors_total.
