@@ -298,12 +298,36 @@ class ServeProcess:
         """``wait_for_event`` from a coroutine."""
         return await asyncio.to_thread(self.wait_for_event, name, **fields)
 
-    def wait_until_listening(self, listeners: Sequence[str] = LISTENERS) -> None:
-        """Return once each of ``listeners`` has logged "listening"."""
-        for listener in listeners:
-            self.wait_for_event("listening", listener=listener)
+    @property
+    def listeners(self) -> tuple[str, ...]:
+        """The listeners this process runs: its role's (``SIDECAR_LISTENERS``), else all."""
+        role = self.env.get("SIDECAR_LISTENERS")
+        if role is None:
+            return LISTENERS
+        return tuple(name.strip().lower() for name in role.split(",") if name.strip())
 
-    async def until_listening(self, listeners: Sequence[str] = LISTENERS) -> None:
+    def _listening_fields(self, listener: str) -> dict[str, Any]:
+        """What ``listener``'s "listening" line carries once it accepts connections.
+
+        The sign listener logs its socket (``SIDECAR_SIGN_SOCKET``) before its TCP port,
+        so the TCP line is the one to wait for; with ``SIDECAR_SIGN_PORT=0`` there is no
+        TCP port, and the socket's line is the only one.
+        """
+        socket_path = self.env.get("SIDECAR_SIGN_SOCKET")
+        if listener != "sign" or not socket_path:
+            return {}
+        port = self.env.get("SIDECAR_SIGN_PORT")
+        if port == "0":
+            return {"socket": socket_path}
+        return {"port": int(port)} if port else {}
+
+    def wait_until_listening(self, listeners: Sequence[str] | None = None) -> None:
+        """Return once each of ``listeners`` (this process's, unless given) listens, as its
+        "listening" log line says."""
+        for listener in self.listeners if listeners is None else listeners:
+            self.wait_for_event("listening", listener=listener, **self._listening_fields(listener))
+
+    async def until_listening(self, listeners: Sequence[str] | None = None) -> None:
         """``wait_until_listening`` from a coroutine."""
         await asyncio.to_thread(self.wait_until_listening, listeners)
 
