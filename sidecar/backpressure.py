@@ -38,8 +38,8 @@ class Backpressure:
 
     ``parse`` hands bytes to the HTTP parser; ``backlog`` says how many parsed
     requests await an answer; ``parser_holds`` whether another holds reading
-    (aiohttp, whose body buffer is full, or the XRPC loop share); ``abort`` is called, with the reason,
-    just before the transport is aborted.
+    (aiohttp, whose body buffer is full, or the XRPC loop share); ``abort`` is
+    called, with the reason, just before the transport is aborted.
     """
 
     def __init__(

@@ -20,7 +20,6 @@ from support import (
     DELETE,
     LIST,
     ROTATE,
-    SERVER_BINARY,
     AiohttpClient,
     Keys,
     SidecarFactory,

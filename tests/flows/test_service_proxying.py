@@ -276,12 +276,14 @@ async def test_serve_starts_with_a_did_web_and_no_endpoint(
 ) -> None:
     """A did:web service DID without an endpoint starts (as it did before proxying), serves no
     did.json, takes a direct service JWT, and doctor says where the document must come from."""
-    served_env = sidecar_env(
-        tmp_path / "data",
-        **env,
-        SIDECAR_SERVICE_DID="did:web:sidecar.example.com",
-        SIDECAR_PLC_URL=did_host.url,
-        SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK="1",
+    served_env = (
+        sidecar_env(tmp_path / "data")
+        | env
+        | {
+            "SIDECAR_SERVICE_DID": "did:web:sidecar.example.com",
+            "SIDECAR_PLC_URL": did_host.url,
+            "SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK": "1",
+        }
     )
     served = await start_serve(served_env)
     try:
