@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from support import ALICE
+from support import ALICE, database_of_its_own
 
 from harness import LISTENERS, ServeProcess, configured_env
 
@@ -106,6 +106,11 @@ class Target:
     sent_credentials: set[str] = field(default_factory=set)
 
     @property
+    def redis_url(self) -> str:
+        """The URL of the process's Redis database (one of its own, see ``serve``)."""
+        return self.process.env["REDIS_URL"]
+
+    @property
     def ports(self) -> dict[str, int]:
         """Listener name -> its port."""
         return {name: self.process.port(name) for name in LISTENERS}
@@ -126,9 +131,14 @@ class Target:
 def serve(
     directory: Path, redis_url: str, *, file_limit: int | None = None, **settings: str
 ) -> Target:
-    """Start ``python -m sidecar serve`` on free loopback ports; wait until it listens."""
+    """Start ``python -m sidecar serve`` on free loopback ports, on a database of its own
+    on the server at ``redis_url``; wait until it listens."""
     env, api_key = configured_env(
-        directory, redis_url, owner=ALICE, SIDECAR_SIGN_TOKEN=SIGN_TOKEN, **settings
+        directory,
+        database_of_its_own(redis_url),
+        owner=ALICE,
+        SIDECAR_SIGN_TOKEN=SIGN_TOKEN,
+        **settings,
     )
     process = ServeProcess(env, file_limit=file_limit).start()
     try:

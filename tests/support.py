@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
+import redis
 from aiohttp import web
 
+from harness import CommandResult, ServeProcess, run_command, sidecar_env, start_serve
 from sidecar.cli.devmode import embedded_binary
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    import redis
     from aiohttp.test_utils import TestClient
 
     from sidecar.app import Sidecar
@@ -164,3 +167,55 @@ def report(out: str) -> dict[str, tuple[str, str]]:
         name, _, detail = rest.strip().partition(": ")
         checks[name] = (status, detail)
     return checks
+
+
+async def doctor_beside_serve(env: dict[str, str], *, banner: bool = False) -> CommandResult:
+    """Run ``doctor`` with ``env`` beside a ``serve`` started with it (``banner`` in
+    development mode), which then stops cleanly: how doctor ended."""
+    served = await start_serve(env, banner=banner)
+    try:
+        return await run_command("doctor", env=env)
+    finally:
+        assert await served.terminate() == 0
+
+
+def durability_failures(sidecar: Sidecar, operation: str) -> float | None:
+    """The durability failures the sidecar counted for ``operation``; None if none."""
+    return sidecar.metrics.registry.get_sample_value(
+        "wisp_sidecar_durability_failures_total", {"operation": operation}
+    )
+
+
+async def serve_until_listening_or_exit(
+    env: dict[str, str], tmp_path: Path
+) -> tuple[int | None, list[str]]:
+    """Start ``python -m sidecar serve``; its exit code (None once it listens) and its lines."""
+    async with ServeProcess(sidecar_env(tmp_path / "data") | env) as served:
+        try:
+            await served.until_listening()
+        except AssertionError:
+            return await served.finish(), served.lines()
+        return None, served.lines()
+
+
+# A Redis server has 16 databases; 0 is the one the function-scoped fixtures flush.
+_DATABASES: Final = 16
+_next_database = itertools.cycle(range(1, _DATABASES))
+
+
+def database_of_its_own(redis_url: str) -> str:
+    """``redis_url`` with a database of its own, emptied: the next of 1-15 in turn.
+
+    A process started on it (``raw_http.serve``, the e2e stack) lives for a whole
+    module on the session server, beside the tests' own sidecars (database 0,
+    flushed before each test) and the other modules' processes. All write ALICE's
+    secrets under the same names, each with its own KEK, so sharing a database
+    would let one process find secrets it cannot open (unknown_key, 503), or lose
+    its own to another test's flush, depending on the order the tests run in. At
+    most a few such processes run at once, far fewer than fifteen, so the turn
+    never comes back to one still running.
+    """
+    url = urlsplit(redis_url)._replace(path=f"/{next(_next_database)}").geturl()
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    return url

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Keys
-from serving import dev_env, start_serve, stop_serve
-from support import read_env_file
+from support import Keys, read_env_file
 
+from harness import sidecar_env, start_serve
 from sidecar.crypto import encode_kek, generate_kek
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,8 +112,7 @@ async def test_every_documented_configuration_starts(
     env = {name: here.get(name, value) for name, value in settings.items()}
     data = tmp_path / "data"
     # Last: free loopback ports, JSON logs and a data folder of its own.
-    env |= dev_env(data)
-    embedded = "REDIS_URL" not in env
-    served = await start_serve(data, env, embedded=embedded)
-    assert set(served.listening) == {"xrpc", "sign", "ops"}
-    assert await stop_serve(served) == 0
+    env |= sidecar_env(data)
+    served = await start_serve(env, banner="REDIS_URL" not in env)
+    assert set(served.listening()) == {"xrpc", "sign", "ops"}
+    assert await served.terminate() == 0

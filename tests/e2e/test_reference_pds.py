@@ -28,9 +28,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from reference_pds import ReferencePds, install, missing_node, node_env
-from serving import Served, dev_env, start_serve, stop_serve
-from support import CREATE, DELETE, LIST, ROTATE
+from support import CREATE, DELETE, LIST, ROTATE, database_of_its_own
 
+from harness import ServeProcess, sidecar_env, start_serve
 from sidecar.crypto import encode_kek, generate_kek
 from sidecar.storage.embedded import free_port
 
@@ -89,7 +89,7 @@ class Stack:
     """The reference PDS, the served sidecar, its ingress, and the sidecar's service DID."""
 
     pds: ReferencePds
-    sidecar: Served
+    sidecar: ServeProcess
     ingress: Ingress
     endpoint: str
     did: str
@@ -125,7 +125,7 @@ class Stack:
         method = "GET" if nsid == LIST else "POST"
         async with self.session.request(
             method,
-            f"{self.sidecar.base}/xrpc/{nsid}",
+            f"{self.sidecar.xrpc}/xrpc/{nsid}",
             headers={"Authorization": f"Bearer {token}"},
             json=body,
         ) as answer:
@@ -156,17 +156,17 @@ async def stack(
             did = f"did:web:localhost%3A{port}"
             endpoint = f"http://localhost:{port}"
             data = tmp_path_factory.mktemp("e2e-sidecar")
-            env = dev_env(
+            env = sidecar_env(
                 data,
-                REDIS_URL=redis_server_url,
+                REDIS_URL=database_of_its_own(redis_server_url),
                 SIDECAR_KEK=encode_kek(generate_kek()),
                 SIDECAR_SERVICE_DID=did,
                 SIDECAR_SERVICE_ENDPOINT=endpoint,
                 SIDECAR_PLC_URL=pds.plc,
                 SIDECAR_DID_WEB_ALLOW_HTTP_LOOPBACK="1",
             )
-            sidecar = await start_serve(data, env, embedded=False)
-            ingress = Ingress(sidecar.base, session)
+            sidecar = await start_serve(env)
+            ingress = Ingress(sidecar.xrpc, session)
             app = web.Application()
             app.router.add_route("*", "/{tail:.*}", ingress.forward)
             runner = web.AppRunner(app)
@@ -176,7 +176,7 @@ async def stack(
                 yield Stack(pds, sidecar, ingress, endpoint, did, modules, session)
             finally:
                 await runner.cleanup()
-                assert await stop_serve(sidecar) == 0
+                assert await sidecar.terminate() == 0
     finally:
         await pds.stop()
 

@@ -18,11 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from serving import spawn_serve
-from support import ALICE, CREATE, DELETE, LIST, ROTATE, SERVER_BINARY, call, sign_body
+from support import (
+    ALICE,
+    CREATE,
+    DELETE,
+    LIST,
+    ROTATE,
+    SERVER_BINARY,
+    call,
+    durability_failures,
+    serve_until_listening_or_exit,
+    sign_body,
+)
 from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, wait_for
 
-from harness import ServeProcess, sidecar_env
 from sidecar.app import create_ops_app, create_sign_app, create_xrpc_app
 from sidecar.cli import main
 from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
@@ -127,13 +136,6 @@ async def durable_xrpc(aiohttp_client: AiohttpClient, durable: Sidecar) -> Clien
     """A client of the durable sidecar's XRPC listener, over a real socket."""
     client: Client = await aiohttp_client(create_xrpc_app(durable))
     return client
-
-
-def durability_failures(sidecar: Sidecar, operation: str) -> float | None:
-    """The durability failures the sidecar counted for ``operation``; None if none."""
-    return sidecar.metrics.registry.get_sample_value(
-        "wisp_sidecar_durability_failures_total", {"operation": operation}
-    )
 
 
 async def test_a_change_is_on_the_replica_when_it_is_acknowledged(
@@ -261,18 +263,6 @@ async def test_readyz_has_no_durability_detail_by_default(ops: Client) -> None:
         body = await response.json()
     assert body["status"] == "ready"
     assert "durability" not in body
-
-
-async def serve_until_listening_or_exit(
-    env: dict[str, str], tmp_path: Path
-) -> tuple[int | None, list[str]]:
-    """Start ``python -m sidecar serve``; its exit code (None once it listens) and its lines."""
-    async with ServeProcess(sidecar_env(tmp_path / "data") | env) as served:
-        try:
-            await served.until_listening()
-        except AssertionError:
-            return await served.finish(), served.lines()
-        return None, served.lines()
 
 
 @pytest.mark.parametrize("value", ["on", "1"])

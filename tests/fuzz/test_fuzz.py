@@ -50,8 +50,6 @@ REQUESTS_MADE = [0]
 def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> Iterator[Target]:
     """One sidecar process for every generated request; on teardown, its whole output
     is checked: JSON lines only, and no credential that was sent."""
-    with redis.Redis.from_url(redis_server_url) as client:
-        client.flushdb()
     process = serve(tmp_path_factory.mktemp("fuzz"), redis_server_url)
     yield process
     process.stop()
@@ -67,9 +65,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> I
 
 
 @pytest.fixture(scope="module")
-def keyspace(served: Target, redis_server_url: str) -> Iterator[redis.Redis]:
+def keyspace(served: Target) -> Iterator[redis.Redis]:
     """A client of the sidecar's Redis, with two of Alice's secrets already made."""
-    with redis.Redis.from_url(redis_server_url) as client:
+    with redis.Redis.from_url(served.redis_url) as client:
         for name in ("orders", "billing"):
             answer = exchange(
                 served.ports["xrpc"],
@@ -287,7 +285,7 @@ def test_a_malformed_head_gets_a_json_error(served: Target, listener: str, raw: 
 @FUZZ
 @given(data=st.data(), coding=_codings)
 def test_an_encoded_body_is_415_whatever_else_the_request_is(
-    served: Served, keyspace: redis.Redis, listener: str, data: st.DataObject, coding: str
+    served: Target, keyspace: redis.Redis, listener: str, data: st.DataObject, coding: str
 ) -> None:
     """A request saying any Content-Encoding but identity is refused with 415 before
     its verb, path, credentials or body count (a head the HTTP parser refuses is 400

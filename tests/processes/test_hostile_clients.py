@@ -159,7 +159,7 @@ def test_what_aiohttp_refuses_itself_is_answered_in_json(
 
 
 def test_a_json_integer_of_5000_digits_is_invalid_request_and_changes_nothing(
-    served: Target, redis_server_url: str
+    served: Target,
 ) -> None:
     """An integer Python will not convert is a 400 InvalidRequest, never a 500."""
     body = b'{"name": ' + b"9" * 5000 + b"}"
@@ -170,7 +170,7 @@ def test_a_json_integer_of_5000_digits_is_invalid_request_and_changes_nothing(
         b"Content-Type: application/json",
         f"Content-Length: {len(body)}".encode(),
     )
-    with redis.Redis.from_url(redis_server_url) as client:
+    with redis.Redis.from_url(served.redis_url) as client:
         before = client.dbsize()
         answer = exchange(served.ports["xrpc"], request + body)
         assert client.dbsize() == before

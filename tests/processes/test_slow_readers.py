@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from served import Served, exchange, parse_answers, serve
+from raw_http import Target, exchange, parse_answers, serve
 from support import CREATE, LIST
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ HANG_S = 60
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> Iterator[Target]:
     """One sidecar process with a short write timeout, and the default bounds otherwise."""
     process = serve(
         tmp_path_factory.mktemp("slow-readers"),
@@ -58,7 +58,7 @@ def http(method: str, path: str, *headers: str, body: bytes = b"", close: bool =
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def create(served: Served, name: str) -> int:
+def create(served: Target, name: str) -> int:
     """Create secret ``name`` for the served API key's owner; the answer's status."""
     answer = exchange(
         served.ports["xrpc"],
@@ -75,7 +75,7 @@ def create(served: Served, name: str) -> int:
     return answer.status
 
 
-def metric(served: Served, name: str, **labels: str) -> float:
+def metric(served: Target, name: str, **labels: str) -> float:
     """The value of one series on the ops listener's /metrics (0 when absent)."""
     answer = exchange(served.ports["ops"], http("GET", "/metrics", close=True))
     assert answer is not None
@@ -134,7 +134,7 @@ def closed_by_server_all(socks: list[socket.socket], timeout: float) -> bool:
     return len(ended) == len(socks) and errors == {errno.ECONNRESET}
 
 
-def until_counted(served: Served, reason: str, count: float, timeout: float) -> float:
+def until_counted(served: Target, reason: str, count: float, timeout: float) -> float:
     """Poll the connections-closed counter of ``reason`` on the XRPC listener until it
     reaches ``count`` or ``timeout`` passes; its last value."""
     deadline = time.monotonic() + timeout
@@ -149,7 +149,7 @@ def until_counted(served: Served, reason: str, count: float, timeout: float) -> 
 
 
 @pytest.fixture(scope="module")
-def listed(served: Served) -> bytes:
+def listed(served: Target) -> bytes:
     """An authenticated list request, whose answer is about 4 KiB: the owner has 40
     secrets with long names."""
     for number in range(SECRETS):
@@ -158,7 +158,7 @@ def listed(served: Served) -> bytes:
 
 
 def test_pipelined_non_readers_are_aborted_and_their_memory_given_back(
-    served: Served, listed: bytes
+    served: Target, listed: bytes
 ) -> None:
     """50 connections, each pipelining 200 authenticated list calls behind a 2 KiB
     receive buffer and never reading, are each aborted once their answers do not drain
@@ -214,7 +214,7 @@ def test_pipelined_non_readers_are_aborted_and_their_memory_given_back(
 
 
 def test_answers_left_unread_in_the_kernel_get_the_connection_aborted_not_closed(
-    served: Served, listed: bytes
+    served: Target, listed: bytes
 ) -> None:
     """A non-reader whose few answers all fit in the kernel's send buffer is aborted
     when its idle timeout passes with them unread, not closed politely (which would
@@ -235,7 +235,7 @@ def test_answers_left_unread_in_the_kernel_get_the_connection_aborted_not_closed
         sock.close()
 
 
-def test_a_connection_under_the_bounds_is_served_in_full(served: Served) -> None:
+def test_a_connection_under_the_bounds_is_served_in_full(served: Target) -> None:
     """A client that pipelines more requests than the bound and reads is answered every
     one of them, in order: the bound pauses reading, it drops nothing."""
     health = http("GET", "/xrpc/_health")
@@ -250,7 +250,7 @@ def test_a_connection_under_the_bounds_is_served_in_full(served: Served) -> None
 
 
 @pytest.fixture(scope="module")
-def budgeted(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> Iterator[Served]:
+def budgeted(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> Iterator[Target]:
     """A sidecar process whose sampled log lines have a budget of 5 a second per kind."""
     process = serve(
         tmp_path_factory.mktemp("log-budget"), redis_server_url, SIDECAR_LOG_SAMPLED_PER_S="5"
@@ -271,7 +271,7 @@ def pipelined(port: int, request: bytes, count: int, last: bytes) -> list[int]:
 
 
 def test_a_flood_of_anonymous_requests_is_sampled_and_changes_and_auth_failures_are_not(
-    budgeted: Served,
+    budgeted: Target,
 ) -> None:
     """2000 anonymous health checks write a few request lines and count the rest as
     dropped, while each of 30 refused credentials and 10 changes still gets its line."""

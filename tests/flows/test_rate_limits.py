@@ -13,8 +13,19 @@ from typing import Any
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
-from conftest import AiohttpClient, Keys, SidecarFactory
-from support import ALICE, BOB, CREATE, DELETE, LIST, ROTATE, call, sign_body
+from support import (
+    ALICE,
+    BOB,
+    CREATE,
+    DELETE,
+    LIST,
+    ROTATE,
+    AiohttpClient,
+    Keys,
+    SidecarFactory,
+    call,
+    sign_body,
+)
 
 from sidecar.app import Sidecar, create_sign_app, create_xrpc_app
 from sidecar.storage.embedded import EmbeddedValkey

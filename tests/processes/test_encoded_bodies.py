@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
-from served import SIGN_TOKEN, Answer, Served, exchange, serve
+from raw_http import SIGN_TOKEN, Answer, Target, exchange, serve
 from support import ALICE, CREATE, LIST, keyspace_dump
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ DEFLATE_BOMB = zlib.compress(bytes(BOMB_BYTES), 9)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory, redis_server_url: str) -> Iterator[Target]:
     """One sidecar process for the module."""
     process = serve(tmp_path_factory.mktemp("encoded"), redis_server_url)
     yield process
@@ -52,7 +52,7 @@ def assert_415(answer: Answer | None) -> None:
     assert answer.headers.get("connection", "").lower() == "close"
 
 
-def assert_no_error_lines(served: Served) -> None:
+def assert_no_error_lines(served: Target) -> None:
     """Nothing the process wrote is at error level or a traceback."""
     events = served.events()
     assert events
@@ -65,7 +65,7 @@ SIGN = f"/v1/sign?did={ALICE}&name=orders"
 SIGN_AUTH = f"Authorization: Bearer {SIGN_TOKEN}"
 
 
-def test_a_sign_request_with_a_gzip_header_and_a_plain_body_is_415(served: Served) -> None:
+def test_a_sign_request_with_a_gzip_header_and_a_plain_body_is_415(served: Target) -> None:
     """The issue's first reproducer: gzip said, not sent, on the sign listener is a
     JSON 415 (not 500), and nothing is logged at error level."""
     answer = exchange(
@@ -77,12 +77,12 @@ def test_a_sign_request_with_a_gzip_header_and_a_plain_body_is_415(served: Serve
 
 
 def test_an_authenticated_create_with_a_gzip_body_is_415_and_creates_nothing(
-    served: Served, redis_server_url: str
+    served: Target,
 ) -> None:
     """The second: an authenticated XRPC create, its body really gzipped, is refused
     with 415 and the store is left as it was."""
     body = gzip.compress(b'{"name": "zipped"}')
-    with redis.Redis.from_url(redis_server_url) as client:
+    with redis.Redis.from_url(served.redis_url) as client:
         before = keyspace_dump(client)
         answer = exchange(
             served.ports["xrpc"],
@@ -119,7 +119,7 @@ def test_an_authenticated_create_with_a_gzip_body_is_415_and_creates_nothing(
     ids=["xrpc-unauthenticated-deflate", "sign-get", "ops-get"],
 )
 def test_an_encoded_body_is_415_before_the_401_or_405_it_would_get(
-    served: Served, listener: str, raw: bytes
+    served: Target, listener: str, raw: bytes
 ) -> None:
     """The third: a request that would be 401 or 405 is 415 instead, its body never
     drained or inflated, so it writes no error line."""
@@ -130,7 +130,7 @@ def test_an_encoded_body_is_415_before_the_401_or_405_it_would_get(
 @pytest.mark.parametrize(
     "coding", ["br", "compress", "zstd", "fz-unknown", "gzip, identity", "identity, gzip", "GZip"]
 )
-def test_every_coding_but_identity_is_refused(served: Served, coding: str) -> None:
+def test_every_coding_but_identity_is_refused(served: Target, coding: str) -> None:
     """Any coding other than identity, in any case and stacked with identity, is 415."""
     answer = exchange(
         served.ports["sign"],
@@ -141,7 +141,7 @@ def test_every_coding_but_identity_is_refused(served: Served, coding: str) -> No
 
 
 @pytest.mark.parametrize("coding", ["identity", "IDENTITY", "identity, identity"])
-def test_identity_is_a_body_as_it_is(served: Served, coding: str) -> None:
+def test_identity_is_a_body_as_it_is(served: Target, coding: str) -> None:
     """``identity`` is no encoding: the request goes on (404 for an absent secret)."""
     answer = exchange(
         served.ports["sign"],
@@ -164,7 +164,7 @@ def peak_rss_kib(pid: int) -> int:
 )
 @pytest.mark.parametrize("listener", ["sign", "xrpc"])
 def test_a_compression_bomb_is_refused_and_never_inflated(
-    served: Served, listener: str, coding: str, bomb: bytes
+    served: Target, listener: str, coding: str, bomb: bytes
 ) -> None:
     """100 MiB of zeros, compressed, is 415 on both listeners, and the process's peak
     RSS does not grow by anything like the 100 MiB it would inflate to."""
@@ -186,7 +186,7 @@ def test_a_compression_bomb_is_refused_and_never_inflated(
     assert_no_error_lines(served)
 
 
-def test_refusals_are_counted_as_closed_connections(served: Served) -> None:
+def test_refusals_are_counted_as_closed_connections(served: Target) -> None:
     """Each 415 closes its connection, counted under reason content_encoding."""
     exchange(served.ports["sign"], request("POST", SIGN, "Content-Encoding: gzip", body=b"x"))
     metrics = exchange(served.ports["ops"], request("GET", "/metrics"))

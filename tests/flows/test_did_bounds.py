@@ -27,7 +27,7 @@ from sidecar.errors import DidResolutionError
 from sidecar.settings import Settings
 
 if TYPE_CHECKING:
-    from conftest import AiohttpClient, SidecarFactory
+    from support import AiohttpClient, SidecarFactory
 
     from sidecar.auth.did_keys import PublicKey
     from sidecar.xrpc.lexicon import LexiconRegistry
@@ -142,10 +142,13 @@ async def test_a_did_web_aimed_at_a_private_address_never_connects(
     """A did:web whose name resolves to where a listener waits is refused after DNS with
     no connection to it, counted as did_non_public_address; the next token naming it is
     refused from memory, without asking DNS again (did_failed_recently)."""
-    connections: list[object] = []
-    server = await asyncio.start_server(
-        lambda reader, writer: connections.append(writer.close()), "127.0.0.1", 0
-    )
+    connections: list[asyncio.StreamWriter] = []
+
+    def accepted(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        writer.close()
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     dns = MadeUpDns("127.0.0.1")
     sidecar = await open_with_dns(dns)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-from serving import Served, dev_env, run_cli, start_serve, stop_serve, until_exited
 from support import CREATE, ROTATE, bearer
 
+from harness import ServeProcess, run_command, sidecar_env, start_serve
 from sidecar.errors import ConfigError
 from sidecar.settings import Settings
 from sidecar.signing.schemes import verify
@@ -25,7 +25,7 @@ from sidecar.signing.schemes import verify
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from conftest import Keys
+    from support import Keys
 
 BODY = b'{"event":"push"}'
 
@@ -44,7 +44,7 @@ def is_there(path: Path) -> bool:
 
 def socket_env(env: dict[str, str], tmp_path: Path, path: Path, **extra: str) -> dict[str, str]:
     """A configured sidecar's environment on free ports, signing on ``path``."""
-    return dev_env(tmp_path / "data", **env, SIDECAR_SIGN_SOCKET=str(path), **extra)
+    return sidecar_env(tmp_path / "data") | env | {"SIDECAR_SIGN_SOCKET": str(path), **extra}
 
 
 async def sign_over(path: Path, *, name: str = "orders") -> tuple[int, dict[str, Any]]:
@@ -60,12 +60,12 @@ async def sign_over(path: Path, *, name: str = "orders") -> tuple[int, dict[str,
         return response.status, answer
 
 
-async def xrpc(served: Served, method: str, key: str, name: str) -> str:
+async def xrpc(served: ServeProcess, method: str, key: str, name: str) -> str:
     """Call create or rotate of ``name`` on the served XRPC port; the token it answers."""
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            f"{served.base}/xrpc/{method}", json={"name": name}, headers=bearer(key)
+            f"{served.xrpc}/xrpc/{method}", json={"name": name}, headers=bearer(key)
         ) as response,
     ):
         assert response.status == 200, await response.text()
@@ -78,12 +78,13 @@ async def test_signs_over_the_socket_alone_with_a_rotation_taking_effect_at_once
 ) -> None:
     """With SIDECAR_SIGN_PORT=0 the sign API listens only on its socket, mode 0660; a
     signature after a rotation verifies with the new token only; shutdown removes it."""
-    served = await start_serve(
-        tmp_path, socket_env(env, tmp_path, sock_path, SIDECAR_SIGN_PORT="0"), embedded=False
-    )
+    served = await start_serve(socket_env(env, tmp_path, sock_path, SIDECAR_SIGN_PORT="0"))
     try:
-        assert served.listening["sign"] == {**served.listening["sign"], "socket": str(sock_path)}
-        assert "port" not in served.listening["sign"]
+        assert served.listening()["sign"] == {
+            **served.listening()["sign"],
+            "socket": str(sock_path),
+        }
+        assert "port" not in served.listening()["sign"]
         found = os.lstat(sock_path)
         assert stat.S_ISSOCK(found.st_mode)
         assert stat.S_IMODE(found.st_mode) == 0o660
@@ -103,7 +104,7 @@ async def test_signs_over_the_socket_alone_with_a_rotation_taking_effect_at_once
         status, answer = await sign_over(sock_path, name="absent")
         assert (status, answer["error"]) == (404, "NotFound")
     finally:
-        assert await stop_serve(served) == 0
+        assert await served.terminate() == 0
     assert not is_there(sock_path)
 
 
@@ -119,15 +120,13 @@ async def test_the_socket_takes_the_configured_mode_and_group(
         pytest.skip("this user is in no group but its own, so no other group can be given")
     group = groups[0]
     served = await start_serve(
-        tmp_path,
         socket_env(
             env,
             tmp_path,
             sock_path,
             SIDECAR_SIGN_SOCKET_MODE="0620",
             SIDECAR_SIGN_SOCKET_GROUP=str(group),
-        ),
-        embedded=False,
+        )
     )
     try:
         found = os.lstat(sock_path)
@@ -137,7 +136,7 @@ async def test_the_socket_takes_the_configured_mode_and_group(
         async with aiohttp.ClientSession() as session, session.post(f"{served.sign}/v1/sign") as r:
             assert r.status == 400
     finally:
-        assert await stop_serve(served) == 0
+        assert await served.terminate() == 0
 
 
 async def test_a_killed_sidecars_socket_is_replaced_and_a_live_one_refused(
@@ -145,24 +144,22 @@ async def test_a_killed_sidecars_socket_is_replaced_and_a_live_one_refused(
 ) -> None:
     """A second sidecar on a socket a live one listens on exits 2 naming the setting and
     leaves it serving; after a SIGKILL leaves the file behind, a new sidecar replaces it."""
-    first = await start_serve(tmp_path, socket_env(env, tmp_path, sock_path), embedded=False)
+    first = await start_serve(socket_env(env, tmp_path, sock_path))
     try:
-        code, _, err = await run_cli("serve", env=socket_env(env, tmp_path, sock_path))
+        code, _, err = await run_command("serve", env=socket_env(env, tmp_path, sock_path))
         assert code == 2
         assert "SIDECAR_SIGN_SOCKET" in err
         assert "another process is listening" in err
         assert (await sign_over(sock_path, name="absent"))[0] == 404
     finally:
-        first.process.send_signal(signal.SIGKILL)
-        await until_exited(first.process.pid)
-        await first.process.wait()
+        await first.terminate(signal.SIGKILL)
     assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)  # left behind
 
-    second = await start_serve(tmp_path, socket_env(env, tmp_path, sock_path), embedded=False)
+    second = await start_serve(socket_env(env, tmp_path, sock_path))
     try:
         assert (await sign_over(sock_path, name="absent"))[0] == 404
     finally:
-        assert await stop_serve(second) == 0
+        assert await second.terminate() == 0
     assert not is_there(sock_path)
 
 
@@ -174,7 +171,7 @@ async def test_a_file_that_is_not_a_socket_is_refused_and_left_alone(
     fd = os.open(sock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.write(fd, b"not a socket\n")
     os.close(fd)
-    code, _, err = await run_cli("serve", env=socket_env(env, tmp_path, sock_path))
+    code, _, err = await run_command("serve", env=socket_env(env, tmp_path, sock_path))
     assert code == 2
     assert "SIDECAR_SIGN_SOCKET" in err
     assert "is not a socket" in err
@@ -189,11 +186,11 @@ async def test_a_socket_nobody_listens_on_is_replaced(
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     leftover.bind(str(sock_path))
     leftover.close()
-    served = await start_serve(tmp_path, socket_env(env, tmp_path, sock_path), embedded=False)
+    served = await start_serve(socket_env(env, tmp_path, sock_path))
     try:
         assert (await sign_over(sock_path, name="absent"))[0] == 404
     finally:
-        assert await stop_serve(served) == 0
+        assert await served.terminate() == 0
 
 
 async def test_doctor_checks_the_socket(
@@ -201,14 +198,14 @@ async def test_doctor_checks_the_socket(
 ) -> None:
     """doctor reports the socket as answering with its mode, and FAIL once it is gone."""
     configured = socket_env(env, tmp_path, sock_path, SIDECAR_SIGN_PORT="0")
-    served = await start_serve(tmp_path, configured, embedded=False)
+    served = await start_serve(configured)
     try:
-        _, out, _ = await run_cli("doctor", env=configured)
+        _, out, _ = await run_command("doctor", env=configured)
         assert f"ok   listener sign socket: {sock_path}: answers, mode 0660" in out
         assert "skip listener sign: SIDECAR_SIGN_PORT=0" in out
     finally:
-        assert await stop_serve(served) == 0
-    code, out, _ = await run_cli("doctor", env=configured)
+        assert await served.terminate() == 0
+    code, out, _ = await run_command("doctor", env=configured)
     assert code == 1
     assert "FAIL listener sign socket" in out
 

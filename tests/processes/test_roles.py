@@ -12,9 +12,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from serving import dev_env, doctor_beside_serve, run_cli, start_serve, stop_serve
-from support import ALICE, CREATE, report
+from support import ALICE, CREATE, doctor_beside_serve, report
 
+from harness import run_command, sidecar_env, start_serve
 from sidecar.errors import ConfigError
 from sidecar.settings import Settings
 
@@ -25,7 +25,7 @@ def role_env(
     tmp_path: Path, redis_url: str, kek_text: str, keys_file: Path, role: str
 ) -> dict[str, str]:
     """A production-like environment on free ports for one role."""
-    return dev_env(
+    return sidecar_env(
         tmp_path / role.replace(",", "-"),
         REDIS_URL=redis_url,
         SIDECAR_KEK=kek_text,
@@ -56,17 +56,17 @@ async def test_split_roles_sign_what_the_xrpc_process_created(
     is signed by the second, each runs only its own listeners, and each /readyz names its role."""
     xrpc_env = role_env(tmp_path, redis_url, kek_text, keys.path, "xrpc,ops")
     sign_env = role_env(tmp_path, redis_url, kek_text, keys.path, "sign,ops")
-    xrpc_process = await start_serve(tmp_path, xrpc_env, embedded=False)
+    xrpc_process = await start_serve(xrpc_env)
     try:
-        sign_process = await start_serve(tmp_path, sign_env, embedded=False)
+        sign_process = await start_serve(sign_env)
         try:
-            assert set(xrpc_process.listening) == {"xrpc", "ops"}
-            assert set(sign_process.listening) == {"sign", "ops"}
+            assert set(xrpc_process.listening()) == {"xrpc", "ops"}
+            assert set(sign_process.listening()) == {"sign", "ops"}
             assert await refused(int(xrpc_env["SIDECAR_SIGN_PORT"]))
             assert await refused(int(sign_env["SIDECAR_XRPC_PORT"]))
             async with aiohttp.ClientSession() as session:
                 async with session.post(
-                    f"{xrpc_process.base}/xrpc/{CREATE}",
+                    f"{xrpc_process.xrpc}/xrpc/{CREATE}",
                     json={"name": "orders"},
                     headers={"Authorization": f"Bearer {keys.alice}"},
                 ) as response:
@@ -87,9 +87,9 @@ async def test_split_roles_sign_what_the_xrpc_process_created(
                     {"status": "ready", "listeners": ["sign", "ops"]},
                 )
         finally:
-            assert await stop_serve(sign_process) == 0
+            assert await sign_process.terminate() == 0
     finally:
-        assert await stop_serve(xrpc_process) == 0
+        assert await xrpc_process.terminate() == 0
 
 
 async def test_a_sign_process_reads_no_xrpc_credential(
@@ -101,13 +101,13 @@ async def test_a_sign_process_reads_no_xrpc_credential(
     malformed.write_text(MALFORMED_KEYS)
     env = role_env(tmp_path, redis_url, kek_text, malformed, "sign,ops")
     env["SIDECAR_SERVICE_DID"] = "did:plc:sidecar00000000000000000"
-    served = await start_serve(tmp_path, env, embedded=False)
+    served = await start_serve(env)
     try:
-        assert set(served.listening) == {"sign", "ops"}
+        assert set(served.listening()) == {"sign", "ops"}
     finally:
-        assert await stop_serve(served) == 0
+        assert await served.terminate() == 0
     xrpc_env = role_env(tmp_path, redis_url, kek_text, malformed, "xrpc,ops")
-    status, _, err = await run_cli("serve", env=xrpc_env)
+    status, _, err = await run_command("serve", env=xrpc_env)
     assert status == 2
     assert "SIDECAR_API_KEYS_FILE" in err
 
@@ -131,7 +131,7 @@ async def test_doctor_checks_the_listeners_of_its_role(
     """doctor, run with a role's settings beside that role's process, checks that role's
     listeners (ok), skips the others and says why, and passes."""
     env = role_env(tmp_path, redis_url, kek_text, keys.path, role)
-    status, out, err = await doctor_beside_serve(tmp_path, env, embedded=False)
+    status, out, err = await doctor_beside_serve(env)
     checks = report(out)
     assert status == 0, out + err
     assert {name for name in checks if checks[name][0] == "skip"} == skipped
@@ -146,7 +146,7 @@ async def test_doctor_fails_a_listener_of_its_role_that_is_not_there(
     """With the sign role's settings and no process running, doctor fails the sign and ops
     listeners and never probes the XRPC port."""
     env = role_env(tmp_path, redis_url, kek_text, keys.path, "sign,ops")
-    status, out, _ = await run_cli("doctor", env=env)
+    status, out, _ = await run_command("doctor", env=env)
     checks = report(out)
     assert status == 1
     assert (checks["listener sign"][0], checks["listener ops"][0]) == ("FAIL", "FAIL")

@@ -17,7 +17,7 @@ from sidecar.storage.keys import index_key
 
 if TYPE_CHECKING:
     import redis
-    from conftest import AiohttpClient, Keys, SidecarFactory
+    from support import AiohttpClient, Keys, SidecarFactory
 
     from sidecar.xrpc.lexicon import LexiconRegistry
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import redis
-    from conftest import AiohttpClient, Keys, SidecarFactory
+    from support import AiohttpClient, Keys, SidecarFactory
 
     from sidecar.app import Sidecar
 
@@ -119,7 +119,8 @@ async def test_two_replicas_creating_at_once_never_pass_the_quota_together(
     assert statuses.count(400) == 35
     assert {body["error"] for status, body in results if status == 400} == {"SecretQuotaExceeded"}
     created = {body["name"] for status, body in results if status == 200}
-    stored = {name.decode() for name in raw_redis.zrange(index_key(ALICE), 0, -1)}
+    indexed = cast("list[bytes]", raw_redis.zrange(index_key(ALICE), 0, -1))
+    stored = {name.decode() for name in indexed}
     assert stored == created
     assert len(list(raw_redis.scan_iter(match=f"wsc:{{{ALICE}}}:s:*"))) == 5
 

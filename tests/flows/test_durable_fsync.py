@@ -9,19 +9,25 @@ WAITAOF then never confirms, so the change must answer 503.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 import redis
-from serving import dev_env, run_cli, spawn_serve, start_serve, stop_serve
-from support import CREATE, ROTATE, SERVER_BINARY, bearer, call, parsed
-from test_durability import durability_failures, serve_until_listening_or_exit
+from support import (
+    CREATE,
+    ROTATE,
+    SERVER_BINARY,
+    bearer,
+    call,
+    durability_failures,
+    parsed,
+    serve_until_listening_or_exit,
+)
 from topologies import wait_for
 
+from harness import ServeProcess, run_command, sidecar_env, start_serve
 from sidecar.app import create_xrpc_app
 from sidecar.storage.embedded import ADDRESS_FILE, EmbeddedValkey, free_port
 
@@ -29,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from conftest import AiohttpClient, Keys, SidecarFactory
+    from support import AiohttpClient, Keys, SidecarFactory
 
     from sidecar.app import Sidecar
 
@@ -151,10 +157,12 @@ async def test_auto_on_a_server_that_cannot_fsync_starts_says_so_once_and_doctor
     with EmbeddedValkey(
         tmp_path / "server", binary=SERVER_BINARY, persist=False, extra_args=server_args
     ) as server:
-        code, lines = await serve_until_listening_or_exit({**env, "REDIS_URL": server.url})
+        code, lines = await serve_until_listening_or_exit(
+            {**env, "REDIS_URL": server.url}, tmp_path
+        )
         # No sidecar listens by now, so doctor fails its listener checks.
-        doctor_env = dev_env(tmp_path, **{**env, "REDIS_URL": server.url})
-        status, out, _ = await run_cli("doctor", env=doctor_env)
+        doctor_env = sidecar_env(tmp_path) | env | {"REDIS_URL": server.url}
+        status, out, _ = await run_command("doctor", env=doctor_env)
     assert status == 1
     assert code is None, lines
     warnings = [json.loads(line) for line in lines if "durability_without_fsync" in line]
@@ -169,12 +177,12 @@ async def test_auto_on_a_server_that_cannot_fsync_starts_says_so_once_and_doctor
 
 @pytest.mark.parametrize("value", ["off", "0", "false"])
 async def test_off_is_explicit_and_says_nothing_at_start(
-    env: dict[str, str], aof_server: EmbeddedValkey, value: str
+    env: dict[str, str], aof_server: EmbeddedValkey, tmp_path: Path, value: str
 ) -> None:
     """SIDECAR_DURABLE_FSYNC=off (or its old spellings) starts without asking the server about
     fsync, and logs no durability line at all."""
     code, lines = await serve_until_listening_or_exit(
-        {**env, "REDIS_URL": aof_server.url, "SIDECAR_DURABLE_FSYNC": value}
+        {**env, "REDIS_URL": aof_server.url, "SIDECAR_DURABLE_FSYNC": value}, tmp_path
     )
     assert code is None, lines
     assert not [line for line in lines if "durability" in line]
@@ -185,22 +193,24 @@ async def test_auto_on_an_aof_server_starts_quietly_and_doctor_is_content(
 ) -> None:
     """On a server whose AOF fsyncs, the default durability starts with an info line naming
     the AOF and no warning, and doctor's durability check is ok."""
-    code, lines = await serve_until_listening_or_exit({**env, "REDIS_URL": aof_server.url})
+    code, lines = await serve_until_listening_or_exit(
+        {**env, "REDIS_URL": aof_server.url}, tmp_path
+    )
     assert code is None, lines
     assert not [line for line in lines if "durability_without_fsync" in line]
     [info] = [json.loads(line) for line in lines if json.loads(line)["event"] == "durability"]
     assert "the primary's AOF" in info["required"]
-    doctor_env = dev_env(tmp_path, **{**env, "REDIS_URL": aof_server.url})
-    _, out, _ = await run_cli("doctor", env=doctor_env)
+    doctor_env = sidecar_env(tmp_path) | env | {"REDIS_URL": aof_server.url}
+    _, out, _ = await run_command("doctor", env=doctor_env)
     assert "ok   durability: requires 0 replicas and the primary's AOF" in out
 
 
 async def test_the_embedded_server_is_durable_by_default(tmp_path: Path) -> None:
     """make run's embedded Valkey runs appendfsync everysec, and every change the development
     sidecar acknowledges went through a WAITAOF that confirmed its fsync."""
-    served = await start_serve(tmp_path)
+    served = await start_serve(sidecar_env(tmp_path), banner=True)
     try:
-        key = next(line.strip() for line in served.banner.splitlines() if "wsa_" in line)
+        key = next(line.strip() for line in served.stderr.splitlines() if "wsa_" in line)
         url = (tmp_path / "valkey" / ADDRESS_FILE).read_text().strip()
         with redis.Redis.from_url(url, decode_responses=True) as raw:
             config = raw.config_get("append*")
@@ -209,14 +219,14 @@ async def test_the_embedded_server_is_durable_by_default(tmp_path: Path) -> None
             async with aiohttp.ClientSession(headers=bearer(key)) as session:
                 for nsid in (CREATE, ROTATE):
                     async with session.post(
-                        f"{served.base}/xrpc/{nsid}", json={"name": "kept"}
+                        f"{served.xrpc}/xrpc/{nsid}", json={"name": "kept"}
                     ) as response:
                         assert response.status == 200, await response.text()
             stats = raw.info("commandstats")["cmdstat_waitaof"]
             assert waitaof_calls(raw) == before + 2
             assert stats["failed_calls"] == stats["rejected_calls"] == 0
     finally:
-        assert await stop_serve(served) == 0
+        assert await served.terminate() == 0
 
 
 async def test_started_without_redis_auto_says_so_once_redis_answers(
@@ -225,26 +235,16 @@ async def test_started_without_redis_auto_says_so_once_redis_answers(
     """With SIDECAR_START_WITHOUT_REDIS and no server at start, the fsync check runs once Redis
     first answers: a server without AOF then gets its one warning line."""
     port = free_port()
-    process = await spawn_serve(
-        {**env, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "SIDECAR_START_WITHOUT_REDIS": "1"}
-    )
-    assert process.stdout is not None
-    events: list[dict[str, Any]] = []
-
-    async def until(name: str) -> dict[str, Any]:
-        assert process.stdout is not None
-        while line := await process.stdout.readline():
-            events.append(json.loads(line))
-            if events[-1]["event"] == name:
-                return events[-1]
-        raise AssertionError(f"serve exited before {name}: {events}")
-
-    try:
-        await asyncio.wait_for(until("redis_unavailable"), timeout=30)
+    env = sidecar_env(tmp_path / "data") | {
+        **env,
+        "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "SIDECAR_START_WITHOUT_REDIS": "1",
+    }
+    async with ServeProcess(env) as process:
+        await process.event("redis_unavailable")
         with EmbeddedValkey(tmp_path / "late", binary=SERVER_BINARY, port=port, persist=False):
-            warning = await asyncio.wait_for(until("durability_without_fsync"), timeout=30)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), timeout=30)
+            warning = await process.event("durability_without_fsync")
+        assert await process.terminate() == 0
+    names = [event["event"] for event in process.events()]
     assert "appendonly no" in warning["reason"]
-    assert [event["event"] for event in events].index("redis_available") < len(events) - 1
+    assert names.index("redis_available") < names.index("durability_without_fsync")
