@@ -201,9 +201,9 @@ class XrpcServer:
         return output
 
     async def _authenticate(self, request: web.Request, nsid: str) -> Caller:
-        credential = bearer_credential(request.headers.get("Authorization"))
         failures = self._failure_limit
         if failures is None:
+            credential = bearer_credential(request.headers.get("Authorization"))
             return await self._auth.authenticate(credential, nsid=nsid)
         addresses = self._addresses
         address = (
@@ -216,6 +216,9 @@ class XrpcServer:
         # Before any credential work: a JWT may cost a DID resolution.
         await failures.check(address)
         try:
+            # Read inside: a missing or malformed credential is a refused one too, and
+            # an address over its limit is refused (429) before even that.
+            credential = bearer_credential(request.headers.get("Authorization"))
             return await self._auth.authenticate(credential, nsid=nsid)
         except AuthenticationFailed:
             # The refusal stands whether or not Redis could count it; a count
