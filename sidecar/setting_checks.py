@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar.crypto import Keyring
 from sidecar.errors import ConfigError
@@ -10,10 +10,45 @@ from sidecar.redis_url import SentinelTarget
 from sidecar.setting_values import check_service_endpoint, redis_target
 
 if TYPE_CHECKING:
-    from sidecar.settings import Settings
+    from pathlib import Path
+
+    from sidecar.crypto import Kek
+    from sidecar.setting_values import Secret
 
 
-def check_together(settings: Settings) -> None:
+class Checked(Protocol):
+    """The settings these checks read: what ``Settings`` has, named here so that
+    settings.py imports this module and not the other way round too."""
+
+    @property
+    def kek(self) -> Kek | None: ...
+    @property
+    def kek_previous(self) -> tuple[Kek, ...]: ...
+    @property
+    def redis_url(self) -> Secret | None: ...
+    @property
+    def redis_cluster(self) -> bool: ...
+    @property
+    def embedded_redis(self) -> bool: ...
+    @property
+    def redis_sentinel_password(self) -> Secret | None: ...
+    @property
+    def redis_ca_file(self) -> Path | None: ...
+    @property
+    def listeners(self) -> tuple[str, ...]: ...
+    @property
+    def sign_port(self) -> int: ...
+    @property
+    def sign_socket(self) -> Path | None: ...
+    @property
+    def service_endpoint(self) -> str | None: ...
+    @property
+    def service_did(self) -> str | None: ...
+    @property
+    def did_web_allow_http_loopback(self) -> bool: ...
+
+
+def check_together(settings: Checked) -> None:
     """The checks that need more than one setting."""
     # The keyring owns the rules of a key set (how many, no duplicates).
     Keyring(settings.kek, settings.kek_previous)
