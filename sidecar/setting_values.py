@@ -60,7 +60,7 @@ def read_secret_file(variable: str, value: str) -> str:
         raise ConfigError(variable, f"{value} is not UTF-8 text") from None
 
 
-def redis_url(variable: str, value: str) -> Secret:
+def parse_redis_url_secret(variable: str, value: str) -> Secret:
     # Checked whole in redis_target, once SIDECAR_REDIS_CLUSTER is known too.
     return Secret(value)
 
@@ -79,21 +79,21 @@ def redis_target(url: Secret | None, *, cluster: bool) -> RedisTarget | None:
         raise ConfigError("REDIS_URL", str(exc)) from None
 
 
-def host(variable: str, value: str) -> str:
+def parse_host(variable: str, value: str) -> str:
     if not value or any(ch.isspace() for ch in value):
         raise ConfigError(variable, "must be a host name or IP address")
     return value
 
 
-def port(variable: str, value: str) -> int:
+def parse_port(variable: str, value: str) -> int:
     # Not 0: binding port 0 takes a random free port, which nobody could find.
-    return int_between(1, 65535)(variable, value)
+    return parse_int_between(1, 65535)(variable, value)
 
 
-def sign_port(variable: str, value: str) -> int:
+def parse_sign_port(variable: str, value: str) -> int:
     """A port, or 0 for "no TCP sign listener" (the sign API then listens only on
     SIDECAR_SIGN_SOCKET, which the settings check together)."""
-    return int_between(0, 65535)(variable, value)
+    return parse_int_between(0, 65535)(variable, value)
 
 
 # The kernel takes 107 bytes for a socket's path; the sidecar binds a temporary
@@ -101,7 +101,7 @@ def sign_port(variable: str, value: str) -> int:
 SOCKET_PATH_MAX_BYTES: Final = 90
 
 
-def socket_path(variable: str, value: str) -> Path:
+def parse_socket_path(variable: str, value: str) -> Path:
     text = value.strip()
     if not text or "\0" in text:
         raise ConfigError(variable, "must be the path of a Unix socket")
@@ -112,7 +112,7 @@ def socket_path(variable: str, value: str) -> Path:
     return Path(text)
 
 
-def socket_mode(variable: str, value: str) -> str:
+def parse_socket_mode(variable: str, value: str) -> str:
     """File permissions as four octal digits, as chmod takes them (``0660``; a string in
     TOML, whose integers would lose the octal); none for "others" to write, since
     writing is what connecting to a socket takes."""
@@ -128,7 +128,7 @@ def socket_mode(variable: str, value: str) -> str:
     return text
 
 
-def group_id(variable: str, value: str) -> int:
+def parse_group_id(variable: str, value: str) -> int:
     """A group, by name or number, as the number ``chown`` takes."""
     text = value.strip()
     if text.isascii() and text.isdigit():
@@ -139,7 +139,7 @@ def group_id(variable: str, value: str) -> int:
         raise ConfigError(variable, f"no group named {text!r} on this system") from None
 
 
-def int_between(low: int, high: int) -> Callable[[str, str], int]:
+def parse_int_between(low: int, high: int) -> Callable[[str, str], int]:
     def parse(variable: str, value: str) -> int:
         text = value.strip()
         # isascii: str.isdigit() also accepts '²' and '٨', which are no port.
@@ -153,7 +153,7 @@ def int_between(low: int, high: int) -> Callable[[str, str], int]:
     return parse
 
 
-def choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
+def parse_choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
     def parse(variable: str, value: str) -> str:
         lowered = value.strip().lower()
         if lowered not in options:
@@ -163,35 +163,35 @@ def choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
     return parse
 
 
-def path(variable: str, value: str) -> Path:
+def parse_path(variable: str, value: str) -> Path:
     return Path(value)
 
 
-def existing_file(variable: str, value: str) -> Path:
+def parse_existing_file(variable: str, value: str) -> Path:
     path = Path(value)
     if not path.is_file():
         raise ConfigError(variable, f"{value} is not a readable file")
     return path
 
 
-def password(variable: str, value: str) -> Secret:
+def parse_password(variable: str, value: str) -> Secret:
     # Any text: a server's password is whatever its operator chose.
     return Secret(value)
 
 
-def secret_text(variable: str, value: str) -> Secret:
+def parse_secret_text(variable: str, value: str) -> Secret:
     if len(value) < 16:
         raise ConfigError(variable, "must be at least 16 characters")
     return Secret(value)
 
 
-def did(variable: str, value: str) -> str:
+def parse_did(variable: str, value: str) -> str:
     if not is_valid_did(value):
         raise ConfigError(variable, "must be a DID, such as did:web:localhost")
     return value
 
 
-def did_list(variable: str, value: str) -> frozenset[str]:
+def parse_did_list(variable: str, value: str) -> frozenset[str]:
     dids = [part.strip() for part in value.split(",") if part.strip()]
     if not dids:
         # Only an explicitly empty list gets here (TOML "[]"); refusing it
@@ -204,7 +204,7 @@ def did_list(variable: str, value: str) -> frozenset[str]:
     return frozenset(dids)
 
 
-def listener_set(variable: str, value: str) -> tuple[str, ...]:
+def parse_listener_set(variable: str, value: str) -> tuple[str, ...]:
     """The listeners named, in start order: ops always, and xrpc or sign or both."""
     names = [part.strip().lower() for part in value.split(",") if part.strip()]
     for name in names:
@@ -222,7 +222,7 @@ def listener_set(variable: str, value: str) -> tuple[str, ...]:
 FLAGS: Final = {"1": True, "true": True, "0": False, "false": False}
 
 
-def flag(variable: str, value: str) -> bool:
+def parse_flag(variable: str, value: str) -> bool:
     flag = FLAGS.get(value.strip().lower())
     if flag is None:
         raise ConfigError(variable, "must be 0, 1, true or false")
@@ -239,14 +239,14 @@ FSYNC_SPELLINGS: Final = {
 }
 
 
-def fsync_mode(variable: str, value: str) -> str:
+def parse_fsync_mode(variable: str, value: str) -> str:
     mode = FSYNC_SPELLINGS.get(value.strip().lower())
     if mode is None:
         raise ConfigError(variable, "must be auto, on or off (or 1, 0, true, false)")
     return mode
 
 
-def http_url(variable: str, value: str) -> str:
+def parse_http_url(variable: str, value: str) -> str:
     parsed = urlsplit(value.strip())
     try:
         parsed.port  # noqa: B018  (parsing the port is the check)
@@ -259,7 +259,7 @@ def http_url(variable: str, value: str) -> str:
     return value.strip().rstrip("/")
 
 
-def service_id(variable: str, value: str) -> str:
+def parse_service_id(variable: str, value: str) -> str:
     if not is_valid_service_id(value):
         raise ConfigError(
             variable, "must be 1-64 characters of A-Z a-z 0-9 _ -, starting with a letter, no '#'"
@@ -267,7 +267,7 @@ def service_id(variable: str, value: str) -> str:
     return value
 
 
-def text(variable: str, value: str) -> str:
+def parse_text(variable: str, value: str) -> str:
     if not value.strip() or any(not character.isprintable() for character in value):
         raise ConfigError(variable, "must be printable text")
     return value.strip()
@@ -306,7 +306,7 @@ def check_service_endpoint(
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def cidr_list(variable: str, value: str) -> tuple[Network, ...]:
+def parse_cidr_list(variable: str, value: str) -> tuple[Network, ...]:
     parts = [part.strip() for part in value.split(",") if part.strip()]
     if not parts:
         raise ConfigError(variable, "must list at least one CIDR; remove it to trust no proxy")

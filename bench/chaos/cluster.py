@@ -16,7 +16,7 @@ import redis
 from bench.chaos.scenario import Scenario, blocking, recovered, start_fault
 from bench.chaos.service import OWNER, SidecarProcess
 from bench.chaos.topology import ValkeyCluster, data_client, wait_for
-from sidecar.storage.keys import secret_key
+from sidecar.storage.layout import secret_key
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.names import validate_did
-from sidecar.storage.keys import log_key
+from sidecar.storage.layout import log_key
 
 if TYPE_CHECKING:
     from sidecar.storage.calls import RedisCalls

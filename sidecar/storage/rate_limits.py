@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sidecar.errors import RateLimited
 from sidecar.storage import scripts
-from sidecar.storage.keys import address_counter_key
+from sidecar.storage.layout import address_counter_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.names import validate_did
 from sidecar.storage import scripts
-from sidecar.storage.keys import jti_key
+from sidecar.storage.layout import jti_key
 
 if TYPE_CHECKING:
     from sidecar.storage.calls import RedisCalls

@@ -1,7 +1,7 @@
 """Signing secrets in Redis: atomic changes, batched reads, audit and events.
 
 Each change is one Lua script (``sidecar.storage.scripts``) over the key layout
-of ``sidecar.storage.keys``, sent through ``RedisCalls``, which bounds it by a
+of ``sidecar.storage.layout``, sent through ``RedisCalls``, which bounds it by a
 deadline and, when configured, waits until it is durable.
 """
 
@@ -24,7 +24,7 @@ from sidecar.errors import (
 )
 from sidecar.names import validate_did, validate_name
 from sidecar.storage import scripts
-from sidecar.storage.keys import (
+from sidecar.storage.layout import (
     EVENTS_CHANNEL,
     KEY_PATTERN,
     change_counter_key,

@@ -11,7 +11,7 @@ import redis
 from support import DELETE, LIST, ROTATE, call, create_secrets, opened, read_round_trips, sign_body
 
 from sidecar.app import create_sign_app
-from sidecar.storage.keys import index_key, secret_key
+from sidecar.storage.layout import index_key, secret_key
 
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from support import ALICE, CREATE, ROTATE, call, sign_body
 
-from sidecar.storage.keys import log_key, secret_key
+from sidecar.storage.layout import log_key, secret_key
 
 if TYPE_CHECKING:
     import redis

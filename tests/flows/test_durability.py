@@ -37,7 +37,7 @@ from sidecar.cli import main
 from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
 from sidecar.errors import ChangeNotDurable, StorageUnavailable
 from sidecar.storage.embedded import EmbeddedValkey
-from sidecar.storage.keys import secret_key
+from sidecar.storage.layout import secret_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

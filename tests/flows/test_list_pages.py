@@ -13,7 +13,7 @@ from support import ALICE, BOB, CREATE, DELETE, LIST, bearer, call
 
 from sidecar.app import create_xrpc_app
 from sidecar.errors import LexiconError
-from sidecar.storage.keys import index_key
+from sidecar.storage.layout import index_key
 
 if TYPE_CHECKING:
     import redis

@@ -14,7 +14,7 @@ from support import ALICE, BOB, CREATE, DELETE, LIST, ROTATE, call, keyspace_dum
 from sidecar.app import create_xrpc_app
 from sidecar.cli import main
 from sidecar.metrics import LIMIT_KINDS
-from sidecar.storage.keys import index_key
+from sidecar.storage.layout import index_key
 
 if TYPE_CHECKING:
     from pathlib import Path

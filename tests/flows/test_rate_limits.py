@@ -29,7 +29,7 @@ from support import (
 
 from sidecar.app import Sidecar, create_sign_app, create_xrpc_app
 from sidecar.storage.embedded import EmbeddedValkey
-from sidecar.storage.keys import address_counter_key, change_counter_key
+from sidecar.storage.layout import address_counter_key, change_counter_key
 from sidecar.xrpc.client_address import ClientAddresses
 
 Client = TestClient[Any, Any]

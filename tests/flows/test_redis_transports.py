@@ -23,7 +23,7 @@ from support import ALICE, CREATE, ROTATE, SERVER_BINARY, call, opened
 from sidecar.app import create_xrpc_app
 from sidecar.errors import StorageUnavailable
 from sidecar.storage.embedded import EmbeddedValkey
-from sidecar.storage.keys import secret_key
+from sidecar.storage.layout import secret_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

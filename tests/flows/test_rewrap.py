@@ -22,7 +22,7 @@ from sidecar.app import create_xrpc_app
 from sidecar.cli import main
 from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
 from sidecar.storage.embedded import free_port
-from sidecar.storage.keys import log_key, secret_key
+from sidecar.storage.layout import log_key, secret_key
 from sidecar.storage.rewrap import Rewrap
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from support import ALICE, CREATE, ROTATE, call
 
 from sidecar.app import create_xrpc_app
-from sidecar.storage.keys import secret_key
+from sidecar.storage.layout import secret_key
 
 if TYPE_CHECKING:
     import redis

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp.test_utils import TestClient
 from support import ALICE, BOB, CREATE, DELETE, LIST, ROTATE, call
 
-from sidecar.storage.keys import secret_key
+from sidecar.storage.layout import secret_key
 
 if TYPE_CHECKING:
     import redis

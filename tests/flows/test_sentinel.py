@@ -25,7 +25,7 @@ from topologies import DATA_PASSWORD, MASTER_NAME, SentinelGroup, SentinelServer
 from sidecar.app import create_sign_app, create_xrpc_app
 from sidecar.errors import StorageUnavailable
 from sidecar.storage.embedded import EmbeddedValkey
-from sidecar.storage.keys import secret_key
+from sidecar.storage.layout import secret_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -27,7 +27,7 @@ from support import ALICE, CREATE, DELETE, LIST, ROTATE, call, keyspace_dump, pa
 
 from sidecar.app import create_xrpc_app
 from sidecar.storage.embedded import free_port
-from sidecar.storage.keys import jti_key, secret_key
+from sidecar.storage.layout import jti_key, secret_key
 
 if TYPE_CHECKING:
     import redis

@@ -18,7 +18,7 @@ from support import ALICE, BOB, CREATE, ROTATE, call, keyspace_dump, sign_body
 
 from harness import run_command, sidecar_env, start_serve
 from sidecar.cli import main
-from sidecar.storage.keys import log_key, secret_key
+from sidecar.storage.layout import log_key, secret_key
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -18,7 +18,7 @@ from sidecar import __version__
 from sidecar.cli import main
 from sidecar.crypto import Keyring, encode_kek, generate_kek, parse_kek
 from sidecar.storage.embedded import EmbeddedValkey, free_port
-from sidecar.storage.keys import secret_key
+from sidecar.storage.layout import secret_key
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -22,7 +22,7 @@ from support import ALICE, CREATE, SERVER_BINARY, bearer
 
 from harness import ServeProcess, sidecar_env
 from sidecar.storage.embedded import EmbeddedValkey, free_port
-from sidecar.storage.keys import index_key
+from sidecar.storage.layout import index_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

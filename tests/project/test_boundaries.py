@@ -39,7 +39,7 @@ def package_of(relative: str) -> str:
 
 
 def imported_package(module: str) -> str | None:
-    """The sidecar package ``module`` (``sidecar.storage.keys``) belongs to, or None."""
+    """The sidecar package ``module`` (``sidecar.storage.layout``) belongs to, or None."""
     parts = module.split(".")
     if parts[0] != "sidecar":
         return None
@@ -101,7 +101,7 @@ def test_module_keeps_to_the_package_map(relative: str) -> None:
         ("settings.py", "import os\nx = os.environ['A']\n", "only the CLI reads the environment"),
         ("app.py", "from os import getenv\n", "only the CLI reads the environment"),
         ("signing/api.py", "from sidecar.xrpc.server import XrpcServer\n", "signing may not"),
-        ("storage/keys.py", "from sidecar.auth import did_keys\n", "storage may not"),
+        ("storage/layout.py", "from sidecar.auth import did_keys\n", "storage may not"),
         ("metrics.py", "from sidecar.signing.schemes import SCHEMES\n", "core may not"),
     ],
 )

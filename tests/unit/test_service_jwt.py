@@ -22,7 +22,7 @@ from sidecar.auth.service_jwt import (
 )
 from sidecar.errors import AuthenticationFailed, StorageUnavailable
 from sidecar.storage.embedded import free_port
-from sidecar.storage.keys import jti_key
+from sidecar.storage.layout import jti_key
 
 if TYPE_CHECKING:
     import redis

@@ -11,7 +11,7 @@ from support import ALICE, CREATE, call, opened
 
 from sidecar.app import open_sidecar
 from sidecar.settings import Settings
-from sidecar.storage.keys import parse_secret_key
+from sidecar.storage.layout import parse_secret_key
 
 if TYPE_CHECKING:
     import redis
