@@ -220,7 +220,8 @@ def main() -> int:
                     seconds=seconds,
                 ):
                     medians.append(f"socket/tcp@{c}={r:.2f}")
-            print("\nmedian " + "  ".join(medians))
+            if medians:
+                print("\nmedian " + "  ".join(medians))
         scenarios = [name for name in isolation.SCENARIOS if name in parts]
         rows = isolation.run(scenarios, seconds, isolation_rounds, env, BODY)
         if rows:
