@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp.test_utils import TestClient
 from support import ALICE, BOB, CREATE, DELETE, LIST, ROTATE, call
 
-from sidecar.storage.layout import secret_key
+from sidecar.storage.layout import index_key, secret_key
 
 if TYPE_CHECKING:
     import redis
@@ -197,21 +197,24 @@ async def test_health_reports_the_version(xrpc: Client) -> None:
     assert body == {"version": __version__}
 
 
-async def test_list_order_is_creation_order_even_within_one_millisecond(
+async def test_list_order_is_creation_order_even_when_the_clock_does_not_move_forward(
     xrpc: Client, keys: Keys, raw_redis: redis.Redis
 ) -> None:
-    """Names created in one millisecond list in creation order, not by name (zset tie order)."""
-    import asyncio
+    """Names created while the clock ties or steps back list in creation order, not by name.
 
-    # Descending names: a zset breaks equal scores by name, which would reverse them.
-    names = [f"n{i:02d}" for i in range(40, 0, -1)]
-    for batch in (names[:20], names[20:]):
-        results = await asyncio.gather(
-            *(call(xrpc, CREATE, keys.alice, {"name": name}) for name in batch)
-        )
-        assert all(status == 200 for status, _ in results)
-    committed = [fields[b"name"].decode() for _, fields in raw_redis.xrange(f"wsc:{{{ALICE}}}:log")]
-    created_ms = [int(raw_redis.hget(secret_key(ALICE, n), "created")) for n in committed]
-    assert len(set(created_ms)) < len(created_ms), "no two creates shared a millisecond"
+    The index score is creation time in microseconds, forced above the newest one. The
+    newest entry is put an hour ahead, as after a clock step back, so every create below
+    takes the forced path; a zset breaks equal scores by name, which would reverse them.
+    """
+    status, _ = await call(xrpc, CREATE, keys.alice, {"name": "zz-ahead"})
+    assert status == 200
+    ahead_us = int(raw_redis.zscore(index_key(ALICE), "zz-ahead")) + 3_600_000_000
+    raw_redis.zadd(index_key(ALICE), {"zz-ahead": ahead_us}, xx=True)
+    names = [f"n{i:02d}" for i in range(20, 0, -1)]
+    for name in names:
+        status, _ = await call(xrpc, CREATE, keys.alice, {"name": name})
+        assert status == 200
+    scores = [int(raw_redis.zscore(index_key(ALICE), name)) for name in names]
+    assert scores == list(range(ahead_us + 1, ahead_us + 21))
     _, listed = await call(xrpc, LIST, keys.alice, method="GET")
-    assert [item["name"] for item in listed["secrets"]] == committed
+    assert [item["name"] for item in listed["secrets"]] == ["zz-ahead", *names]

@@ -86,6 +86,21 @@ def metric(served: Target, name: str, **labels: str) -> float:
     return 0.0
 
 
+def closed_counts(served: Target) -> dict[str, float]:
+    """The XRPC listener's closed connections by reason: what a failed count shows."""
+    answer = exchange(served.ports["ops"], http("GET", "/metrics", close=True))
+    assert answer is not None
+    counts = {}
+    for line in answer.body.decode().splitlines():
+        if (
+            line.startswith("wisp_sidecar_http_connections_closed_total{")
+            and 'listener="xrpc"' in line
+        ):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            counts[reason] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
     """The process's resident set (or, with ``VmHWM``, its peak), in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -183,7 +198,7 @@ def test_pipelined_non_readers_are_aborted_and_their_memory_given_back(
         aborted = until_counted(
             served, "write_timeout", aborted_before + CONNECTIONS, WRITE_TIMEOUT_S + HANG_S
         )
-        assert aborted - aborted_before == CONNECTIONS
+        assert aborted - aborted_before == CONNECTIONS, closed_counts(served)
         # The server's side of each is gone at once: reset, so no FIN_WAIT or
         # TIME_WAIT socket keeps what was queued for a client that never read.
         assert server_sockets(served.ports["xrpc"], peers) == []
