@@ -11,6 +11,7 @@ same mode:
 - ``big-owner``: one owner with 1000 secrets listing them all (the largest
   page) in a loop, 4 connections.
 
+``BENCH_ISOLATION_MODES`` picks the modes (default ``one process,split``).
 Each scenario runs ``BENCH_ISOLATION_ROUNDS`` (3) paired rounds, sign alone then
 sign under the flood, and reports medians, so that a shared machine's swings
 hit both sides of each ratio alike.
@@ -18,12 +19,15 @@ hit both sides of each ratio alike.
 Modes: ``one process`` is ``serve`` with every listener (the XRPC loop share
 on, unless ``SIDECAR_XRPC_LOOP_SHARE=100`` is exported for a "before" run);
 ``split`` is a sign process (``SIDECAR_LISTENERS=sign,ops``) and an XRPC
-process (``xrpc,ops``), neither niced. wrk is required.
+process (``xrpc,ops``) with the settings the Kubernetes Component gives its XRPC
+container (its CPU share, ``SIDECAR_XRPC_CPU_SHARE``; ``BENCH_XRPC_CPU_SHARE=100``
+for a "before" run), neither niced nor CPU-limited. wrk is required.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -35,12 +39,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from bench.loadgen import Run, have_wrk, parse_wrk, start_wrk, wrk
 from bench.processes import process, wait_ready
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.storage.embedded import free_port
 
 SCENARIOS = ("anonymous", "authenticated", "big-owner")
+MODES = ("one process", "split")
 SIGN_CONNECTIONS = 32
 LIST = "/xrpc/place.wisp.v2.secret.list"
 # Owners: the one the dispatcher signs for, a small one and a big one.
@@ -48,6 +55,7 @@ SIGNER = "did:plc:bench0000000000000000000"
 SMALL = "did:plc:benchsmall00000000000000"
 BIG = "did:plc:benchbig0000000000000000"
 SIZES = {SMALL: 20, BIG: 1000}
+COMPONENT = Path(__file__).parent.parent / "deploy/kubernetes/components/sidecar/sidecar-patch.yaml"
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,19 @@ def _largest_page(xrpc: str, key: str) -> str:
     raise RuntimeError(f"no list call returns the big owner's {SIZES[BIG]} secrets")
 
 
+def component_xrpc_env() -> dict[str, str]:
+    """The settings the Kubernetes Component gives its XRPC container (its literal
+    ``env`` values), so that ``split`` measures the layout as deployed.
+    ``BENCH_XRPC_CPU_SHARE`` overrides the CPU share, for a "before" run."""
+    document = yaml.safe_load(COMPONENT.read_text())
+    containers = document["spec"]["template"]["spec"]["initContainers"]
+    (container,) = (c for c in containers if c["name"] == "wisp-sidecar-xrpc")
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    if "BENCH_XRPC_CPU_SHARE" in os.environ:
+        env["SIDECAR_XRPC_CPU_SHARE"] = os.environ["BENCH_XRPC_CPU_SHARE"]
+    return env
+
+
 @contextmanager
 def _servers(mode: str, env: dict[str, str], ports: dict[str, int]) -> Iterator[None]:
     """The sidecar in ``mode``: one process, or a sign and an XRPC process."""
@@ -142,6 +163,7 @@ def _servers(mode: str, env: dict[str, str], ports: dict[str, int]) -> Iterator[
             signer = {**env, "SIDECAR_LISTENERS": "sign,ops"}
             xrpc = {
                 **env,
+                **component_xrpc_env(),
                 "SIDECAR_LISTENERS": "xrpc,ops",
                 "SIDECAR_OPS_PORT": str(ports["ops2"]),
             }
@@ -198,7 +220,9 @@ def run(
         sign_url = f"http://127.0.0.1:{ports['sign']}/v1/sign?did={SIGNER}&name=orders"
         rows: list[Row] = []
         populated = False
-        for mode in ("one process", "split"):
+        for mode in os.environ.get("BENCH_ISOLATION_MODES", ",".join(MODES)).split(","):
+            if mode not in MODES:
+                raise SystemExit(f"BENCH_ISOLATION_MODES: {mode!r} is not one of {MODES}")
             with _servers(mode, env, ports):
                 if not populated:
                     _populate(xrpc, keys)

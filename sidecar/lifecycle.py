@@ -80,7 +80,7 @@ async def serve_listeners(settings: Settings, *, registry: CollectorRegistry | N
             )
             if name in settings.listeners
         ]
-        # XRPC beside sign in one process: a bounded share of the loop.
+        # XRPC beside sign, or on its own when so configured: a bounded share.
         share = xrpc_loop_share(settings, sidecar.metrics)
         runners: dict[str, web.AppRunner] = {}
         sites: dict[str, web.BaseSite] = {}

@@ -264,12 +264,18 @@ def shared_loop_connections(share: LoopShare) -> Callable[..., SharedLoopConnect
 
 
 def xrpc_loop_share(settings: Settings, metrics: Metrics) -> LoopShare | None:
-    """The XRPC share of a process that runs both xrpc and sign, unless turned off."""
-    both = {"xrpc", "sign"} <= set(settings.listeners)
-    if not both or settings.xrpc_loop_share >= 100:
+    """The XRPC share of a serving process, unless turned off: of the loop, beside sign
+    (``SIDECAR_XRPC_LOOP_SHARE``), or of one CPU, in an XRPC process of its own
+    (``SIDECAR_XRPC_CPU_SHARE``, which the loop time of a process that does nothing
+    else measures)."""
+    listeners = set(settings.listeners)
+    if "xrpc" not in listeners:
+        return None
+    percent = settings.xrpc_loop_share if "sign" in listeners else settings.xrpc_cpu_share
+    if percent >= 100:
         return None
     return LoopShare(
-        share=settings.xrpc_loop_share / 100,
+        share=percent / 100,
         burst_s=settings.xrpc_loop_burst_ms / 1000,
         on_hold=metrics.xrpc_loop_holds.inc,
         on_work=metrics.xrpc_loop_seconds.inc,

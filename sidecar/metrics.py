@@ -313,7 +313,7 @@ class Metrics:
             ["kind"],
             [(kind,) for kind in LIMIT_KINDS],
         )
-        # sidecar.loop_share: only a process running both xrpc and sign updates these.
+        # sidecar.loop_share: only a process whose XRPC share is on updates these.
         self.xrpc_loop_seconds = Counter(
             f"{PREFIX}_xrpc_loop_seconds",
             "Event-loop time spent on XRPC work, measured by the XRPC loop share.",

@@ -224,9 +224,16 @@ class Settings:
         "(callers wait) until the share has paid for the excess. 100 turns it off.\n"
         "No effect on a process without sign. 1..100.",
     )  # fmt: skip
+    xrpc_cpu_share: int = setting(
+        "SIDECAR_XRPC_CPU_SHARE", parse_int_between(1, 100), 100, "Listeners",
+        "In a process that runs xrpc without sign (the XRPC role on its own), the most\n"
+        "of one CPU, in percent, that XRPC work may use, held the same way. For an XRPC\n"
+        "process that shares CPUs with a sign process; the Component sets 50. 100 (the\n"
+        "default) turns it off. No effect on a process with sign. 1..100.",
+    )  # fmt: skip
     xrpc_loop_burst_ms: int = setting(
         "SIDECAR_XRPC_LOOP_BURST_MS", parse_int_between(1, 10_000), 10, "Listeners",
-        "With that share: how much loop time XRPC may use at once before it waits;\n"
+        "With either share: how much loop time XRPC may use at once before it waits;\n"
         "signing can be held up this long (plus one XRPC request). 1..10000.",
     )  # fmt: skip
     xrpc_max_connections: int = setting(

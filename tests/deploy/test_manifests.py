@@ -442,6 +442,17 @@ def test_each_role_has_its_own_cpu_request_and_limit() -> None:
     assert port_named(xrpc_container(), "xrpc") == int(base_settings()["SIDECAR_XRPC_PORT"])
 
 
+def test_the_xrpc_container_holds_its_xrpc_work_to_its_cpu_limit() -> None:
+    """The XRPC container's CPU share (what bench/isolation.py's split rows run with) is
+    on, and is no more of a CPU than the container's CPU limit."""
+    container = xrpc_container()
+    share = Settings.from_env(env_of(container)).xrpc_cpu_share
+    limit = container["resources"]["limits"]["cpu"]
+    limit_percent = int(limit.removesuffix("m")) / 10 if limit.endswith("m") else float(limit) * 100
+    assert share < 100
+    assert share <= limit_percent
+
+
 def test_dispatcher_signs_on_the_pod_local_sign_listener() -> None:
     """The placeholder dispatcher is pointed at the sign listener on loopback, which the
     ConfigMap binds to 127.0.0.1 and no container port or Service exposes."""

@@ -143,20 +143,27 @@ async def test_real_xrpc_work_is_measured_and_holds_xrpc(sidecar: Sidecar, keys:
                 answers.append((response.status, set(await response.json())))
             if registry.get_sample_value("wisp_sidecar_xrpc_loop_holds_total") != holds_before:
                 break
-        assert registry.get_sample_value("wisp_sidecar_xrpc_loop_holds_total") == holds_before + 1
+        # One request can start more than one hold (its parse, then its handler), so the
+        # count is only known to have grown.
+        assert (registry.get_sample_value("wisp_sidecar_xrpc_loop_holds_total") or 0) > holds_before
         assert (registry.get_sample_value("wisp_sidecar_xrpc_loop_seconds_total") or 0) > 0.001
         assert set(map(str, answers)) == {str((401, {"error", "message"}))}
         assert await signed(session, at.sign, "orders") == 200
 
 
-def test_the_share_is_made_only_for_a_process_running_xrpc_and_sign() -> None:
-    """serve bounds XRPC's share only where XRPC and sign share a loop, and not at 100%."""
+def test_the_share_is_made_beside_sign_and_in_an_xrpc_process_only_when_asked() -> None:
+    """serve bounds XRPC's share by default where XRPC and sign share a loop; in an XRPC
+    process of its own only with SIDECAR_XRPC_CPU_SHARE; never without XRPC or at 100%."""
     metrics = Metrics(CollectorRegistry(), default_collectors=False)
 
-    def made(**environ: str) -> bool:
-        return xrpc_loop_share(Settings.from_env(environ), metrics) is not None
+    def made(**environ: str) -> float | None:
+        share = xrpc_loop_share(Settings.from_env(environ), metrics)
+        return None if share is None else share.share
 
-    assert made()
-    assert not made(SIDECAR_LISTENERS="xrpc,ops")
-    assert not made(SIDECAR_LISTENERS="sign,ops")
-    assert not made(SIDECAR_XRPC_LOOP_SHARE="100")
+    assert made() == 0.25
+    assert made(SIDECAR_XRPC_CPU_SHARE="50") == 0.25
+    assert made(SIDECAR_LISTENERS="xrpc,ops") is None
+    assert made(SIDECAR_LISTENERS="xrpc,ops", SIDECAR_XRPC_CPU_SHARE="50") == 0.5
+    assert made(SIDECAR_LISTENERS="xrpc,ops", SIDECAR_XRPC_LOOP_SHARE="50") is None
+    assert made(SIDECAR_LISTENERS="sign,ops", SIDECAR_XRPC_CPU_SHARE="50") is None
+    assert made(SIDECAR_XRPC_LOOP_SHARE="100") is None

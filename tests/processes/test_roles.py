@@ -177,3 +177,44 @@ def test_a_role_is_read_in_start_order_whatever_order_it_is_written_in() -> None
     default runs all three."""
     assert Settings.from_env({"SIDECAR_LISTENERS": "ops, SIGN"}).listeners == ("sign", "ops")
     assert Settings.from_env({}).listeners == ("xrpc", "sign", "ops")
+
+
+async def metric_value(session: aiohttp.ClientSession, ops: str, name: str) -> float:
+    """One unlabelled series of a process's /metrics (0 when absent)."""
+    async with session.get(f"{ops}/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def test_an_xrpc_process_with_a_cpu_share_holds_a_flood_and_answers_it_unchanged(
+    tmp_path: Path, redis_url: str, kek_text: str, keys: Any
+) -> None:
+    """An XRPC-only process with SIDECAR_XRPC_CPU_SHARE holds its XRPC connections once a
+    stream of anonymous calls has used the share up, still answers every one with the
+    JSON 401, and keeps its ops listener answering."""
+    env = role_env(tmp_path, redis_url, kek_text, keys.path, "xrpc,ops")
+    env |= {"SIDECAR_XRPC_CPU_SHARE": "1", "SIDECAR_XRPC_LOOP_BURST_MS": "1"}
+    served = await start_serve(env)
+    holds = "wisp_sidecar_xrpc_loop_holds_total"
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await metric_value(session, served.ops, holds) == 0
+            statuses = set()
+            # Bounded against a hang: a millisecond of loop time is a handful of calls.
+            for _ in range(500):
+                status, body = await get_json(
+                    session, f"{served.xrpc}/xrpc/place.wisp.v2.secret.list"
+                )
+                statuses.add((status, body["error"]))
+                if await metric_value(session, served.ops, holds) > 0:
+                    break
+            assert await metric_value(session, served.ops, holds) > 0
+            assert statuses == {(401, "AuthenticationRequired")}
+            assert await get_json(session, f"{served.ops}/readyz") == (
+                200,
+                {"status": "ready", "listeners": ["xrpc", "ops"]},
+            )
+    finally:
+        assert await served.terminate() == 0
