@@ -40,6 +40,7 @@ from bench.batch import batch_body, compare_batches
 from bench.loadgen import Run, have_wrk, load
 from bench.processes import process, wait_ready
 from bench.transport import compare_transports
+from harness import ServeProcess, sidecar_env
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.cli.devmode import embedded_binary
 from sidecar.crypto import encode_kek, generate_kek
@@ -112,22 +113,25 @@ def bench_redis() -> Iterator[tuple[str, str, Path]]:
         yield v.url, key, Path(tmp)
 
 
-def sidecar_env(redis_url: str, ports: dict[str, int], tmp: Path) -> dict[str, str]:
-    """The environment of a benchmarked sidecar in ``tmp`` (``bench_redis``): on
-    loopback, with a fresh KEK."""
-    return {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "SIDECAR_KEK": encode_kek(generate_kek()),
-        "SIDECAR_API_KEYS_FILE": str(tmp / "keys"),
-        "SIDECAR_XRPC_HOST": "127.0.0.1",
-        "SIDECAR_XRPC_PORT": str(ports["xrpc"]),
-        "SIDECAR_SIGN_PORT": str(ports["sign"]),
-        "SIDECAR_OPS_HOST": "127.0.0.1",
-        "SIDECAR_OPS_PORT": str(ports["ops"]),
-        "SIDECAR_LOG_FORMAT": "json",
-        "SIDECAR_DATA_DIR": str(tmp / "data"),
-    }
+def bench_env(redis_url: str, tmp: Path, **settings: str) -> dict[str, str]:
+    """The environment of a benchmarked sidecar in ``tmp`` (``bench_redis``): the
+    harness's (loopback, free ports), a fresh KEK, then every ``SIDECAR_*`` variable
+    exported in the shell (``SIDECAR_XRPC_LOOP_SHARE=100 make bench`` for a "before"
+    run), then ``settings``."""
+    exported = {name: value for name, value in os.environ.items() if name.startswith("SIDECAR_")}
+    return sidecar_env(
+        tmp / "data",
+        REDIS_URL=redis_url,
+        SIDECAR_KEK=encode_kek(generate_kek()),
+        SIDECAR_API_KEYS_FILE=str(tmp / "keys"),
+        **exported,
+        **settings,
+    )
+
+
+def port(env: dict[str, str], listener: str) -> int:
+    """The port ``listener`` of the sidecar run with ``env`` binds."""
+    return int(env[f"SIDECAR_{listener.upper()}_PORT"])
 
 
 def main() -> int:
@@ -139,17 +143,17 @@ def main() -> int:
     generator = "wrk -t1" if have_wrk() else "aiohttp client (install wrk for a lighter one)"
     print(f"cpus={os.cpu_count()} python={sys.version.split()[0]} load generator: {generator}")
     with bench_redis() as (redis_url, key, tmp):
-        ports = {name: free_port() for name in ("xrpc", "sign", "ops", "base", "batch")}
-        env = {**sidecar_env(redis_url, ports, tmp), "SIDECAR_SIGN_SOCKET": str(tmp / "sign.sock")}
-        sidecar_argv = [sys.executable, "-m", "sidecar", "serve"]
+        env = bench_env(redis_url, tmp, SIDECAR_SIGN_SOCKET=str(tmp / "sign.sock"))
+        ports = {name: port(env, name) for name in ("xrpc", "sign", "ops")}
+        ports |= {name: free_port() for name in ("base", "batch")}
         baseline_argv = [sys.executable, "-m", "bench.baseline", "--port", str(ports["base"])]
         bare_argv = [sys.executable, "-m", "bench.batch_baseline", "--port", str(ports["batch"])]
         with (
-            process(sidecar_argv, env) as sidecar,
+            ServeProcess(env, keep_output=False) as sidecar,
             process(baseline_argv, env) as baseline,
             process(bare_argv, env) as bare,
         ):
-            wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
+            sidecar.wait_until_ready()
             create_secret(ports["xrpc"], key)
             sign_url = f"http://127.0.0.1:{ports['sign']}/v1/sign?did={DID}&name=orders"
             base_url = f"http://127.0.0.1:{ports['base']}/v1/sign"

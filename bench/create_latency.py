@@ -34,9 +34,8 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from bench.__main__ import bench_redis, sidecar_env
-from bench.processes import process, wait_ready
-from sidecar.storage.embedded import free_port
+from bench.__main__ import bench_env, bench_redis
+from harness import ServeProcess
 
 NSID = "place.wisp.v2.secret."
 
@@ -102,8 +101,7 @@ def percentile(values: list[float], share: float) -> float:
 def start(stack: ExitStack, label: str, tree: str | None) -> Target:
     """Start a Valkey and a sidecar (from ``tree`` when given) for one target."""
     redis_url, key, tmp = stack.enter_context(bench_redis())
-    ports = {name: free_port() for name in ("xrpc", "sign", "ops")}
-    env = {**sidecar_env(redis_url, ports, tmp), "SIDECAR_LOG_LEVEL": "warning"}
+    env = bench_env(redis_url, tmp, SIDECAR_LOG_LEVEL="warning")
     if tree is None:
         # High enough never to refuse: what is measured is the cost of counting.
         env["SIDECAR_RATE_LIMIT_CHANGES_PER_MINUTE"] = "1000000"
@@ -112,10 +110,10 @@ def start(stack: ExitStack, label: str, tree: str | None) -> Target:
         # so the package comes from the baseline tree, ahead of the installed one.
         env["PYTHONPATH"] = str(Path(tree).resolve())
         env["PYTHONSAFEPATH"] = "1"
-    stack.enter_context(process([sys.executable, "-m", "sidecar", "serve"], env))
-    wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
+    sidecar = stack.enter_context(ServeProcess(env, keep_output=False))
+    sidecar.wait_until_ready()
     server = stack.enter_context(redis.Redis.from_url(redis_url))
-    return Target(label, f"http://127.0.0.1:{ports['xrpc']}", key, server)
+    return Target(label, sidecar.xrpc, key, server)
 
 
 def main() -> int:

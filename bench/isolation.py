@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import urllib.error
@@ -42,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from bench.loadgen import Run, have_wrk, parse_wrk, start_wrk, wrk
-from bench.processes import process, wait_ready
+from harness import ServeProcess
 from sidecar.auth.api_keys import generate_api_key, keys_file_line
 from sidecar.storage.embedded import free_port
 
@@ -152,25 +151,24 @@ def component_xrpc_env() -> dict[str, str]:
 
 
 @contextmanager
-def _servers(mode: str, env: dict[str, str], ports: dict[str, int]) -> Iterator[None]:
-    """The sidecar in ``mode``: one process, or a sign and an XRPC process."""
-    argv = [sys.executable, "-m", "sidecar", "serve"]
+def _servers(mode: str, env: dict[str, str], ops2: int) -> Iterator[None]:
+    """The sidecar in ``mode``: one process, or a sign and an XRPC process (whose ops
+    listener is on ``ops2``)."""
     with ExitStack() as stack:
         if mode == "one process":
-            stack.enter_context(process(argv, env))
-            wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
+            roles = [env]
         else:
-            signer = {**env, "SIDECAR_LISTENERS": "sign,ops"}
-            xrpc = {
-                **env,
-                **component_xrpc_env(),
-                "SIDECAR_LISTENERS": "xrpc,ops",
-                "SIDECAR_OPS_PORT": str(ports["ops2"]),
-            }
-            stack.enter_context(process(argv, signer))
-            stack.enter_context(process(argv, xrpc))
-            wait_ready(f"http://127.0.0.1:{ports['ops']}/readyz")
-            wait_ready(f"http://127.0.0.1:{ports['ops2']}/readyz")
+            roles = [
+                {**env, "SIDECAR_LISTENERS": "sign,ops"},
+                {
+                    **env,
+                    **component_xrpc_env(),
+                    "SIDECAR_LISTENERS": "xrpc,ops",
+                    "SIDECAR_OPS_PORT": str(ops2),
+                },
+            ]
+        for role in roles:
+            stack.enter_context(ServeProcess(role, keep_output=False)).wait_until_ready()
         yield
 
 
@@ -201,7 +199,6 @@ def run(
     if not have_wrk():
         print("isolation scenarios skipped: they need wrk (apt-get install wrk)")
         return []
-    ports = {name: free_port() for name in ("xrpc", "sign", "ops", "ops2")}
     keys = {owner: generate_api_key() for owner in (SIGNER, SMALL, BIG)}
     with tempfile.TemporaryDirectory() as tmp:
         keys_file = Path(tmp) / "isolation-keys"
@@ -209,21 +206,19 @@ def run(
         env = {
             **env,
             "SIDECAR_API_KEYS_FILE": str(keys_file),
-            "SIDECAR_XRPC_PORT": str(ports["xrpc"]),
-            "SIDECAR_SIGN_PORT": str(ports["sign"]),
-            "SIDECAR_OPS_PORT": str(ports["ops"]),
             # The big owner's 1000 creates come faster than an owner's default
             # change limit; the floods, not the limit, are what is measured.
             "SIDECAR_RATE_LIMIT_CHANGES_PER_MINUTE": "1000000",
         }
-        xrpc = f"http://127.0.0.1:{ports['xrpc']}"
-        sign_url = f"http://127.0.0.1:{ports['sign']}/v1/sign?did={SIGNER}&name=orders"
+        xrpc = f"http://127.0.0.1:{env['SIDECAR_XRPC_PORT']}"
+        sign_url = f"http://127.0.0.1:{env['SIDECAR_SIGN_PORT']}/v1/sign?did={SIGNER}&name=orders"
+        ops2 = free_port()
         rows: list[Row] = []
         populated = False
         for mode in os.environ.get("BENCH_ISOLATION_MODES", ",".join(MODES)).split(","):
             if mode not in MODES:
                 raise SystemExit(f"BENCH_ISOLATION_MODES: {mode!r} is not one of {MODES}")
-            with _servers(mode, env, ports):
+            with _servers(mode, env, ops2):
                 if not populated:
                     _populate(xrpc, keys)
                     populated = True

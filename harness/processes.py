@@ -92,11 +92,15 @@ class ServeProcess:
         argv: Sequence[str] = (*SIDECAR, "serve"),
         cwd: Path | None = None,
         file_limit: int | None = None,
+        keep_output: bool = True,
     ) -> None:
         self.env = env
         self.argv = list(argv)
         self.cwd = cwd
         self.file_limit = file_limit
+        # False for a benchmark: what it writes goes nowhere, and no thread reads it,
+        # so the measuring process does nothing but wait (``wait_until_ready``).
+        self.keep_output = keep_output
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []
         self._changed = threading.Condition()
@@ -154,15 +158,18 @@ class ServeProcess:
             if limit is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
+        output = subprocess.PIPE if self.keep_output else subprocess.DEVNULL
         self._process = subprocess.Popen(
             self.argv,
             env=self.env,
             cwd=self.cwd,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=output,
+            stderr=output,
             preexec_fn=limit_files if limit is not None else None,
         )
+        if not self.keep_output:
+            return self
         assert self._process.stdout is not None
         assert self._process.stderr is not None
         for stream, lines in (
