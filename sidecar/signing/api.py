@@ -8,14 +8,12 @@ turn), and fails closed: no answer from Redis, no signature.
 
 from __future__ import annotations
 
-import binascii
 import functools
 import hmac
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Final, get_args
 
-import orjson
 import structlog
 from yarl import URL
 
@@ -26,9 +24,9 @@ from sidecar.errors import (
     SecretNotFound,
     WireError,
 )
-from sidecar.names import is_valid_did, is_valid_name, validate_did, validate_name
+from sidecar.names import is_valid_did, is_valid_name
 from sidecar.signing import schemes
-from sidecar.signing.signer import SignItem, SignTarget
+from sidecar.signing.items import BatchItems, batch_items, sign_target
 from sidecar.wire import (
     INTERNAL,
     arrived_body,
@@ -48,14 +46,12 @@ if TYPE_CHECKING:
 
     from sidecar.metrics import Metrics
     from sidecar.settings import Secret
-    from sidecar.signing.signer import Signer
+    from sidecar.signing.signer import Signer, SignTarget
 
 log = structlog.get_logger("sidecar.sign")
 
-MAX_BATCH_ITEMS: Final = 1000
 _SIGN_PARAMS: Final = frozenset({"did", "name", "scheme", "id", "timestamp"})
 _VERIFY_PARAMS: Final = frozenset({"did", "name", "scheme"})
-_ITEM_FIELDS: Final = frozenset({"did", "name", "scheme", "id", "timestamp", "body_b64"})
 
 # Wire error name -> signatures_total outcome label.
 _OUTCOMES: Final = {
@@ -86,57 +82,6 @@ def _check_params(query: Any, allowed: frozenset[str]) -> None:
         seen.add(key)
 
 
-_OPTIONAL_TEXT: Final = (str, type(None))
-
-
-@functools.lru_cache(maxsize=65536)
-def _checked_ref(did: str, name: str) -> tuple[str, str]:
-    """``(did, name)`` once both are checked; a dispatcher asks for the same few again
-    and again, and two regex matches per request are a visible share of it.
-    Failures raise and so are never cached."""
-    return validate_did(did), validate_name(name)
-
-
-def _sign_target(fields: Mapping[str, Any]) -> SignTarget:
-    """Validate the fields of one sign request (query or batch item)."""
-    did = fields.get("did")
-    name = fields.get("name")
-    scheme = fields.get("scheme")
-    msg_id = fields.get("id")
-    timestamp = fields.get("timestamp")
-    if did is None:
-        raise InvalidInput("did is required")
-    if name is None:
-        raise InvalidInput("name is required")
-    for key, value in (("did", did), ("name", name), ("scheme", scheme), ("id", msg_id)):
-        if not isinstance(value, _OPTIONAL_TEXT):
-            raise InvalidInput(f"{key} must be a string")
-    if timestamp is not None and (
-        isinstance(timestamp, bool) or not isinstance(timestamp, str | int)
-    ):
-        raise InvalidInput("timestamp must be unix seconds")
-    did, name = _checked_ref(did, name)
-    return SignTarget(
-        did=did,
-        name=name,
-        scheme=schemes.parse_scheme(scheme),
-        msg_id=None if msg_id is None else schemes.check_msg_id(msg_id),
-        timestamp=None if timestamp is None else schemes.parse_timestamp(timestamp),
-    )
-
-
-# typed: 1 and True (or 1.0) are equal keys, and only 1 is a timestamp.
-@functools.lru_cache(maxsize=4096, typed=True)
-def _item_target(
-    did: object, name: object, scheme: object, msg_id: object, timestamp: object
-) -> SignTarget:
-    """The target of a batch item's fields, cached by their values: a batch names the
-    same few secrets again and again, and checking each item anew cost more than
-    its HMAC. Failures raise and so are never cached."""
-    fields = {"did": did, "name": name, "scheme": scheme, "id": msg_id, "timestamp": timestamp}
-    return _sign_target(fields)
-
-
 @functools.lru_cache(maxsize=4096)
 def _query_target(raw_query: str, allowed: frozenset[str]) -> SignTarget:
     """The target a raw query string names, checked against ``allowed`` parameters.
@@ -148,7 +93,7 @@ def _query_target(raw_query: str, allowed: frozenset[str]) -> SignTarget:
     """
     query = URL.build(query_string=raw_query, encoded=True).query
     _check_params(query, allowed)
-    return _sign_target(query)
+    return sign_target(query)
 
 
 def _asked_ref(fields: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -183,8 +128,7 @@ class SignApi:
         self._metrics = metrics
         self._max_body = max_body_bytes
         self._max_batch = max_batch_bytes
-        # The longest base64 text a body within the limit can take.
-        self._max_body_b64 = (max_body_bytes + 2) // 3 * 4
+        self._items = BatchItems(max_body_bytes)
         self._read_timeout_s = read_timeout_s
         self._sign_token = sign_token.reveal().encode() if sign_token is not None else None
         self._signatures = metrics.signatures
@@ -325,34 +269,31 @@ class SignApi:
                 self._authenticate(request)
             if request.rel_url.raw_query_string:
                 _check_params(request.query, frozenset())
-            items = _batch_items(await read_body(request, self._max_batch, self._read_timeout_s))
-            parsed: list[SignItem | Exception] = []
-            for item in items:
-                try:
-                    parsed.append(self._batch_item(item))
-                except Exception as exc:
-                    parsed.append(exc)
-            valid = [p for p in parsed if not isinstance(p, Exception)]
-            signed = await self._signer.sign_many(valid)
+            items = batch_items(await read_body(request, self._max_batch, self._read_timeout_s))
+            targets, bodies, refused = self._items.all(items)
+            signed, all_signed = await self._signer.sign_many(targets, bodies)
         except Exception as exc:
             return self._failed(request, exc, started, None, None)[0]
         finally:
             self._sign_duration.observe(time.perf_counter() - started)
         rid: str | None = None
-        if len(valid) == len(items) and not any(isinstance(s, Exception) for s in signed):
+        if all_signed and not refused:
             # Every item signed: the common case, counted per scheme in one go.
             results: list[Any] = signed
-            for scheme, count in Counter(target.scheme for target, _ in valid).items():
+            per_scheme: Counter[str] = Counter()
+            for target, count in Counter(targets).items():
+                per_scheme[target.scheme] += count
+            for scheme, count in per_scheme.items():
                 self._signatures.inc(scheme, "ok", amount=count)
         else:
-            results, rid = self._batch_results(request, items, parsed, signed)
+            results, rid = self._batch_results(request, items, refused, signed)
         return self._finish(request, json_answer({"results": results}), started, rid)
 
     def _batch_results(
         self,
         request: web.Request,
         items: list[Any],
-        parsed: list[SignItem | Exception],
+        refused: dict[int, Exception],
         signed: list[dict[str, Any] | Exception],
     ) -> tuple[list[dict[str, Any]], str]:
         """The answers of a batch with failed items, each counted and each failure logged
@@ -360,8 +301,8 @@ class SignApi:
         rid = request_id(request)
         outcomes = iter(signed)
         results: list[dict[str, Any]] = []
-        for item, entry in zip(items, parsed, strict=True):
-            outcome = entry if isinstance(entry, Exception) else next(outcomes)
+        for index, item in enumerate(items):
+            outcome = refused[index] if index in refused else next(outcomes)
             asked = item.get("scheme") if isinstance(item, dict) else None
             scheme = _scheme_label(asked or schemes.DEFAULT_SCHEME)
             if isinstance(outcome, Exception):
@@ -373,36 +314,6 @@ class SignApi:
                 self._count(scheme, None)
                 results.append(outcome)
         return results, rid
-
-    def _batch_item(self, item: Any) -> SignItem:
-        if not isinstance(item, dict):
-            raise InvalidInput("each item must be an object")
-        if not item.keys() <= _ITEM_FIELDS:
-            raise InvalidInput(f"unknown field; expected only {', '.join(sorted(_ITEM_FIELDS))}")
-        encoded = item.get("body_b64")
-        if not isinstance(encoded, str):
-            raise InvalidInput("body_b64 is required and must be a base64 string")
-        if len(encoded) > self._max_body_b64:
-            raise InvalidInput(f"body is larger than {self._max_body} bytes")
-        try:
-            # strict_mode: what b64decode(validate=True) refuses, without its
-            # regex pass over the text (half the cost of decoding a 1 KiB body).
-            body = binascii.a2b_base64(encoded, strict_mode=True)
-        except (binascii.Error, ValueError):
-            raise InvalidInput("body_b64 is not valid base64") from None
-        try:
-            target = _item_target(
-                item.get("did"),
-                item.get("name"),
-                item.get("scheme"),
-                item.get("id"),
-                item.get("timestamp"),
-            )
-        except TypeError:
-            # A field that is a list or an object cannot be a cache key; the
-            # uncached check refuses it with its own message.
-            target = _sign_target(item)
-        return target, body
 
     async def verify(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -423,19 +334,3 @@ class SignApi:
             return self._failed(request, exc, started, did, name)[0]
         self._metrics.verifications.labels(scheme=scheme, reason=verdict["reason"]).inc()
         return self._finish(request, json_answer(verdict), started)
-
-
-def _batch_items(raw: bytes) -> list[Any]:
-    try:
-        # orjson: a batch is up to 1000 base64 bodies, and it parses them
-        # several times faster; it refuses invalid UTF-8, NaN and deep nesting
-        # as malformed JSON too.
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidInput("request body is not valid JSON") from None
-    if not isinstance(document, dict) or not isinstance(document.get("items"), list):
-        raise InvalidInput('request body must be {"items": [...]}')
-    items: list[Any] = document["items"]
-    if len(items) > MAX_BATCH_ITEMS:
-        raise InvalidInput(f"at most {MAX_BATCH_ITEMS} items per batch")
-    return items

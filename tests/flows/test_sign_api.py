@@ -306,6 +306,54 @@ async def test_batch_answers_in_order_with_errors_per_item(
     assert results[6]["headers"] == {"Webhook-Signature": f"t=1700000000,v1={stripe}"}
 
 
+async def test_an_item_like_the_one_before_is_checked_as_strictly(
+    sign: Client, xrpc: Client, keys: Keys, token: str
+) -> None:
+    """Items that repeat the fields of the item before them (the batch's shortcut) are
+    refused all the same when their own body, an extra field, or a timestamp that only
+    equals the one before (True == 1, 1.0 == 1) is wrong; and items interleaving two
+    secrets are each signed with their own."""
+    _, bob = await call(xrpc, CREATE, keys.bob, {"name": "hooks"})
+    b64 = base64.b64encode(BODY).decode()
+    alice = {"did": ALICE, "name": "orders"}
+    stamped = {**alice, "scheme": "stripe"}
+    items = [
+        {**alice, "body_b64": b64},
+        {**alice, "body_b64": "not base64!"},
+        {**alice, "body_b64": b64, "extra": 1},
+        {"did": BOB, "name": "hooks", "body_b64": b64},
+        {**alice, "body_b64": b64},
+        {**stamped, "timestamp": 1, "body_b64": b64},
+        {**stamped, "timestamp": True, "body_b64": b64},
+        {**stamped, "timestamp": 1.0, "body_b64": b64},
+        {**alice, "body_b64": 5},
+        {**alice, "body_b64": b64},
+    ]
+    async with sign.post("/v1/sign/batch", json={"items": items}) as response:
+        assert response.status == 200
+        results = (await response.json())["results"]
+    ours = {"X-Webhook-Signature": "sha256=" + hex_hmac(token, BODY)}
+    assert [r.get("headers") for r in results] == [
+        ours,
+        None,
+        None,
+        {"X-Webhook-Signature": "sha256=" + hex_hmac(bob["token"], BODY)},
+        ours,
+        {"Webhook-Signature": f"t=1,v1={hex_hmac(token, b'1.' + BODY)}"},
+        None,
+        None,
+        None,
+        ours,
+    ]
+    assert [r.get("message") for r in results if "error" in r] == [
+        "body_b64 is not valid base64",
+        "unknown field; expected only body_b64, did, id, name, scheme, timestamp",
+        "timestamp must be unix seconds",
+        "timestamp must be unix seconds",
+        "body_b64 is required and must be a base64 string",
+    ]
+
+
 @pytest.mark.parametrize("encoded", ["YQ", "YQ==YQ==", "Y Q==", "YQ==\n", "é", "YQ=?", 5])
 async def test_a_batch_body_must_be_strict_base64(sign: Client, token: str, encoded: Any) -> None:
     """Missing padding, data after padding, whitespace, non-ASCII, a non-string: the item is 400."""

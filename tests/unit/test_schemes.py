@@ -18,6 +18,7 @@ from sidecar.signing.schemes import (
     DEFAULT_SCHEME,
     DEFAULT_TOLERANCE_S,
     SCHEMES,
+    TABLE,
     Verdict,
     check_msg_id,
     new_msg_id,
@@ -511,3 +512,15 @@ def test_verify_uses_the_real_clock_by_default() -> None:
     """Without an injected clock, a just-made standard signature verifies against time.time."""
     headers = sign("standard", TOKEN, BODY, timestamp=int(time.time()))
     assert verify("standard", TOKEN, BODY, headers).valid
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_signing_a_batch_gives_what_signing_each_body_gives(name: str) -> None:
+    """A scheme's sign_all over several bodies answers, in order, what its sign answers for
+    each (with the message id and timestamp fixed, so both are deterministic)."""
+    scheme = TABLE[name]
+    bodies = [b"", b'{"event":"push"}', bytes(range(256)) * 4]
+    fixed = ("msg_fixed", 1_700_000_000, lambda: 1_700_000_000.0)
+    each = [scheme.sign(b"key", body, *fixed) for body in bodies]
+    assert scheme.sign_all(b"key", bodies, *fixed) == each
+    assert len({str(headers) for headers in each}) == len(bodies)
