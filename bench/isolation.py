@@ -196,6 +196,8 @@ def run(
     selected: list[str], seconds: int, rounds: int, env: dict[str, str], body: bytes
 ) -> list[Row]:
     """Every selected scenario in both modes; the table rows."""
+    if not selected:
+        return []
     if not have_wrk():
         print("isolation scenarios skipped: they need wrk (apt-get install wrk)")
         return []
