@@ -262,9 +262,10 @@ async def test_when_redis_cannot_count_a_change_gets_503_and_is_not_lost(
 ) -> None:
     """With Redis frozen the limit cannot be counted: a change is 503 StorageUnavailable
     with Retry-After, never 500 or 429; thawed, the same change goes through."""
+    # The suite's 10 s Redis deadline would make each refused change wait that long.
     a, _ = await two_replicas(
         aiohttp_client, make_sidecar, REDIS_URL=own_server.url,
-        SIDECAR_RATE_LIMIT_CHANGES_PER_MINUTE="5",
+        SIDECAR_RATE_LIMIT_CHANGES_PER_MINUTE="5", SIDECAR_REDIS_TIMEOUT_MS="500",
     )  # fmt: skip
     assert (await call(a.xrpc, CREATE, keys.alice, {"name": "orders"}))[0] == 200
     assert own_server.pid is not None
