@@ -119,14 +119,13 @@ def bench_env(redis_url: str, tmp: Path, **settings: str) -> dict[str, str]:
     exported in the shell (``SIDECAR_XRPC_LOOP_SHARE=100 make bench`` for a "before"
     run), then ``settings``."""
     exported = {name: value for name, value in os.environ.items() if name.startswith("SIDECAR_")}
-    return sidecar_env(
-        tmp / "data",
-        REDIS_URL=redis_url,
-        SIDECAR_KEK=encode_kek(generate_kek()),
-        SIDECAR_API_KEYS_FILE=str(tmp / "keys"),
-        **exported,
-        **settings,
-    )
+    own = {
+        "REDIS_URL": redis_url,
+        "SIDECAR_KEK": encode_kek(generate_kek()),
+        "SIDECAR_API_KEYS_FILE": str(tmp / "keys"),
+    }
+    # Merged first: an exported variable may name a setting given here as well.
+    return sidecar_env(tmp / "data", **(own | exported | settings))
 
 
 def port(env: dict[str, str], listener: str) -> int:

@@ -76,18 +76,31 @@ def _item_target(
     return sign_target(fields)
 
 
-def _fields_target(fields: dict[str, Any]) -> SignTarget:
-    """The target of a batch item's fields other than its body; raises when one is
-    unknown or malformed (``BatchItems.one`` then says which)."""
+def _known_fields(fields: dict[str, Any]) -> None:
+    """Refuse an item with a field no item has."""
     if not fields.keys() <= _ITEM_FIELDS:
-        raise InvalidInput("unknown field")
-    return _item_target(
-        fields.get("did"),
-        fields.get("name"),
-        fields.get("scheme"),
-        fields.get("id"),
-        fields.get("timestamp"),
-    )
+        raise InvalidInput(f"unknown field; expected only {', '.join(sorted(_ITEM_FIELDS))}")
+
+
+def _fields_target(fields: dict[str, Any]) -> SignTarget:
+    """The target a batch item's fields name, its body aside."""
+    try:
+        return _item_target(
+            fields.get("did"),
+            fields.get("name"),
+            fields.get("scheme"),
+            fields.get("id"),
+            fields.get("timestamp"),
+        )
+    except TypeError:
+        # A field that is a list or an object cannot be a cache key; the
+        # uncached check refuses it with its own message.
+        return sign_target(fields)
+
+
+# What ``dict.pop`` answers for an item without a body: not None, which is a body
+# of the wrong type (JSON null) that must be put back as it was.
+_ABSENT: Final = object()
 
 
 class BatchItems:
@@ -121,10 +134,11 @@ class BatchItems:
         for item in items:
             if type(item) is dict:
                 # Taken out to compare the rest; put back unless the item is signed.
-                encoded = item.pop("body_b64", None)
+                encoded = item.pop("body_b64", _ABSENT)
                 try:
                     if type(encoded) is str and len(encoded) <= max_b64:
                         if item != last_fields or "timestamp" in item:
+                            _known_fields(item)
                             last_target = _fields_target(item)
                             last_fields = item
                         body = a2b(encoded, strict_mode=True)
@@ -134,7 +148,7 @@ class BatchItems:
                         continue
                 except Exception:  # noqa: S110 - checked again, with its message, just below
                     pass
-                if encoded is not None:
+                if encoded is not _ABSENT:
                     item["body_b64"] = encoded
             try:
                 target, body = self.one(item)
@@ -150,8 +164,7 @@ class BatchItems:
         """The target and body of one item, or ``InvalidInput`` saying what is wrong."""
         if not isinstance(item, dict):
             raise InvalidInput("each item must be an object")
-        if not item.keys() <= _ITEM_FIELDS:
-            raise InvalidInput(f"unknown field; expected only {', '.join(sorted(_ITEM_FIELDS))}")
+        _known_fields(item)
         encoded = item.get("body_b64")
         if not isinstance(encoded, str):
             raise InvalidInput("body_b64 is required and must be a base64 string")
@@ -163,18 +176,7 @@ class BatchItems:
             body = binascii.a2b_base64(encoded, strict_mode=True)
         except (binascii.Error, ValueError):
             raise InvalidInput("body_b64 is not valid base64") from None
-        try:
-            target = _item_target(
-                item.get("did"),
-                item.get("name"),
-                item.get("scheme"),
-                item.get("id"),
-                item.get("timestamp"),
-            )
-        except TypeError:
-            # A field that is a list or an object cannot be a cache key; the
-            # uncached check refuses it with its own message.
-            target = sign_target(item)
+        target = _fields_target(item)
         return target, body
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from raw_http import Target, exchange, parse_answers, serve
 from support import CREATE, LIST
 
@@ -75,30 +76,28 @@ def create(served: Target, name: str) -> int:
     return answer.status
 
 
-def metric(served: Target, name: str, **labels: str) -> float:
-    """The value of one series on the ops listener's /metrics (0 when absent)."""
+def series(served: Target, name: str) -> list[tuple[dict[str, str], float]]:
+    """Each series of sample ``name`` on the ops listener's /metrics: its labels, its value."""
     answer = exchange(served.ports["ops"], http("GET", "/metrics", close=True))
     assert answer is not None
-    wanted = [f'{key}="{value}"' for key, value in labels.items()]
-    for line in answer.body.decode().splitlines():
-        if line.startswith(name + "{") and all(label in line for label in wanted):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(answer.body.decode())
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def metric(served: Target, name: str, **labels: str) -> float:
+    """The value of the series of ``name`` with ``labels`` (0 when absent)."""
+    found = (value for have, value in series(served, name) if labels.items() <= have.items())
+    return next(found, 0.0)
 
 
 def closed_counts(served: Target) -> dict[str, float]:
     """The XRPC listener's closed connections by reason: what a failed count shows."""
-    answer = exchange(served.ports["ops"], http("GET", "/metrics", close=True))
-    assert answer is not None
-    counts = {}
-    for line in answer.body.decode().splitlines():
-        if (
-            line.startswith("wisp_sidecar_http_connections_closed_total{")
-            and 'listener="xrpc"' in line
-        ):
-            reason = line.split('reason="', 1)[1].split('"', 1)[0]
-            counts[reason] = float(line.rsplit(" ", 1)[1])
-    return counts
+    closed = series(served, "wisp_sidecar_http_connections_closed_total")
+    return {labels["reason"]: value for labels, value in closed if labels["listener"] == "xrpc"}
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
