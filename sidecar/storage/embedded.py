@@ -24,18 +24,19 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
 
 from sidecar.errors import DataDirInUse, EmbeddedServerError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 LOCK_FILE: Final = "lock"
 # The URL of the running server, for the commands run beside it (rewrap, audit, ...).
@@ -43,12 +44,42 @@ ADDRESS_FILE: Final = "address"
 _PR_SET_PDEATHSIG: Final = 1
 
 
+# Ports below the kernel's ephemeral range, and above the well-known services'.
+_LOWEST_PORT: Final = 20000
+_EPHEMERAL_RANGE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
+    """A TCP port that was free a moment ago on ``host``, below the kernel's ephemeral range.
+
+    A port the kernel hands out itself (bind to 0) is one it may hand out again to
+    any outgoing connection before the server that was to have it binds it: then
+    the server cannot start. Below the ephemeral range only a listener takes a
+    port, so a random free one there stays free.
+    """
+    lowest_ephemeral = _lowest_ephemeral_port()
+    for _ in range(64):
+        if lowest_ephemeral <= _LOWEST_PORT:
+            break
+        port = _LOWEST_PORT + secrets.randbelow(lowest_ephemeral - _LOWEST_PORT)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+def _lowest_ephemeral_port() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default off Linux)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class EmbeddedValkey:
