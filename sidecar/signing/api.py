@@ -269,7 +269,10 @@ class SignApi:
                 self._authenticate(request)
             if request.rel_url.raw_query_string:
                 _check_params(request.query, frozenset())
-            items = batch_items(await read_body(request, self._max_batch, self._read_timeout_s))
+            raw = arrived_body(request, self._max_batch)
+            if raw is None:
+                raw = await read_body(request, self._max_batch, self._read_timeout_s)
+            items = batch_items(raw)
             targets, bodies, refused = self._items.all(items)
             signed, all_signed = await self._signer.sign_many(targets, bodies)
         except Exception as exc:

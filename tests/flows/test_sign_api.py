@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -399,6 +400,44 @@ async def test_batch_of_1000_items_is_read_in_one_round_trip(
     assert len(results) == 1000
     assert all(r["version"] == 1 for r in results)
     assert read_round_trips(sidecar) == before + 1
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunked"])
+async def test_a_batch_is_signed_alike_however_its_body_arrives(
+    aiohttp_client: AiohttpClient,
+    make_sidecar: SidecarFactory,
+    xrpc: Client,
+    keys: Keys,
+    chunked: bool,
+) -> None:
+    """A batch that came whole with its head and one still arriving in chunks when the
+    handler starts are signed alike up to SIDECAR_SIGN_BATCH_MAX_BYTES; a byte more is 413."""
+    _, created = await call(xrpc, CREATE, keys.alice, {"name": "orders"})
+    bodies = [bytes([n]) * 700 for n in range(8)]
+    items = [
+        {"did": ALICE, "name": "orders", "body_b64": base64.b64encode(body).decode()}
+        for body in bodies
+    ]
+    document = json.dumps({"items": items}).encode()
+    client = await aiohttp_client(
+        create_sign_app(await make_sidecar(SIDECAR_SIGN_BATCH_MAX_BYTES=str(len(document))))
+    )
+
+    async def post(raw: bytes) -> tuple[int, dict[str, Any]]:
+        data = pieces(raw, 1000) if chunked else raw
+        async with client.post("/v1/sign/batch", data=data) as response:
+            sent_chunked = response.request_info.headers.get("Transfer-Encoding") == "chunked"
+            assert sent_chunked == chunked
+            answer: dict[str, Any] = await response.json()
+            return response.status, answer
+
+    status, answer = await post(document)
+    assert status == 200
+    assert [r["headers"]["X-Webhook-Signature"] for r in answer["results"]] == [
+        "sha256=" + hex_hmac(created["token"], body) for body in bodies
+    ]
+    status, answer = await post(document + b" ")
+    assert (status, answer["error"]) == (413, "PayloadTooLarge")
 
 
 # --- verify ----------------------------------------------------------------

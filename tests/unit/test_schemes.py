@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from sidecar.errors import InvalidInput
@@ -524,3 +526,16 @@ def test_signing_a_batch_gives_what_signing_each_body_gives(name: str) -> None:
     each = [scheme.sign(b"key", body, *fixed) for body in bodies]
     assert scheme.sign_all(b"key", bodies, *fixed) == each
     assert len({str(headers) for headers in each}) == len(bodies)
+
+
+@given(
+    key=st.binary(min_size=1, max_size=200),
+    bodies=st.lists(st.binary(max_size=3000), max_size=5),
+)
+def test_a_batch_signed_with_one_keyed_state_is_plain_hmac(key: bytes, bodies: list[bytes]) -> None:
+    """The header schemes' sign_all, which copies one keyed HMAC state per body, gives the
+    HMAC of each body under the key, for any key (longer than a block, too) and any bodies."""
+    for name, header in (("wisp", "X-Webhook-Signature"), ("github", "X-Hub-Signature-256")):
+        signed = TABLE[name].sign_all(key, bodies, None, None, time.time)
+        expected = ["sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest() for body in bodies]
+        assert [headers[header] for headers in signed] == expected
