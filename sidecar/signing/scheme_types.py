@@ -86,18 +86,3 @@ class Scheme:
     sign_all: SignsAll
     verify: Verifies
     headers: tuple[str, ...]
-
-
-def each(sign: Signs) -> SignsAll:
-    """``sign`` over each body in turn."""
-
-    def sign_all(
-        key: bytes,
-        bodies: list[bytes],
-        msg_id: str | None,
-        timestamp: int | None,
-        now: Callable[[], float],
-    ) -> list[dict[str, str]]:
-        return [sign(key, body, msg_id, timestamp, now) for body in bodies]
-
-    return sign_all

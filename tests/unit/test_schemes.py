@@ -528,14 +528,33 @@ def test_signing_a_batch_gives_what_signing_each_body_gives(name: str) -> None:
     assert len({str(headers) for headers in each}) == len(bodies)
 
 
+def _plain_hmac(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
 @given(
     key=st.binary(min_size=1, max_size=200),
     bodies=st.lists(st.binary(max_size=3000), max_size=5),
 )
 def test_a_batch_signed_with_one_keyed_state_is_plain_hmac(key: bytes, bodies: list[bytes]) -> None:
-    """The header schemes' sign_all, which copies one keyed HMAC state per body, gives the
-    HMAC of each body under the key, for any key (longer than a block, too) and any bodies."""
-    for name, header in (("wisp", "X-Webhook-Signature"), ("github", "X-Hub-Signature-256")):
-        signed = TABLE[name].sign_all(key, bodies, None, None, time.time)
-        expected = ["sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest() for body in bodies]
-        assert [headers[header] for headers in signed] == expected
+    """Every scheme's sign_all, which copies one keyed HMAC state per body, gives the HMAC
+    of what the scheme signs under the key, for any key (longer than a block, too) and
+    any bodies."""
+    msg_id, ts = "msg_fixed", 1_700_000_000
+    expected: dict[str, Callable[[bytes], dict[str, str]]] = {
+        "wisp": lambda body: {"X-Webhook-Signature": "sha256=" + _plain_hmac(key, body).hex()},
+        "github": lambda body: {"X-Hub-Signature-256": "sha256=" + _plain_hmac(key, body).hex()},
+        "stripe": lambda body: {
+            "Webhook-Signature": f"t={ts},v1=" + _plain_hmac(key, f"{ts}.".encode() + body).hex()
+        },
+        "standard": lambda body: {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": "v1,"
+            + base64.b64encode(_plain_hmac(key, f"{msg_id}.{ts}.".encode() + body)).decode(),
+        },
+    }
+    assert set(expected) == set(SCHEMES)
+    for name, headers_of in expected.items():
+        signed = TABLE[name].sign_all(key, bodies, msg_id, ts, time.time)
+        assert signed == [headers_of(body) for body in bodies]
