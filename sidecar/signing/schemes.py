@@ -145,7 +145,7 @@ def new_msg_id() -> str:
 # --- the schemes -------------------------------------------------------------------------------
 
 
-# A key's HMAC-SHA256 state before any message; each call answers a fresh copy.
+# A key's HMAC-SHA256 state before any message: each call answers one of its own.
 _Keyed = Callable[[], "hmac.HMAC"]
 
 
